@@ -1,0 +1,63 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nbdeploy-installed
+# pip's site configuration here names local index folders that may not exist; keep the
+# output readable by dropping those warnings (errors still fail the step).
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }
+DEMO_HOME := $(CURDIR)/.demo/home
+
+.PHONY: help install demo test lint typecheck unit bench clean
+
+help:
+	@echo "make demo   set up .venv and run the example pipeline, then show runs and metrics"
+	@echo "make test   set up .venv with test tools and run lint, types and the whole test suite"
+	@echo "make bench  run the benchmarks in quick mode"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> setting up $(VENV) (first time: about 2 minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip $(QUIET_PIP)
+	$(PIP) install --quiet -e '.[dev]' $(QUIET_PIP)
+	$(BIN)/python -c "import nbdeploy, papermill, mlflow, ipykernel" 
+	touch $@
+
+demo: $(STAMP)
+	@echo "==> the example notebooks' parameters"
+	$(BIN)/nbdeploy params example_notebooks/train.ipynb
+	@echo
+	@echo "==> a two-step pipeline: prepare data, then train (a second run reuses unchanged steps)"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy run example_notebooks/pipeline.yaml
+	@echo
+	@echo "==> one run with a typed parameter"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy run example_notebooks/train.ipynb -p n_estimators 120
+	@echo
+	@echo "==> the runs recorded in $(DEMO_HOME) (also in MLflow: $(DEMO_HOME)/mlflow.db)"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy runs --limit 5
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline.py --quick
+
+clean:
+	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data

@@ -1,0 +1,60 @@
+"""nbdeploy: from a Jupyter notebook to tracked pipeline runs and deployed services.
+
+The public API is small and imported lazily, so ``import nbdeploy`` (done inside every
+notebook that logs results) stays fast::
+
+    nbdeploy.run("train.ipynb", parameters={"n_estimators": 200})
+    nbdeploy.params("train.ipynb")
+    nbdeploy.runs()
+    nbdeploy.log_metric("accuracy", 0.93)        # inside a notebook
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from nbdeploy.api import get_run, params, run, runs
+    from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
+
+_LAZY = {
+    "run": "nbdeploy.api",
+    "params": "nbdeploy.api",
+    "runs": "nbdeploy.api",
+    "get_run": "nbdeploy.api",
+    "log_metric": "nbdeploy.pipeline.context",
+    "log_param": "nbdeploy.pipeline.context",
+    "log_artifact": "nbdeploy.pipeline.context",
+}
+
+__all__ = [
+    "__version__",
+    "get_run",
+    "load_ipython_extension",
+    "log_artifact",
+    "log_metric",
+    "log_param",
+    "params",
+    "run",
+    "runs",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbdeploy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbdeploy``: registers the ``%deploy`` magics."""
+    from nbdeploy.magics import register
+
+    register(ipython)

@@ -1,0 +1,145 @@
+"""The Python face of nbdeploy's pipelines: ``nbdeploy.run``, ``params``, ``runs``.
+
+The CLI and the ``%deploy`` magic call these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbdeploy.notebook.parameters import Parameter
+from nbdeploy.pipeline.progress import Progress
+from nbdeploy.pipeline.runner import Notify, RunOutcome, _ignore
+from nbdeploy.store.runs import RunRecord
+
+PIPELINE_SUFFIXES = (".yaml", ".yml")
+
+
+def params(notebook: str | Path) -> list[Parameter]:
+    """The typed parameters a notebook declares in its cell tagged ``parameters``."""
+    from nbdeploy.notebook.parameters import parse_parameters
+    from nbdeploy.notebook.reader import read_notebook
+
+    return parse_parameters(read_notebook(notebook))
+
+
+def run(
+    notebook: str | Path,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    text_parameters: Mapping[str, str] | None = None,
+    sweep: Sequence[str] = (),
+    parallel: int = 1,
+    output_dir: str | Path | None = None,
+    output_path: str | Path | None = None,
+    kernel: str | None = None,
+    timeout: float | None = None,
+    mlflow: bool = True,
+    force: bool = False,
+    progress: Progress | None = None,
+    progress_for: Callable[..., Progress] | None = None,
+    on_done: Callable[..., None] | None = None,
+    notify: Notify = _ignore,
+    warn: Notify = _ignore,
+) -> Any:
+    """Run a notebook (or a ``pipeline.yaml``) as a tracked pipeline.
+
+    Parameters
+    ----------
+    notebook
+        A ``.ipynb`` file, or a ``pipeline.yaml`` of several notebooks.
+    parameters
+        Typed values for the notebook's declared parameters (checked against their types).
+    text_parameters
+        Values as command-line text, converted to the declared types (``-p`` in the CLI).
+    sweep
+        ``"NAME=V1,V2"`` options: run the cartesian product of the values.
+    parallel
+        How many kernels run at once (sweeps and pipelines).
+    output_dir, output_path
+        Where output notebooks go (default: the run's folder under NBDEPLOY_HOME).
+    kernel
+        Kernel name; default: the notebook's own when installed, else ``python3``.
+    timeout
+        Limit in seconds for a whole notebook run.
+    mlflow
+        Record the run in MLflow (``MLFLOW_TRACKING_URI``, else a SQLite store in
+        NBDEPLOY_HOME).
+    force
+        Pipelines: re-run steps whose inputs are unchanged instead of reusing them.
+
+    Returns
+    -------
+    RunOutcome, SweepResult or PipelineResult; each has ``ok`` and ``to_dict()``.
+    Bad input (unknown parameter, wrong type, unknown kernel, malformed pipeline) raises
+    an ``NbdeployError`` before any kernel starts.
+    """
+    if Path(notebook).suffix in PIPELINE_SUFFIXES:
+        if sweep:
+            from nbdeploy.errors import ParameterError
+
+            raise ParameterError("--sweep applies to a notebook, not to a pipeline.yaml")
+        from nbdeploy.pipeline.dag import run_pipeline
+
+        return run_pipeline(
+            notebook,
+            values=parameters,
+            text_values=text_parameters,
+            parallel=parallel,
+            force=force,
+            timeout=timeout,
+            kernel=kernel,
+            output_dir=output_dir,
+            track_mlflow=mlflow,
+            progress_for=progress_for,
+            on_event=on_done,
+            notify=notify,
+            warn=warn,
+        )
+    if sweep:
+        from nbdeploy.pipeline.sweep import run_sweep
+
+        return run_sweep(
+            notebook,
+            list(sweep),
+            values=parameters,
+            text_values=text_parameters,
+            parallel=parallel,
+            kernel=kernel,
+            output_dir=output_dir,
+            timeout=timeout,
+            track_mlflow=mlflow,
+            progress_for=progress_for,
+            on_done=on_done,
+            notify=notify,
+            warn=warn,
+        )
+    from nbdeploy.pipeline.runner import execute_run, prepare_run
+
+    if output_path is None and output_dir is not None:
+        output_path = Path(output_dir) / Path(notebook).name
+    prepared = prepare_run(
+        notebook, parameters, text_parameters, kernel=kernel, output_path=output_path
+    )
+    outcome: RunOutcome = execute_run(
+        prepared, timeout=timeout, progress=progress, track_mlflow=mlflow, notify=notify, warn=warn
+    )
+    return outcome
+
+
+def runs(limit: int = 50) -> list[RunRecord]:
+    """The latest runs, newest first, with their metrics."""
+    from nbdeploy.store import default_store
+    from nbdeploy.store.runs import RunStore
+
+    return RunStore(default_store()).recent(limit=limit)
+
+
+def get_run(run_id: str) -> RunRecord:
+    """One run by id (or a unique prefix of it)."""
+    from nbdeploy.store import default_store
+    from nbdeploy.store.runs import RunStore
+
+    return RunStore(default_store()).get(run_id)

@@ -1,0 +1,276 @@
+"""The ``nbdeploy`` command line: a thin face over the same core as the magic and REST.
+
+Imports stay light until a command runs, so ``nbdeploy --help`` answers at once. User
+errors print one message (what, where, what to do) and exit 2; a failed run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import __version__
+from nbdeploy.errors import NbdeployError, ParameterError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbdeploy",
+        description="Run notebooks as tracked, parameterized pipelines.",
+    )
+    parser.add_argument("--version", action="version", version=f"nbdeploy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a notebook (or a pipeline.yaml) as a tracked pipeline",
+        description="Run a notebook, a sweep of it, or a pipeline.yaml of notebooks.",
+    )
+    add_run_arguments(run)
+
+    params = commands.add_parser("params", help="list a notebook's parameters")
+    params.add_argument("notebook")
+    params.add_argument("--json", action="store_true")
+
+    runs = commands.add_parser("runs", help="list runs, or show one")
+    runs.add_argument("run_id", nargs="?", metavar="ID", help="a run id (or a unique prefix)")
+    runs.add_argument("--limit", type=int, default=30)
+    runs.add_argument("--json", action="store_true")
+
+    ci = commands.add_parser("ci", help="continuous integration helpers")
+    ci_commands = ci.add_subparsers(dest="ci_command", metavar="COMMAND", required=True)
+    init = ci_commands.add_parser(
+        "init", help="write a GitHub Actions workflow that runs pipelines"
+    )
+    init.add_argument(
+        "targets",
+        nargs="*",
+        metavar="NOTEBOOK_OR_PIPELINE",
+        help="what the workflow runs (default: every pipeline.yaml in the project)",
+    )
+    init.add_argument(
+        "--path", default=".github/workflows/nbdeploy.yml", help="workflow file to write"
+    )
+    init.add_argument("--python", default="3.11", help="Python version for the runner")
+    init.add_argument("--force", action="store_true", help="overwrite an existing workflow")
+    return parser
+
+
+def add_run_arguments(run: argparse.ArgumentParser, notebook_optional: bool = False) -> None:
+    """The options of ``nbdeploy run``, shared with ``%deploy run``."""
+    if notebook_optional:
+        run.add_argument(
+            "notebook", nargs="?", help="a .ipynb or pipeline.yaml (default: this notebook)"
+        )
+    else:
+        run.add_argument("notebook", help="a .ipynb file, or a pipeline.yaml")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (converted to its declared type); repeatable",
+    )
+    run.add_argument(
+        "-f", "--parameters-file", metavar="FILE", help="YAML file of parameter values"
+    )
+    run.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="run every combination of these values (JSON list form: NAME=[...]); repeatable",
+    )
+    run.add_argument(
+        "--parallel", type=int, default=1, metavar="N", help="kernels at once (default 1)"
+    )
+    run.add_argument("--output-dir", metavar="DIR", help="where output notebooks are written")
+    run.add_argument("--kernel", metavar="NAME", help="kernel to use (default: the notebook's)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for each notebook run")
+    run.add_argument("--log-output", action="store_true", help="stream cell output live")
+    run.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
+    run.add_argument("--force", action="store_true", help="pipelines: re-run cached steps")
+    run.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (for CI)")
+    run.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        handler = {"run": cmd_run, "params": cmd_params, "runs": cmd_runs, "ci": cmd_ci}[
+            args.command
+        ]
+        return handler(args)
+    except NbdeployError as error:
+        _error(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _error(message: str) -> None:
+    print(f"nbdeploy: error: {message}", file=sys.stderr)
+
+
+def _notice(message: str) -> None:
+    print(f"nbdeploy: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"nbdeploy: warning: {message}", file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, default=str))
+
+
+def _load_parameters_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParameterError(f"parameters file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParameterError(
+            f"{path} must map parameter names to values, got {type(data).__name__}"
+        )
+    return data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.pipeline import summary
+    from nbdeploy.pipeline.progress import LiveOutput, NullProgress, TerminalProgress
+
+    request = run_request_from_args(args)
+    is_pipeline = Path(args.notebook).suffix in api.PIPELINE_SUFFIXES
+    quiet = args.json
+
+    def progress_for(key: Any, *rest: Any) -> Any:
+        if args.log_output and not quiet:
+            return LiveOutput(prefix=f"[{key if is_pipeline else key + 1}] ")
+        return NullProgress()
+
+    def on_done(*event: Any) -> None:
+        if not quiet:
+            _notice(summary.event_line(*event))
+
+    result = api.run(
+        args.notebook,
+        **request,
+        progress=NullProgress() if quiet else TerminalProgress(log_output=args.log_output),
+        progress_for=progress_for,
+        on_done=on_done,
+        notify=_notice,
+        warn=_warn,
+    )
+    if args.junit:
+        from nbdeploy.pipeline.junit import write_junit_for_result
+
+        write_junit_for_result(args.junit, args.notebook, result)
+    if quiet:
+        _print_json(result.to_dict())
+    else:
+        print(summary.describe_result(result))
+    return 0 if result.ok else 1
+
+
+def run_request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``api.run`` that ``nbdeploy run`` / ``%deploy run`` options
+    give; checks the option values."""
+    if args.parallel < 1:
+        raise ParameterError("--parallel must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ParameterError("--timeout must be a positive number of seconds")
+    return {
+        "parameters": _load_parameters_file(args.parameters_file) if args.parameters_file else None,
+        "text_parameters": {name: value for name, value in args.parameter},
+        "sweep": args.sweep,
+        "parallel": args.parallel,
+        "output_dir": args.output_dir,
+        "kernel": args.kernel,
+        "timeout": args.timeout,
+        "mlflow": not args.no_mlflow,
+        "force": args.force,
+    }
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.pipeline.summary import params_table
+
+    parameters = api.params(args.notebook)
+    if args.json:
+        _print_json([p.to_dict() for p in parameters])
+    elif not parameters:
+        print(f"{args.notebook} declares no parameters (no cell tagged `parameters`)")
+    else:
+        print(params_table(parameters))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.pipeline.summary import run_details, runs_table
+
+    if args.run_id:
+        record = api.get_run(args.run_id)
+        if args.json:
+            _print_json(record.to_dict())
+        else:
+            print(run_details(record))
+        return 0
+    records = api.runs(limit=args.limit)
+    if args.json:
+        _print_json([record.to_dict() for record in records])
+    elif not records:
+        print("no runs yet: start one with `nbdeploy run NOTEBOOK`")
+    else:
+        print(runs_table(records))
+    return 0
+
+
+def cmd_ci(args: argparse.Namespace) -> int:
+    from nbdeploy.ci import write_github_workflow
+
+    path = write_github_workflow(
+        Path(args.path), targets=args.targets, python_version=args.python, overwrite=args.force
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def run() -> None:
+    """Console entry point: ``main()``, then a fast exit.
+
+    Everything is written and committed when ``main`` returns; skipping interpreter
+    teardown (atexit hooks and finalizers of the large libraries loaded on the way) saves
+    most of a second per command.
+    """
+    # jsonschema's IRI format support (imported with nbformat) costs 0.7 s and is unused.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,199 @@
+"""``%deploy``: the notebook face of nbdeploy (``%load_ext nbdeploy`` registers it).
+
+``%deploy run [-p NAME VALUE]...`` runs this notebook's saved file as a tracked pipeline
+run, with the same options as ``nbdeploy run``; ``%deploy params`` and ``%deploy runs``
+mirror the CLI. The magic only translates: the work is done by :mod:`nbdeploy.api`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from nbdeploy.errors import NbdeployError, RunFailedError
+from nbdeploy.pipeline.context import RUN_DIR_ENV
+
+SESSION_ENV = "JPY_SESSION_NAME"
+USAGE = """\
+%deploy run [NOTEBOOK] [-p NAME VALUE]... [-f FILE] [--sweep NAME=V1,V2]... [--parallel N]
+            [--output-dir DIR] [--kernel NAME] [--timeout S] [--log-output] [--no-mlflow]
+%deploy params [NOTEBOOK]
+%deploy runs [ID]
+Add --help after a subcommand for its options."""
+
+
+class _MagicParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting the kernel."""
+
+    def error(self, message: str) -> Any:
+        raise NbdeployError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        if message:
+            print(message)
+        raise _HelpShown()
+
+
+class _HelpShown(Exception):
+    pass
+
+
+def current_notebook() -> Path:
+    """The notebook this kernel belongs to (JupyterLab sets JPY_SESSION_NAME)."""
+    session = os.environ.get(SESSION_ENV)
+    if not session:
+        raise NbdeployError(
+            "this kernel does not know its notebook (JPY_SESSION_NAME is not set)",
+            "name it: %deploy run path/to/notebook.ipynb",
+        )
+    return Path(session).expanduser().resolve()
+
+
+@magics_class
+class DeployMagics(Magics):
+    """The ``%deploy`` line magic."""
+
+    @line_magic
+    def deploy(self, line: str) -> Any:
+        """Run this notebook as a tracked pipeline, list its parameters, or list runs.
+
+        %deploy run [-p NAME VALUE]...   run this notebook's saved file (see --help)
+        %deploy params                   its typed parameters
+        %deploy runs [ID]                recent runs with metrics, or one run
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"nbdeploy: cannot parse {line!r}: {exc}") from None
+        if not words or words[0] in {"-h", "--help", "help"}:
+            print(USAGE)
+            return None
+        command, rest = words[0], words[1:]
+        handlers = {"run": self._run, "params": self._params, "runs": self._runs}
+        handler = handlers.get(command)
+        try:
+            if handler is None:
+                raise NbdeployError(
+                    f"unknown subcommand {command!r}", "one of: " + ", ".join(handlers)
+                )
+            return handler(rest)
+        except _HelpShown:
+            return None
+        except NbdeployError as error:
+            # UsageError: IPython shows the message without a traceback, and the cell fails
+            # (so a notebook that calls %deploy under papermill or CI fails too).
+            raise UsageError(f"nbdeploy: {error}") from None
+
+    # -- subcommands -------------------------------------------------------------------
+    def _run(self, words: list[str]) -> Any:
+        from nbdeploy import api
+        from nbdeploy.cli import add_run_arguments, run_request_from_args
+        from nbdeploy.pipeline import summary
+        from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
+
+        parser = _MagicParser(prog="%deploy run", add_help=True)
+        add_run_arguments(parser, notebook_optional=True)
+        args = parser.parse_args(words)
+        if os.environ.get(RUN_DIR_ENV):
+            print(
+                "nbdeploy: `%deploy run` ignored: this notebook is itself running under nbdeploy "
+                "(tag this cell nbdeploy:skip)"
+            )
+            return None
+        notebook = Path(args.notebook).resolve() if args.notebook else current_notebook()
+        request = run_request_from_args(args)
+        if not args.notebook and notebook.exists():
+            age = time.time() - notebook.stat().st_mtime
+            print(
+                f"nbdeploy: running the saved file {notebook.name} (saved {_ago(age)}); "
+                "unsaved changes are not part of the run"
+            )
+        many = bool(args.sweep) or notebook.suffix in api.PIPELINE_SUFFIXES
+        progress: Any
+        if many:
+            progress = NullProgress()
+        elif _has_widgets(self.shell):
+            from nbdeploy.widgets.progress import WidgetProgress
+
+            progress = WidgetProgress(notebook.name, log_output=args.log_output)
+        else:
+            progress = TerminalProgress(log_output=args.log_output)
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:  # off the kernel's event loop: nbclient runs its own
+            try:
+                outcome["result"] = api.run(
+                    notebook,
+                    **request,
+                    progress=progress,
+                    on_done=lambda *event: print(summary.event_line(*event), flush=True),
+                    notify=lambda message: print(f"nbdeploy: {message}", flush=True),
+                    warn=lambda message: print(f"nbdeploy: warning: {message}", flush=True),
+                )
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="nbdeploy-run", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
+        if args.junit:
+            from nbdeploy.pipeline.junit import write_junit_for_result
+
+            write_junit_for_result(args.junit, notebook, result)
+        print(summary.describe_result(result))
+        if not result.ok:
+            raise RunFailedError("the run failed (see above)")
+        return None
+
+    def _params(self, words: list[str]) -> None:
+        from nbdeploy import api
+        from nbdeploy.pipeline.summary import params_table
+
+        parser = _MagicParser(prog="%deploy params")
+        parser.add_argument("notebook", nargs="?")
+        args = parser.parse_args(words)
+        notebook = Path(args.notebook) if args.notebook else current_notebook()
+        parameters = api.params(notebook)
+        print(params_table(parameters) if parameters else f"{notebook.name} declares no parameters")
+
+    def _runs(self, words: list[str]) -> None:
+        from nbdeploy import api
+        from nbdeploy.pipeline.summary import run_details, runs_table
+
+        parser = _MagicParser(prog="%deploy runs")
+        parser.add_argument("run_id", nargs="?")
+        parser.add_argument("--limit", type=int, default=20)
+        args = parser.parse_args(words)
+        if args.run_id:
+            print(run_details(api.get_run(args.run_id)))
+        else:
+            records = api.runs(limit=args.limit)
+            print(runs_table(records) if records else "no runs yet")
+
+
+def _has_widgets(shell: Any) -> bool:
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{int(seconds)} s ago"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def register(ipython: Any) -> None:
+    ipython.register_magics(DeployMagics)

@@ -1,0 +1,115 @@
+"""What a notebook records into its current run: metrics, parameters and artifacts.
+
+``nbdeploy run`` starts the kernel with ``NBDEPLOY_RUN_DIR`` set; these functions append
+JSON lines to ``results.jsonl`` there, and the runner files them into the state store and
+MLflow when the run ends. Run by hand, they print a one-line notice and do nothing else.
+This module is imported inside user kernels, so it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+RUN_DIR_ENV = "NBDEPLOY_RUN_DIR"
+RUN_ID_ENV = "NBDEPLOY_RUN_ID"
+RESULTS_FILE = "results.jsonl"
+ARTIFACTS_DIR = "artifacts"
+
+_lock = threading.Lock()
+_notice_shown = False
+
+
+def current_run_dir() -> Path | None:
+    value = os.environ.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _record(kind: str, **fields: Any) -> bool:
+    run_dir = current_run_dir()
+    if run_dir is None:
+        _notice(kind)
+        return False
+    line = json.dumps({"kind": kind, "at": time.time(), **fields}, default=str)
+    with _lock, open(run_dir / RESULTS_FILE, "a", encoding="utf-8") as results:
+        results.write(line + "\n")
+    return True
+
+
+def _notice(kind: str) -> None:
+    global _notice_shown
+    if not _notice_shown:
+        _notice_shown = True
+        print(
+            f"nbdeploy: log_{kind} is not recorded: this notebook is not running under "
+            "`nbdeploy run` (further calls are ignored as well)",
+            file=sys.stderr,
+        )
+
+
+def log_metric(name: str, value: float, step: int = 0) -> None:
+    """Record a numeric result (accuracy, loss, ...) of the current run."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"log_metric: the name must be a non-empty string, got {name!r}")
+    if isinstance(value, bool):
+        value = int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"log_metric({name!r}, ...): the value must be a number, got {value!r}"
+        ) from None
+    if math.isinf(number):
+        raise ValueError(f"log_metric({name!r}, ...): the value is infinite")
+    _record("metric", name=name, value=number, step=int(step))
+
+
+def log_param(name: str, value: Any) -> None:
+    """Record a parameter the notebook derived or chose (beyond its declared parameters)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"log_param: the name must be a non-empty string, got {name!r}")
+    _record("param", name=name, value=value)
+
+
+def log_artifact(path: str | os.PathLike[str]) -> None:
+    """Keep a file (a plot, a report, a model file) with the current run."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"log_artifact: no file at {source.resolve()}")
+    run_dir = current_run_dir()
+    if run_dir is None:
+        _notice("artifact")
+        return
+    target_dir = run_dir / ARTIFACTS_DIR
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / source.name
+    shutil.copy2(source, target)
+    _record("artifact", path=str(target), source=str(source.resolve()))
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """What a run logged: ``metrics`` [(name, value, step)], ``params`` {}, ``artifacts`` []."""
+    metrics: list[tuple[str, float, int]] = []
+    params: dict[str, Any] = {}
+    artifacts: list[str] = []
+    results = run_dir / RESULTS_FILE
+    if results.exists():
+        for line in results.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed kernel
+            if entry.get("kind") == "metric":
+                metrics.append((entry["name"], float(entry["value"]), int(entry.get("step", 0))))
+            elif entry.get("kind") == "param":
+                params[entry["name"]] = entry["value"]
+            elif entry.get("kind") == "artifact" and entry["path"] not in artifacts:
+                artifacts.append(entry["path"])
+    return {"metrics": metrics, "params": params, "artifacts": artifacts}

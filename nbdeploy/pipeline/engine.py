@@ -1,0 +1,302 @@
+"""The papermill engine behind nbdeploy runs (imports papermill: load it lazily).
+
+On top of papermill's nbclient engine it adds: cells tagged ``nbdeploy:skip`` are left out
+and marked in the output; progress and live output go to a :class:`Progress`; one deadline
+bounds the whole run; output is saved at most every few seconds rather than twice per
+cell; a kernel started beforehand (overlapping this module's import) can be handed in.
+Importing it registers papermill's ``nbdeploy`` engine in this process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import Engine, NotebookExecutionManager, papermill_engines
+from papermill.translators import PythonTranslator, papermill_translators
+from papermill.utils import find_first_tagged_cell_index
+
+from nbdeploy.notebook.reader import INJECTED_TAG, PARAMETERS_TAG, SKIP_TAG, first_line
+from nbdeploy.pipeline.progress import NullProgress, Progress
+
+SKIPPED_NOTE = "nbdeploy: cell skipped (tagged nbdeploy:skip)\n"
+AUTOSAVE_SECONDS = 5.0
+
+
+@dataclass
+class CellFailure:
+    """Where and how a run failed. ``cell`` is 1-based in the notebook as the user wrote it."""
+
+    cell: int
+    first_line: str
+    ename: str
+    evalue: str
+    kind: str = "error"  # error | timeout | kernel_died
+
+    def describe(self, notebook_name: str) -> str:
+        where = f"{notebook_name}, cell {self.cell} ({self.first_line})"
+        if self.kind == "timeout":
+            return f"{where}: {self.evalue}"
+        if self.kind == "kernel_died":
+            return f"{where}: the kernel died while running this cell ({self.evalue})"
+        return f"{where}: {self.ename}: {self.evalue}" if self.evalue else f"{where}: {self.ename}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cell": self.cell,
+            "first_line": self.first_line,
+            "ename": self.ename,
+            "evalue": self.evalue,
+            "kind": self.kind,
+        }
+
+
+class NbdeployPythonTranslator(PythonTranslator):
+    """papermill's Python translator, plus dates, date-times and tuples."""
+
+    @classmethod
+    def translate(cls, val: Any) -> str:
+        if isinstance(val, dt.datetime):
+            return f"__import__('datetime').datetime.fromisoformat({val.isoformat()!r})"
+        if isinstance(val, dt.date):
+            return f"__import__('datetime').date.fromisoformat({val.isoformat()!r})"
+        if isinstance(val, tuple):
+            items = ", ".join(cls.translate(item) for item in val)
+            return f"({items},)" if len(val) == 1 else f"({items})"
+        return str(super().translate(val))
+
+
+def inject_parameters(
+    nb: nbformat.NotebookNode, values: dict[str, Any], kernel_name: str, language: str
+) -> int:
+    """Insert the ``injected-parameters`` cell after the ``parameters`` cell (papermill's
+    layout), rendering values with papermill's translators. Returns its index, or -1."""
+    if not values:
+        return -1
+    translator = (
+        NbdeployPythonTranslator
+        if language == "python"
+        else papermill_translators.find_translator(kernel_name, language)
+    )
+    content = translator.codify(values, comment="Parameters injected by nbdeploy")
+    cell = nbformat.v4.new_code_cell(source=content)
+    cell.metadata["tags"] = [INJECTED_TAG]
+    injected = find_first_tagged_cell_index(nb, INJECTED_TAG)
+    if injected >= 0:
+        nb.cells[injected] = cell
+        index = int(injected)
+    else:
+        index = int(find_first_tagged_cell_index(nb, PARAMETERS_TAG)) + 1
+        nb.cells.insert(index, cell)
+    nb.metadata.setdefault("papermill", {})["parameters"] = {
+        name: value.isoformat() if isinstance(value, dt.date) else value
+        for name, value in values.items()
+    }
+    return index
+
+
+class RunExecutionManager(NotebookExecutionManager):
+    """papermill's execution manager, saving at most every few seconds and at the end."""
+
+    def __init__(self, nb: nbformat.NotebookNode, output_path: str | None) -> None:
+        super().__init__(nb, output_path=output_path, progress_bar=False, autosave_cell_every=0)
+        self._last_write = 0.0
+
+    def save(self, **kwargs: Any) -> None:
+        finished = self.end_time is not None
+        if not self.output_path:
+            return
+        if not finished and time.monotonic() - self._last_write < AUTOSAVE_SECONDS:
+            return
+        write_notebook_atomically(self.nb, Path(self.output_path))
+        self._last_write = time.monotonic()
+
+
+def write_notebook_atomically(nb: nbformat.NotebookNode, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            nbformat.write(nb, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunNotebookClient(PapermillNotebookClient):
+    """Executes cells like papermill's client, with skip tags, progress and a deadline."""
+
+    def __init__(
+        self,
+        nb_man: RunExecutionManager,
+        progress: Progress,
+        deadline: float | None,
+        run_timeout: float | None,
+        injected_index: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(nb_man, **kwargs)
+        self.progress = progress
+        self.deadline = deadline
+        self.run_timeout = run_timeout
+        self.injected_index = injected_index
+        self.failure: CellFailure | None = None
+
+    def user_cell_number(self, index: int) -> int:
+        """1-based position of a cell in the notebook as written; the injected cell counts as
+        the parameters cell it follows."""
+        if self.injected_index >= 0 and index >= self.injected_index:
+            return index
+        return index + 1
+
+    def execute(self, **kwargs: Any) -> nbformat.NotebookNode:
+        """papermill's ``execute``, but a kernel that timed out or died is not asked for its
+        language info afterwards (it would not answer)."""
+        self.reset_execution_trackers()
+        with self.setup_kernel(**kwargs):
+            self.papermill_execute_cells()
+            if self.failure is None or self.failure.kind == "error":
+                self.timeout = None  # the kernel is idle: kernel_info answers at once
+                info = self.wait_for_reply(self.kc.kernel_info())
+                self.nb.metadata["language_info"] = info["content"]["language_info"]
+            self.set_widgets_metadata()
+        return self.nb
+
+    def papermill_execute_cells(self) -> None:
+        cells = self.nb.cells
+        runnable = [
+            i
+            for i, cell in enumerate(cells)
+            if cell.cell_type == "code" and SKIP_TAG not in cell.metadata.get("tags", [])
+        ]
+        self.progress.start("", len(runnable))
+        position = 0
+        for index, cell in enumerate(cells):
+            if cell.cell_type != "code":
+                continue
+            if SKIP_TAG in cell.metadata.get("tags", []):
+                mark_skipped(cell)
+                continue
+            position += 1
+            number = self.user_cell_number(index)
+            label = "(injected parameters)" if index == self.injected_index else first_line(cell)
+            self.progress.cell_started(position, number, label)
+            try:
+                if self.deadline is not None:
+                    remaining = self.deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CellTimeoutError("deadline reached before the cell started")
+                    self.timeout = max(1, int(remaining + 0.999))  # type: ignore[assignment]
+                self.nb_man.cell_start(cell, index)
+                self.execute_cell(cell, index)
+            except CellExecutionError as error:
+                self.nb_man.cell_exception(cells[index], cell_index=index, exception=error)
+                self.failure = self._failure_from_outputs(cells[index], number)
+                break
+            except CellTimeoutError:
+                message = f"timed out after {_seconds(self.run_timeout)} s"
+                cells[index].outputs.append(
+                    nbformat.v4.new_output(
+                        "error", ename="TimeoutError", evalue=message, traceback=[message]
+                    )
+                )
+                self.nb_man.cell_exception(cells[index], cell_index=index)
+                self.failure = CellFailure(
+                    number, first_line(cell), "TimeoutError", message, "timeout"
+                )
+                break
+            except DeadKernelError as error:
+                self.nb_man.cell_exception(cells[index], cell_index=index)
+                self.failure = CellFailure(
+                    number, first_line(cell), "DeadKernelError", str(error), "kernel_died"
+                )
+                break
+            finally:
+                self.nb_man.cell_complete(cells[index], cell_index=index)
+
+    def _failure_from_outputs(self, cell: nbformat.NotebookNode, number: int) -> CellFailure:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return CellFailure(
+                    number, first_line(cell), output.get("ename", "Error"), output.get("evalue", "")
+                )
+        return CellFailure(number, first_line(cell), "CellExecutionError", "")
+
+    def process_message(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().process_message(*args, **kwargs)
+        if output is not None:
+            if output.get("output_type") == "stream":
+                self.progress.output("".join(output.get("text", "")), output.get("name", "stdout"))
+            elif "text/plain" in output.get("data", {}):
+                self.progress.output("".join(output["data"]["text/plain"]), "stdout")
+        return output
+
+
+def mark_skipped(cell: nbformat.NotebookNode) -> None:
+    cell.execution_count = None
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=SKIPPED_NOTE)]
+    cell.metadata.setdefault("nbdeploy", {})["skipped"] = True
+    cell.metadata.setdefault("papermill", {})["status"] = "skipped"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+class NbdeployEngine(Engine):
+    """papermill engine: ``papermill -e nbdeploy`` gets skip tags; nbdeploy passes more."""
+
+    @classmethod
+    def execute_notebook(
+        cls,
+        nb: nbformat.NotebookNode,
+        kernel_name: str,
+        output_path: str | None = None,
+        progress_bar: bool = True,
+        log_output: bool = False,
+        autosave_cell_every: int = 30,
+        *,
+        progress: Progress | None = None,
+        run_timeout: float | None = None,
+        injected_index: int = -1,
+        km: Any = None,
+        start_timeout: int = 60,
+        execution_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> nbformat.NotebookNode:
+        timeout = run_timeout if run_timeout is not None else execution_timeout
+        nb_man = RunExecutionManager(nb, output_path=output_path)
+        nb_man.notebook_start()
+        client = RunNotebookClient(
+            nb_man,
+            progress=progress or NullProgress(),
+            deadline=time.monotonic() + timeout if timeout else None,
+            run_timeout=timeout,
+            injected_index=injected_index,
+            km=km,
+            kernel_name=kernel_name,
+            startup_timeout=start_timeout,
+            timeout=None,
+        )
+        try:
+            client.execute()
+        finally:
+            nb_man.notebook_complete()
+        nb_man.nb.metadata.setdefault("nbdeploy", {})["failure"] = (
+            client.failure.to_dict() if client.failure else None
+        )
+        return nb_man.nb
+
+
+papermill_engines.register("nbdeploy", NbdeployEngine)

@@ -1,0 +1,164 @@
+"""Record runs in MLflow: params, metrics, the output notebook and logged artifacts.
+
+MLflow costs seconds to import and to open a SQLite tracking store. That work happens in
+one helper process per nbdeploy process (:mod:`nbdeploy.pipeline.tracking_worker`), started
+when the first run starts, so it runs on another core while the notebook executes, and is
+shared by every run of a sweep or pipeline. Tracking never fails a run: a tracking error
+becomes a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import config
+
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+REPLY_TIMEOUT_SECONDS = 300
+
+
+class TrackingWorker:
+    """The helper process, spoken to in JSON lines: one request, one reply, matched by id."""
+
+    def __init__(self) -> None:
+        log = open(config.home() / "mlflow-worker.log", "ab")  # noqa: SIM115 (held by the child)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nbdeploy.pipeline.tracking_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            bufsize=1,
+        )
+        log.close()
+        self._lock = threading.Lock()
+        self._pending: dict[str, Future[dict[str, Any]]] = {}
+        self._reader = threading.Thread(
+            target=self._read, name="nbdeploy-mlflow-reader", daemon=True
+        )
+        self._reader.start()
+
+    def request(self, request_id: str, **payload: Any) -> Future[dict[str, Any]]:
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            self._pending[request_id] = future
+            try:
+                assert self.process.stdin is not None
+                self.process.stdin.write(
+                    json.dumps({"id": request_id, **payload}, default=str) + "\n"
+                )
+                self.process.stdin.flush()
+            except OSError as exc:
+                self._pending.pop(request_id, None)
+                future.set_result({"ok": False, "error": f"the MLflow helper is gone ({exc})"})
+        return future
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                reply = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self._lock:
+                future = self._pending.pop(str(reply.get("id")), None)
+            if future is not None:
+                future.set_result(reply)
+        with self._lock:  # the helper exited: nobody will answer the rest
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_result({"ok": False, "error": "the MLflow helper process exited"})
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+_worker: TrackingWorker | None = None
+_worker_lock = threading.Lock()
+
+
+def tracking_worker() -> TrackingWorker:
+    global _worker
+    with _worker_lock:
+        if _worker is None or not _worker.alive:
+            _worker = TrackingWorker()
+        return _worker
+
+
+class MlflowTracker:
+    """One MLflow run for one nbdeploy run."""
+
+    def __init__(self, experiment: str, run_name: str, tags: dict[str, str], run_id: str) -> None:
+        self.uri = config.mlflow_tracking_uri()
+        self.experiment = os.environ.get(EXPERIMENT_ENV) or experiment
+        self.run_name = run_name
+        self.tags = tags
+        self.run_id = run_id
+        self._started: Future[dict[str, Any]] | None = None
+
+    def start(self) -> None:
+        """Create the MLflow run in the helper process, in the background (once)."""
+        if self._started is not None:
+            return
+        artifact_location = None
+        if not os.environ.get(config.MLFLOW_URI_ENV):
+            # MLflow's default artifact root is ./mlruns in the current directory.
+            artifact_location = f"{config.mlflow_artifact_root()}/{self.experiment}"
+        self._started = tracking_worker().request(
+            f"{self.run_id}:start",
+            op="start",
+            uri=self.uri,
+            experiment=self.experiment,
+            artifact_location=artifact_location,
+            run_name=self.run_name,
+            tags=self.tags,
+        )
+
+    def finish(
+        self,
+        *,
+        succeeded: bool,
+        parameters: dict[str, Any],
+        metrics: list[tuple[str, float, int]],
+        artifacts: list[Path],
+        warn: Callable[[str], None],
+    ) -> str | None:
+        """Log the results and close the MLflow run; returns its id (None on failure)."""
+        self.start()
+        assert self._started is not None
+        started = self._started.result(timeout=REPLY_TIMEOUT_SECONDS)
+        if not started.get("ok"):
+            warn(f"the run was not recorded in MLflow ({self.uri}): {started.get('error')}")
+            return None
+        mlflow_run_id = str(started["mlflow_run_id"])
+        finished = (
+            tracking_worker()
+            .request(
+                f"{self.run_id}:finish",
+                op="finish",
+                uri=self.uri,
+                mlflow_run_id=mlflow_run_id,
+                succeeded=succeeded,
+                params={name: _param_text(value) for name, value in parameters.items()},
+                metrics=metrics,
+                artifacts=[str(path) for path in artifacts if path.is_file()],
+            )
+            .result(timeout=REPLY_TIMEOUT_SECONDS)
+        )
+        if not finished.get("ok"):
+            warn(f"MLflow run {mlflow_run_id} is incomplete: {finished.get('error')}")
+        return mlflow_run_id
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]

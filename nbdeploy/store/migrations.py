@@ -1,0 +1,90 @@
+"""Schema migrations of the state store, applied in order; never drop user data.
+
+The schema version lives in SQLite's ``PRAGMA user_version``. A migration is a list of
+statements run in one transaction together with the version bump, so a crash half-way
+leaves the previous version intact. Later features append migrations; they never edit one
+that has shipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "runs with their metrics, logged parameters and artifacts; an event log",
+        (
+            """CREATE TABLE runs (
+                id TEXT PRIMARY KEY,
+                notebook TEXT NOT NULL,
+                parameters TEXT NOT NULL DEFAULT '{}',
+                status TEXT NOT NULL,
+                kernel TEXT,
+                output_path TEXT,
+                error TEXT,
+                created_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL,
+                mlflow_run_id TEXT
+            )""",
+            """CREATE TABLE run_metrics (
+                run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                value REAL NOT NULL,
+                step INTEGER NOT NULL DEFAULT 0,
+                logged_at REAL NOT NULL
+            )""",
+            "CREATE INDEX run_metrics_by_run ON run_metrics(run_id)",
+            """CREATE TABLE run_params (
+                run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                value TEXT NOT NULL,
+                PRIMARY KEY (run_id, name)
+            )""",
+            """CREATE TABLE run_artifacts (
+                run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+                path TEXT NOT NULL,
+                PRIMARY KEY (run_id, path)
+            )""",
+            """CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                at REAL NOT NULL,
+                kind TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT '{}'
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "groups of runs (sweeps, pipelines) and the step cache",
+        (
+            """CREATE TABLE run_groups (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                source TEXT NOT NULL,
+                spec TEXT NOT NULL DEFAULT '{}',
+                status TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                finished_at REAL
+            )""",
+            "ALTER TABLE runs ADD COLUMN group_id TEXT REFERENCES run_groups(id)",
+            "ALTER TABLE runs ADD COLUMN step TEXT",
+            "ALTER TABLE runs ADD COLUMN fingerprint TEXT",
+            "ALTER TABLE runs ADD COLUMN outputs TEXT NOT NULL DEFAULT '{}'",
+            "CREATE INDEX runs_by_group ON runs(group_id)",
+            "CREATE INDEX runs_by_fingerprint ON runs(fingerprint, status)",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version

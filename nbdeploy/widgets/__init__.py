@@ -1,0 +1,1 @@
+"""ipywidgets views shown inside notebooks: run progress (status and dashboards follow)."""

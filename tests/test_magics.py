@@ -1,0 +1,88 @@
+"""Integration: ``%load_ext nbdeploy`` and ``%deploy run`` inside a real kernel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from nbdeploy.store import StateStore
+from nbdeploy.store.runs import RunStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
+
+
+def run_in_kernel(kc, code: str, timeout: float = 180, ok: bool = True) -> str:
+    """Execute code; return everything the kernel printed (stdout, stderr, errors)."""
+    chunks: list[str] = []
+
+    def collect(msg):
+        content = msg["content"]
+        if msg["msg_type"] == "stream":
+            chunks.append(content["text"])
+        elif msg["msg_type"] == "error":
+            chunks.append(f"{content['ename']}: {content['evalue']}")
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=collect)
+    assert (reply["content"]["status"] == "ok") == ok, "".join(chunks)
+    return "".join(chunks)
+
+
+@pytest.fixture
+def kernel(home: Path, tmp_path: Path, make_notebook):
+    notebook = make_notebook(
+        "session.ipynb",
+        [
+            ("n: int = 1  # a number", ["parameters"]),
+            ("%load_ext nbdeploy\n%deploy run -p n 99", ["nbdeploy:skip"]),
+            "import nbdeploy\nnbdeploy.log_metric('double', n * 2)",
+        ],
+    )
+    env = dict(os.environ, JPY_SESSION_NAME=str(notebook), NBDEPLOY_HOME=str(home))
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
+    try:
+        yield kc, notebook
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_deploy_run_magic_runs_the_saved_notebook(kernel, home):
+    kc, notebook = kernel
+    output = run_in_kernel(kc, "%load_ext nbdeploy")
+    assert output == ""
+    output = run_in_kernel(kc, "%deploy run -p n 21 --no-mlflow")
+    assert "running the saved file session.ipynb" in output
+    assert "session.ipynb succeeded" in output and "double=42" in output
+    [record] = RunStore(StateStore(home / "state.db")).recent()
+    assert record.parameters == {"n": 21} and record.metrics == {"double": 42.0}
+    assert record.notebook == str(notebook)
+
+
+def test_deploy_magic_reports_user_errors_without_a_traceback(kernel):
+    kc, _ = kernel
+    run_in_kernel(kc, "%load_ext nbdeploy")
+    output = run_in_kernel(kc, "%deploy run -p n lots", ok=False)
+    assert "UsageError: nbdeploy: parameter 'n' of session.ipynb expects int, got lots" in output
+    assert "Traceback" not in output
+    output = run_in_kernel(kc, "%deploy run --parallel", ok=False)
+    assert "nbdeploy: %deploy run: argument --parallel: expected one argument" in output
+    output = run_in_kernel(kc, "%deploy params")
+    assert "n     int   1        a number" in output
+    output = run_in_kernel(kc, "%deploy frobnicate", ok=False)
+    assert "unknown subcommand 'frobnicate'" in output
+    output = run_in_kernel(kc, "%deploy run -p n 0 --no-mlflow --timeout 30 -p n oops", ok=False)
+    assert "expects int, got oops" in output
+
+
+def test_deploy_run_inside_a_run_does_not_recurse(kernel, cli, home):
+    _, notebook = kernel
+    # A notebook whose own cell says `%deploy run` (not tagged skip) must not run itself again.
+    text = notebook.read_text().replace('"nbdeploy:skip"', '"other"')
+    notebook.write_text(text)
+    result = cli("run", str(notebook), "--no-mlflow", "--log-output")
+    assert result.code == 0, result
+    assert "`%deploy run` ignored: this notebook is itself running under nbdeploy" in result.out
+    assert len(RunStore(StateStore(home / "state.db")).recent()) == 1
