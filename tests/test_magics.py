@@ -14,8 +14,14 @@ from nbdeploy.store.runs import RunStore
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
 
 
-def run_in_kernel(kc, code: str, timeout: float = 180, ok: bool = True) -> str:
-    """Execute code; return everything the kernel printed (stdout, stderr, errors)."""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def run_in_kernel(
+    kc, code: str, timeout: float = 180, ok: bool = True, displays: list | None = None
+) -> str:
+    """Execute code; return everything the kernel printed (stdout, stderr, errors) and
+    collect displayed data into ``displays``."""
     chunks: list[str] = []
 
     def collect(msg):
@@ -24,6 +30,8 @@ def run_in_kernel(kc, code: str, timeout: float = 180, ok: bool = True) -> str:
             chunks.append(content["text"])
         elif msg["msg_type"] == "error":
             chunks.append(f"{content['ename']}: {content['evalue']}")
+        elif msg["msg_type"] == "display_data" and displays is not None:
+            displays.append(content["data"])
 
     reply = kc.execute_interactive(code, timeout=timeout, output_hook=collect)
     assert (reply["content"]["status"] == "ok") == ok, "".join(chunks)
@@ -53,7 +61,16 @@ def test_deploy_run_magic_runs_the_saved_notebook(kernel, home):
     kc, notebook = kernel
     output = run_in_kernel(kc, "%load_ext nbdeploy")
     assert output == ""
-    output = run_in_kernel(kc, "%deploy run -p n 21 --no-mlflow")
+    displays: list = []
+    output = run_in_kernel(kc, "%deploy run -p n 21 --no-mlflow", displays=displays)
+    assert any(WIDGET_VIEW in data for data in displays), displays  # the progress widget
+    state = run_in_kernel(
+        kc,
+        "import warnings\nwarnings.simplefilter('ignore')\nfrom ipywidgets import Widget\n"
+        "bars = [w for w in Widget.widgets.values() if type(w).__name__ == 'IntProgress']\n"
+        "print(bars[-1].value, bars[-1].max, bars[-1].bar_style)",
+    )
+    assert state.split() == ["3", "3", "success"]  # parameters, injected, the metric cell
     assert "running the saved file session.ipynb" in output
     assert "session.ipynb succeeded" in output and "double=42" in output
     [record] = RunStore(StateStore(home / "state.db")).recent()
