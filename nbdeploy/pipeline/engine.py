@@ -188,7 +188,11 @@ class RunNotebookClient(PapermillNotebookClient):
                 continue
             position += 1
             number = self.user_cell_number(index)
-            label = "(injected parameters)" if index == self.injected_index else first_line(cell)
+            label = first_line(cell)
+            if index == self.injected_index:
+                label = "parameters given: " + _assignments(cell.source)
+            elif index == self.injected_index - 1:
+                label = "parameters (defaults)"
             self.progress.cell_started(position, number, label)
             try:
                 if self.deadline is not None:
@@ -239,6 +243,15 @@ class RunNotebookClient(PapermillNotebookClient):
             elif "text/plain" in output.get("data", {}):
                 self.progress.output("".join(output["data"]["text/plain"]), "stdout")
         return output
+
+
+def _assignments(source: str, width: int = 60) -> str:
+    """``a = 1, b = 'x'`` from an injected parameters cell, shortened."""
+    lines = [
+        line.strip() for line in source.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    text = ", ".join(lines)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def mark_skipped(cell: nbformat.NotebookNode) -> None:
