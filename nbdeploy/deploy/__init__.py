@@ -1,0 +1,1 @@
+"""Deployments: versions in the state store, supervised server processes, strategies."""
