@@ -55,6 +55,7 @@ class TypeSpec:
     args: tuple[TypeSpec, ...] = ()
     choices: tuple[Any, ...] = ()
     label: str = ""
+    variadic: bool = False  # tuple[int, ...]: any length
 
     def __str__(self) -> str:
         if self.label:
@@ -63,6 +64,8 @@ class TypeSpec:
             return " | ".join(str(arg) for arg in self.args)
         if self.kind == "literal":
             return "Literal[" + ", ".join(repr(c) for c in self.choices) + "]"
+        if self.variadic:
+            return f"{self.kind}[{self.args[0]}, ...]"
         if self.args:
             return f"{self.kind}[{', '.join(str(arg) for arg in self.args)}]"
         return "None" if self.kind == "none" else self.kind
@@ -202,12 +205,13 @@ def type_from_annotation(node: ast.expr) -> TypeSpec:
             return TypeSpec("literal", choices=tuple(choices))
         kind = _SIMPLE_TYPES.get(base)
         if kind in {"list", "dict", "tuple"}:
+            variadic = any(isinstance(i, ast.Constant) and i.value is Ellipsis for i in items)
             args = tuple(
                 type_from_annotation(item)
                 for item in items
                 if not (isinstance(item, ast.Constant) and item.value is Ellipsis)
             )
-            return TypeSpec(kind, args=args)
+            return TypeSpec(kind, args=args, variadic=variadic and kind == "tuple")
     return TypeSpec("any", label=ast.unparse(node))
 
 
@@ -276,8 +280,8 @@ def convert_text(spec: TypeSpec, text: str) -> Any:
         if stripped.startswith(("[", "(")):
             return check_value(spec, _parse_structured(stripped))
         items = [item.strip() for item in stripped.split(",")] if stripped else []
-        item_spec = spec.args[0] if spec.args and kind == "list" else ANY
-        if kind == "tuple" and spec.args:
+        item_spec = spec.args[0] if spec.args and (kind == "list" or spec.variadic) else ANY
+        if kind == "tuple" and spec.args and not spec.variadic:
             if len(spec.args) != len(items):
                 raise _Mismatch(f"expected {len(spec.args)} items, got {len(items)}")
             return tuple(
@@ -371,7 +375,7 @@ def check_value(spec: TypeSpec, value: Any) -> Any:
     if kind in {"list", "tuple"}:
         if not isinstance(value, list | tuple):
             raise _Mismatch()
-        if kind == "tuple" and spec.args:
+        if kind == "tuple" and spec.args and not spec.variadic:
             if len(spec.args) != len(value):
                 raise _Mismatch(f"expected {len(spec.args)} items, got {len(value)}")
             return tuple(check_value(arg, item) for arg, item in zip(spec.args, value, strict=True))
@@ -392,7 +396,8 @@ def check_value(spec: TypeSpec, value: Any) -> Any:
                 continue
         raise _Mismatch()
     if kind == "literal":
-        if value in spec.choices:
+        # Compare types too: True == 1 in Python, but True is not the choice 1.
+        if any(type(value) is type(choice) and value == choice for choice in spec.choices):
             return value
         raise _Mismatch("choose one of " + ", ".join(repr(c) for c in spec.choices))
     return value
@@ -411,8 +416,15 @@ def resolve_parameters(
     given: list[tuple[str, Any, bool]] = [(k, v, False) for k, v in (values or {}).items()]
     given += [(k, v, True) for k, v in (text_values or {}).items()]
     if given and not declared:
+        has_cell = bool(notebook.tagged(PARAMETERS_TAG))
         raise ParameterError(
-            f"{notebook.name} has no parameters cell, so it takes no parameter "
+            f"{notebook.name} "
+            + (
+                "declares no parameters in its parameters cell"
+                if has_cell
+                else "has no parameters cell"
+            )
+            + ", so it takes no parameter "
             f"(given: {', '.join(sorted({name for name, _, _ in given}))})",
             "tag the cell that assigns the parameters with `parameters` "
             "(JupyterLab: property inspector, Cell Tags)",

@@ -46,10 +46,29 @@ class StateStore:
             ) from exc
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL. Switching a new file needs an exclusive lock, and SQLite does not
+        apply the busy timeout to it: wait for other connections by hand."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise StoreError(f"cannot open the state store {self.path}: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"the state store {self.path} stayed locked for "
+                        f"{BUSY_TIMEOUT_MS // 1000} s",
+                        "another process holds it; try again when it has finished",
+                    ) from exc
+                time.sleep(0.02)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, with the schema migrated."""

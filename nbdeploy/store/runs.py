@@ -19,8 +19,8 @@ RUNNING, SUCCEEDED, FAILED, CACHED = "running", "succeeded", "failed", "cached"
 
 
 def new_id() -> str:
-    """A short, sortable, unique id: ``YYMMDD-HHMMSS-xxxxxx``."""
-    return time.strftime("%y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+    """A short, sortable, unique id: ``YYMMDD-HHMMSS-xxxxxxxx``."""
+    return time.strftime("%y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
 
 
 @dataclass
@@ -239,7 +239,8 @@ class RunStore:
         ids = [row["id"] for row in rows]
         marks = ",".join("?" * len(ids))
         metrics: dict[str, dict[str, float]] = {run_id: {} for run_id in ids}
-        # The last value logged under a name is the run's value for it.
+        # A run's value for a metric is the one logged at the highest step, the last one
+        # logged among equal steps (as MLflow shows a metric's latest value).
         for m in conn.execute(
             f"SELECT run_id, name, value FROM run_metrics WHERE run_id IN ({marks}) "
             "ORDER BY step, rowid",
