@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from nbdeploy.api import get_run, params, run, runs
+    from nbdeploy.api import deploy, get_run, logs, params, rollback, run, runs, status, stop
     from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
 
 _LAZY = {
@@ -24,6 +24,11 @@ _LAZY = {
     "params": "nbdeploy.api",
     "runs": "nbdeploy.api",
     "get_run": "nbdeploy.api",
+    "deploy": "nbdeploy.api",
+    "status": "nbdeploy.api",
+    "stop": "nbdeploy.api",
+    "logs": "nbdeploy.api",
+    "rollback": "nbdeploy.api",
     "log_metric": "nbdeploy.pipeline.context",
     "log_param": "nbdeploy.pipeline.context",
     "log_artifact": "nbdeploy.pipeline.context",
@@ -31,14 +36,19 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "deploy",
     "get_run",
     "load_ipython_extension",
     "log_artifact",
     "log_metric",
     "log_param",
+    "logs",
     "params",
+    "rollback",
     "run",
     "runs",
+    "status",
+    "stop",
 ]
 
 

@@ -143,3 +143,62 @@ def get_run(run_id: str) -> RunRecord:
     from nbdeploy.store.runs import RunStore
 
     return RunStore(default_store()).get(run_id)
+
+
+# -- services ----------------------------------------------------------------------------
+def deploy(function: Any, name: str | None = None, **options: Any) -> Any:
+    """Deploy a notebook function as a local HTTP service (see ``%deploy``).
+
+    Options: ``port``, ``host`` (127.0.0.1 unless NBDEPLOY_ALLOW_REMOTE is set),
+    ``workers``, ``batch`` (None: on when the function maps rows to results),
+    ``reference`` (name of the variable holding the training inputs), ``requirements``
+    (extra PEP 508 requirements), ``namespace`` (default: the function's globals),
+    ``history`` (the notebook's executed cells), ``source``, ``notify``.
+    Returns a DeployResult with ``url``, ``version`` and ``to_dict()``.
+    """
+    from nbdeploy.deploy.core import deploy_function
+
+    if "history" not in options:
+        options["history"] = _kernel_history()
+    return deploy_function(function, name=name, **options)
+
+
+def _kernel_history() -> list[str]:
+    """The cells this IPython kernel has executed (where notebook classes are found)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    return list(shell.user_ns.get("In", [])) if shell is not None else []
+
+
+def status(name: str | None = None) -> Any:
+    """Deployments (or one) with their live version, address and servers."""
+    from nbdeploy.deploy.core import status as deployment_status
+
+    return deployment_status(name)
+
+
+def stop(name: str) -> Any:
+    from nbdeploy.deploy.core import stop as stop_deployment
+
+    return stop_deployment(name)
+
+
+def logs(name: str, lines: int = 50) -> list[str]:
+    from nbdeploy.deploy.core import logs as deployment_logs
+
+    return deployment_logs(name, lines)
+
+
+def rollback(name: str, notify: Notify = _ignore) -> Any:
+    from nbdeploy.deploy.core import rollback as rollback_deployment
+
+    return rollback_deployment(name, notify=notify)
+
+
+def show_code(name: str, version: int | None = None) -> str:
+    from nbdeploy.deploy.core import show_code as code_of
+
+    return code_of(name, version)

@@ -42,6 +42,24 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=30)
     runs.add_argument("--json", action="store_true")
 
+    status = commands.add_parser("status", help="deployments: status, version, address")
+    status.add_argument("name", nargs="?", help="one deployment (default: all)")
+    status.add_argument("--json", action="store_true")
+    stop = commands.add_parser("stop", help="stop a deployment's servers")
+    stop.add_argument("name")
+    stop.add_argument("--json", action="store_true")
+    logs = commands.add_parser("logs", help="the last lines of a deployment's server log")
+    logs.add_argument("name")
+    logs.add_argument("--tail", type=int, default=50, metavar="N")
+    rollback = commands.add_parser("rollback", help="serve the previous version again")
+    rollback.add_argument("name")
+    rollback.add_argument("--json", action="store_true")
+    show = commands.add_parser("show", help="a deployment's versions, or its generated code")
+    show.add_argument("name")
+    show.add_argument("--code", action="store_true", help="print the generated service.py")
+    show.add_argument("--version", type=int, dest="version_number", metavar="N")
+    show.add_argument("--json", action="store_true")
+
     ci = commands.add_parser("ci", help="continuous integration helpers")
     ci_commands = ci.add_subparsers(dest="ci_command", metavar="COMMAND", required=True)
     init = ci_commands.add_parser(
@@ -108,9 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        handler = {"run": cmd_run, "params": cmd_params, "runs": cmd_runs, "ci": cmd_ci}[
-            args.command
-        ]
+        handler = {
+            "run": cmd_run,
+            "params": cmd_params,
+            "runs": cmd_runs,
+            "ci": cmd_ci,
+            "status": cmd_status,
+            "stop": cmd_stop,
+            "logs": cmd_logs,
+            "rollback": cmd_rollback,
+            "show": cmd_show,
+        }[args.command]
         return handler(args)
     except NbdeployError as error:
         _error(str(error))
@@ -244,6 +270,86 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `nbdeploy run NOTEBOOK`")
     else:
         print(runs_table(records))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.deploy.report import status_table
+
+    deployments = api.status(args.name)
+    if args.json:
+        _print_json([d.to_dict() for d in deployments])
+    else:
+        print(status_table(deployments))
+        for deployment in deployments:
+            if deployment.status == "failed":
+                _print_last_error(deployment.name)
+    return 0 if all(d.status != "failed" for d in deployments) else 1
+
+
+def _print_last_error(name: str) -> None:
+    from nbdeploy import api
+
+    lines = api.logs(name, 8)
+    if lines:
+        print(f"last log lines of {name}:")
+        print("\n".join(f"  {line}" for line in lines))
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    deployment = api.stop(args.name)
+    if args.json:
+        _print_json(deployment.to_dict())
+    else:
+        print(f"stopped {deployment.name}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    print("\n".join(api.logs(args.name, args.tail)))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    deployment = api.rollback(args.name, notify=_notice)
+    if args.json:
+        _print_json(deployment.to_dict())
+    else:
+        print(f"{deployment.name} is serving v{deployment.live_version} at {deployment.url}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.deploy.core import versions_of
+
+    if args.code:
+        print(api.show_code(args.name, args.version_number), end="")
+        return 0
+    versions = versions_of(args.name)
+    if args.json:
+        _print_json([v.to_dict() for v in versions])
+        return 0
+    from nbdeploy.pipeline.summary import table
+
+    rows = [
+        [
+            f"v{v.version}",
+            v.function,
+            v.bento_tag,
+            ", ".join(v.requirements),
+            "batch" if v.options.get("batch") else "-",
+        ]
+        for v in versions
+    ]
+    print(table(["version", "function", "bento", "requirements", "batching"], rows))
     return 0
 
 

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from nbdeploy.errors import NbdeployError, RunFailedError
 from nbdeploy.pipeline.context import RUN_DIR_ENV
 
 SESSION_ENV = "JPY_SESSION_NAME"
 USAGE = """\
+%deploy FUNCTION [--name NAME] [--port N] [--workers N] [--batch|--no-batch] [--reference VAR]
+                 [--requirements REQ ...]          deploy a function of this notebook
+%deploy status [NAME] | stop NAME | logs NAME | rollback NAME | show NAME
 %deploy run [NOTEBOOK] [-p NAME VALUE]... [-f FILE] [--sweep NAME=V1,V2]... [--parallel N]
             [--output-dir DIR] [--kernel NAME] [--timeout S] [--log-output] [--no-mlflow]
 %deploy params [NOTEBOOK]
@@ -77,14 +80,26 @@ class DeployMagics(Magics):
             print(USAGE)
             return None
         command, rest = words[0], words[1:]
-        handlers = {"run": self._run, "params": self._params, "runs": self._runs}
+        handlers = {
+            "run": self._run,
+            "params": self._params,
+            "runs": self._runs,
+            "status": self._status,
+            "stop": self._stop,
+            "logs": self._logs,
+            "rollback": self._rollback,
+            "show": self._show,
+        }
         handler = handlers.get(command)
         try:
-            if handler is None:
-                raise NbdeployError(
-                    f"unknown subcommand {command!r}", "one of: " + ", ".join(handlers)
-                )
-            return handler(rest)
+            if handler is not None:
+                return handler(rest)
+            if command.isidentifier() and callable(self._shell.user_ns.get(command)):
+                return self._deploy(command, rest)
+            raise NbdeployError(
+                f"unknown subcommand {command!r}, and no function {command!r} in this notebook",
+                "one of: " + ", ".join(handlers) + ", or the name of a function to deploy",
+            )
         except _HelpShown:
             return None
         except NbdeployError as error:
@@ -92,7 +107,121 @@ class DeployMagics(Magics):
             # (so a notebook that calls %deploy under papermill or CI fails too).
             raise UsageError(f"nbdeploy: {error}") from None
 
+    @property
+    def _shell(self) -> Any:
+        assert self.shell is not None, "the magics are registered with a shell"
+        return self.shell
+
+    @cell_magic("deploy")  # type: ignore[arg-type]
+    def deploy_cell(self, line: str, cell: str) -> Any:
+        """%%deploy NAME [options]: run the cell, then deploy the function it defines."""
+        import ast
+
+        result = self._shell.run_cell(cell, store_history=True)
+        if not result.success:
+            return None
+        functions = [n.name for n in ast.parse(cell).body if isinstance(n, ast.FunctionDef)]
+        if not functions:
+            raise UsageError("nbdeploy: %%deploy: the cell defines no function to deploy")
+        words = shlex.split(line)
+        options = (["--name", words[0]] if words and not words[0].startswith("-") else []) + [
+            w for w in words[1:] if words and not words[0].startswith("-")
+        ] or words
+        try:
+            return self._deploy(functions[-1], options)
+        except NbdeployError as error:
+            raise UsageError(f"nbdeploy: {error}") from None
+
     # -- subcommands -------------------------------------------------------------------
+    def _deploy(self, function_name: str, words: list[str]) -> Any:
+        from nbdeploy import api
+        from nbdeploy.deploy.report import describe_deploy
+
+        parser = _MagicParser(prog=f"%deploy {function_name}")
+        parser.add_argument("--name", help="deployment name (default: the function's)")
+        parser.add_argument("--port", type=int, help="port (default: a free one, kept)")
+        parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+        parser.add_argument("--workers", type=int, default=1, help="worker processes")
+        parser.add_argument(
+            "--batch",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="adaptive batching (default: on when the function maps rows to results)",
+        )
+        parser.add_argument("--reference", metavar="VAR", help="variable with the training inputs")
+        parser.add_argument(
+            "--requirements",
+            nargs="+",
+            default=[],
+            metavar="REQ",
+            help="extra requirements (PEP 508)",
+        )
+        args = parser.parse_args(words)
+        namespace = self._shell.user_ns
+        notebook = os.environ.get(SESSION_ENV)
+        result = api.deploy(
+            namespace[function_name],
+            name=args.name,
+            namespace=namespace,
+            history=list(namespace.get("In", [])),
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            batch=args.batch,
+            reference=args.reference,
+            requirements=args.requirements,
+            source={"notebook": notebook, "function": function_name},
+            notify=lambda message: print(f"nbdeploy: {message}", flush=True),
+        )
+        example = _example_rows(namespace.get(args.reference)) if args.reference else None
+        if _has_widgets(self.shell):
+            from nbdeploy.widgets.deployment import show_deployment
+
+            show_deployment(result, example)
+        else:
+            print(describe_deploy(result))
+        return None
+
+    def _status(self, words: list[str]) -> None:
+        from nbdeploy import api
+        from nbdeploy.deploy.report import status_table
+
+        parser = _MagicParser(prog="%deploy status")
+        parser.add_argument("name", nargs="?")
+        args = parser.parse_args(words)
+        print(status_table(api.status(args.name)))
+
+    def _stop(self, words: list[str]) -> None:
+        from nbdeploy import api
+
+        parser = _MagicParser(prog="%deploy stop")
+        parser.add_argument("name")
+        print(f"stopped {api.stop(parser.parse_args(words).name).name}")
+
+    def _logs(self, words: list[str]) -> None:
+        from nbdeploy import api
+
+        parser = _MagicParser(prog="%deploy logs")
+        parser.add_argument("name")
+        parser.add_argument("--tail", type=int, default=50)
+        args = parser.parse_args(words)
+        print("\n".join(api.logs(args.name, args.tail)))
+
+    def _rollback(self, words: list[str]) -> None:
+        from nbdeploy import api
+
+        parser = _MagicParser(prog="%deploy rollback")
+        parser.add_argument("name")
+        deployment = api.rollback(parser.parse_args(words).name)
+        print(f"{deployment.name} is serving v{deployment.live_version} at {deployment.url}")
+
+    def _show(self, words: list[str]) -> None:
+        from nbdeploy import api
+
+        parser = _MagicParser(prog="%deploy show")
+        parser.add_argument("name")
+        print(api.show_code(parser.parse_args(words).name), end="")
+
     def _run(self, words: list[str]) -> Any:
         from nbdeploy import api
         from nbdeploy.cli import add_run_arguments, run_request_from_args
@@ -181,6 +310,14 @@ class DeployMagics(Magics):
         else:
             records = api.runs(limit=args.limit)
             print(runs_table(records) if records else "no runs yet")
+
+
+def _example_rows(reference: Any) -> Any:
+    """The first row of a reference data set, as a list of rows (for an example call)."""
+    if reference is None:
+        return None
+    head = reference.iloc[:1].to_numpy() if hasattr(reference, "iloc") else reference[:1]
+    return head.tolist() if hasattr(head, "tolist") else list(head)
 
 
 def _has_widgets(shell: Any) -> bool:

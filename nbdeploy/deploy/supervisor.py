@@ -94,6 +94,7 @@ def start_server(
     cwd: Path | None = None,
     ready_path: str = "/readyz",
     timeout: float = 120.0,
+    fail_markers: Sequence[str] = (),
 ) -> ServerProcess:
     """Start ``command`` and wait until ``ready_path`` answers 200; on failure the process is
     stopped and :class:`ServerStartError` carries its last log lines."""
@@ -125,6 +126,9 @@ def start_server(
             )
         if probe(server.url + ready_path):
             return server
+        if fail_markers and any(m in line for line in tail(log_path, 50) for m in fail_markers):
+            stop_process(process.pid, server.start_ticks)
+            raise ServerStartError("the server failed to start", tail(log_path, 30))
         if time.monotonic() > deadline:
             stop_process(process.pid, server.start_ticks)
             raise ServerStartError(f"the server was not ready after {timeout:g} s", tail(log_path))

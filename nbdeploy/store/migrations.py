@@ -85,6 +85,55 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX runs_by_fingerprint ON runs(fingerprint, status)",
         ),
     ),
+    Migration(
+        3,
+        "deployments, their versions and the server processes that serve them",
+        (
+            """CREATE TABLE deployments (
+                name TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                port INTEGER NOT NULL,
+                strategy TEXT NOT NULL DEFAULT 'recreate',
+                live_version INTEGER,
+                status TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            """CREATE TABLE versions (
+                deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+                version INTEGER NOT NULL,
+                content_hash TEXT NOT NULL,
+                bento_tag TEXT NOT NULL,
+                function TEXT NOT NULL,
+                source TEXT NOT NULL DEFAULT '{}',
+                requirements TEXT NOT NULL DEFAULT '[]',
+                schema TEXT NOT NULL DEFAULT '{}',
+                options TEXT NOT NULL DEFAULT '{}',
+                service_dir TEXT NOT NULL,
+                reference_path TEXT,
+                mlflow_version TEXT,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (deployment, version)
+            )""",
+            "CREATE INDEX versions_by_hash ON versions(deployment, content_hash)",
+            """CREATE TABLE servers (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+                version INTEGER NOT NULL,
+                pid INTEGER,
+                start_ticks INTEGER,
+                host TEXT NOT NULL,
+                port INTEGER NOT NULL,
+                role TEXT NOT NULL DEFAULT 'live',
+                status TEXT NOT NULL,
+                log_path TEXT NOT NULL,
+                started_at REAL NOT NULL,
+                stopped_at REAL,
+                error TEXT
+            )""",
+            "CREATE INDEX servers_by_deployment ON servers(deployment, status)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,413 @@
+"""Deploy notebook functions as local services: the core behind ``%deploy``, ``nbdeploy
+deploy`` and ``nbdeploy.deploy``.
+
+A deploy captures the function, packages it (content-addressed), builds a bento in a
+separate process (reused when the content is unchanged), records a version, and switches
+the deployment's address to it. The strategy here is *recreate*: the old server stops and
+the new one starts on the deployment's port; if the new one does not become ready, the old
+version is started again and the error says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import config
+from nbdeploy.deploy.store import (
+    FAILED,
+    SERVING,
+    STOPPED,
+    Deployment,
+    DeploymentStore,
+    Version,
+)
+from nbdeploy.deploy.supervisor import (
+    LOOPBACK,
+    ServerStartError,
+    free_port,
+    start_server,
+    stop_process,
+    tail,
+)
+from nbdeploy.errors import NbdeployError
+from nbdeploy.store import StateStore, default_store
+
+Notify = Callable[[str], None]
+BUILD_TIMEOUT_SECONDS = 600
+READY_TIMEOUT_SECONDS = 120
+STARTUP_FAILURE_MARKERS = ("Application startup failed",)
+
+
+class DeployError(NbdeployError):
+    """A deploy did not complete; the previous version (if any) is still serving."""
+
+    exit_code = 1
+
+
+@dataclass
+class DeployResult:
+    deployment: Deployment
+    version: Version
+    built: bool
+    requirements: list[str]
+    notices: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return self.deployment.url
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.deployment.name,
+            "version": self.version.version,
+            "url": self.url,
+            "endpoint": self.url + self.version.schema.get("route", "/"),
+            "status": self.deployment.status,
+            "bento": self.version.bento_tag,
+            "built": self.built,
+            "requirements": self.requirements,
+            "notices": self.notices,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def deployments_dir() -> Path:
+    path = config.home() / "deployments"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def deploy_function(
+    function: Any,
+    *,
+    name: str | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    history: Iterable[str] = (),
+    host: str = LOOPBACK,
+    port: int | None = None,
+    workers: int = 1,
+    batch: bool | None = None,
+    reference: str | None = None,
+    requirements: Iterable[str] = (),
+    source: Mapping[str, Any] | None = None,
+    store: StateStore | None = None,
+    notify: Notify = _ignore,
+) -> DeployResult:
+    """Deploy ``function`` (defined in a notebook) as the service ``name``."""
+    from nbdeploy.service.capture import capture_function
+    from nbdeploy.service.package import ServiceOptions, deployment_name, package_service
+    from nbdeploy.service.requirements import notebook_pip_installs, pin_requirements
+
+    started = time.monotonic()
+    deployments = DeploymentStore(store or default_store())
+    name = deployment_name(name or str(getattr(function, "__name__", "service")))
+    if workers < 1:
+        raise DeployError("--workers must be at least 1")
+    _check_host(host)
+    cells = list(history)
+    scope = namespace if namespace is not None else getattr(function, "__globals__", {})
+    captured = capture_function(function, scope, cells)
+    notices: list[str] = []
+    reference_value = None
+    if reference:
+        if reference not in scope:
+            raise DeployError(
+                f"--reference {reference!r}: no such variable in the notebook",
+                "name the variable that holds the training inputs (a DataFrame or array)",
+            )
+        reference_value = scope[reference]
+    modules = set(captured.modules)
+    if any(_needs_joblib(value) for value in captured.objects.values()):
+        modules.add("joblib")
+    pinned = pin_requirements(modules, requirements)
+    for module in pinned.unresolved:
+        notices.append(
+            f"module {module!r} is not from an installed distribution: the service will not have it"
+        )
+    for line in notebook_pip_installs(cells):
+        notices.append(
+            f"the notebook ran `{line}`: its packages are included only if the function uses them"
+        )
+    for notice in notices:
+        notify(notice)
+    notify("requirements: " + (", ".join(pinned.pinned) or "none"))
+    label = json.dumps(dict(source or {}), default=str)
+    staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        packaged = package_service(
+            captured,
+            ServiceOptions(name=name, workers=workers, batch=batch),
+            pinned,
+            staging,
+            label,
+        )
+        version_dir = deployments_dir() / name / "versions" / packaged.content_hash[:16]
+        if version_dir.exists():
+            shutil.rmtree(staging)
+        else:
+            version_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(version_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    reference_path = None
+    if reference_value is not None:
+        import joblib
+
+        reference_path = str(version_dir / "reference.joblib")
+        joblib.dump(reference_value, reference_path)
+    if deployments.find(name) is None:
+        deployments.ensure(name, host, port or free_port(host))
+    existing = deployments.version_with_hash(name, packaged.content_hash)
+    built = False
+    if existing is None:
+        notify(f"building {name} (offline, pinned requirements)")
+        bento_tag, built = build_bento(version_dir)
+        version = deployments.add_version(
+            Version(
+                deployment=name,
+                version=0,
+                content_hash=packaged.content_hash,
+                bento_tag=bento_tag,
+                function=captured.name,
+                service_dir=str(version_dir),
+                created_at=time.time(),
+                source=dict(source or {}),
+                requirements=pinned.pinned,
+                schema=packaged.schema,
+                options={"workers": workers, "batch": packaged.batch},
+                reference_path=reference_path,
+            )
+        )
+    else:
+        version = existing
+        notify(f"unchanged since version {version.version}: reusing its build")
+    current = deployments.find(name)
+    if current is not None:
+        current = deployments.reconcile(name)
+    if (
+        current is not None
+        and current.status == SERVING
+        and current.live_version == version.version
+        and (port is None or port == current.port)
+        and host == current.host
+    ):
+        return DeployResult(
+            current, version, built, pinned.pinned, notices, time.monotonic() - started
+        )
+    deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
+    return DeployResult(
+        deployment, version, built, pinned.pinned, notices, time.monotonic() - started
+    )
+
+
+def _needs_joblib(value: Any) -> bool:
+    from nbdeploy.service.package import object_kind
+
+    return object_kind(value) == "generic"
+
+
+def _check_host(host: str) -> None:
+    if host not in (LOOPBACK, "localhost", "::1") and not os.environ.get("NBDEPLOY_ALLOW_REMOTE"):
+        raise DeployError(
+            f"--host {host}: services listen on 127.0.0.1 unless you opt in",
+            "set NBDEPLOY_ALLOW_REMOTE=1 to serve on other addresses (and put an "
+            "authenticating proxy in front)",
+        )
+
+
+def build_bento(version_dir: Path) -> tuple[str, bool]:
+    """Build (or reuse) the bento of a packaged version in a separate process."""
+    from nbdeploy.service.builder import bentoml_environment
+
+    env = {**os.environ, **bentoml_environment()}
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "nbdeploy.service.builder", str(version_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=BUILD_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeployError(
+            f"building the service took longer than {BUILD_TIMEOUT_SECONDS} s"
+        ) from None
+    lines = completed.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise DeployError(
+            "building the service failed:\n"
+            + "\n".join(completed.stderr.strip().splitlines()[-15:])
+        ) from None
+    if not result.get("ok"):
+        detail = "\n".join(completed.stderr.strip().splitlines()[-10:])
+        raise DeployError(f"building the service failed: {result.get('error')}\n{detail}".rstrip())
+    return str(result["bento_tag"]), not result.get("reused", False)
+
+
+def server_command(bento_tag: str, host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        bento_tag,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def _start(deployments: DeploymentStore, name: str, version: Version, host: str, port: int) -> Any:
+    from nbdeploy.service.builder import bentoml_environment
+
+    log_path = deployments_dir() / name / "logs" / f"v{version.version}-{int(time.time())}.log"
+    server = start_server(
+        server_command(version.bento_tag, host, port),
+        host=host,
+        port=port,
+        log_path=log_path,
+        env={**os.environ, **bentoml_environment()},
+        timeout=READY_TIMEOUT_SECONDS,
+        fail_markers=STARTUP_FAILURE_MARKERS,
+    )
+    return deployments.add_server(
+        name,
+        version.version,
+        pid=server.pid,
+        start_ticks=server.start_ticks,
+        host=host,
+        port=port,
+        log_path=str(log_path),
+        started_at=server.started_at,
+    )
+
+
+def _stop_all(deployments: DeploymentStore, name: str) -> None:
+    for server in deployments.active_servers(name):
+        if server.pid:
+            stop_process(server.pid, server.start_ticks)
+        deployments.end_server(server.id, STOPPED)
+
+
+def switch_to(
+    deployments: DeploymentStore,
+    name: str,
+    version: Version,
+    *,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    notify: Notify = _ignore,
+) -> Deployment:
+    """Recreate: stop what serves ``name``, start ``version`` on its port; on failure start
+    the previous live version again and raise DeployError."""
+    current = deployments.find(name)
+    if current is None:
+        current = deployments.ensure(name, host, port or free_port(host))
+    target_port = port or current.port
+    previous = deployments.version(name, current.live_version) if current.live_version else None
+    was_serving = current.status == SERVING and bool(deployments.active_servers(name))
+    _stop_all(deployments, name)
+    notify(f"starting {name} v{version.version} on {host}:{target_port}")
+    try:
+        _start(deployments, name, version, host, target_port)
+    except (ServerStartError, OSError) as error:
+        reason = str(error)
+        if previous is not None and was_serving:
+            try:
+                _start(deployments, name, previous, current.host, current.port)
+                deployments.set_state(name, status=SERVING, live_version=previous.version)
+                raise DeployError(
+                    f"{name} v{version.version} did not start; v{previous.version} is serving "
+                    f"again at {current.url}. {reason}"
+                ) from None
+            except ServerStartError as again:
+                reason += f"\nrestarting v{previous.version} failed too: {again}"
+        deployments.set_state(name, status=FAILED, live_version=current.live_version)
+        raise DeployError(f"{name} v{version.version} did not start. {reason}") from None
+    deployments.set_state(
+        name, status=SERVING, live_version=version.version, host=host, port=target_port
+    )
+    return deployments.get(name)
+
+
+# -- the other verbs -------------------------------------------------------------------
+def status(name: str | None = None, store: StateStore | None = None) -> list[Deployment]:
+    """Deployments as they really are (dead servers are marked failed)."""
+    deployments = DeploymentStore(store or default_store())
+    names = [name] if name else [d.name for d in deployments.all()]
+    return [deployments.reconcile(each) for each in names]
+
+
+def stop(name: str, store: StateStore | None = None) -> Deployment:
+    deployments = DeploymentStore(store or default_store())
+    current = deployments.get(name)
+    _stop_all(deployments, name)
+    deployments.set_state(name, status=STOPPED, live_version=current.live_version)
+    return deployments.get(name)
+
+
+def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[str]:
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    server = deployments.last_server(name)
+    return tail(Path(server.log_path), lines) if server else []
+
+
+def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
+    """Serve the version that was live before the current one (no rebuild)."""
+    deployments = DeploymentStore(store or default_store())
+    current = deployments.get(name)
+    target = previous_version(deployments, name, current.live_version)
+    if target is None:
+        raise DeployError(f"{name} has no earlier version to roll back to")
+    return switch_to(deployments, name, deployments.version(name, target), notify=notify)
+
+
+def previous_version(deployments: DeploymentStore, name: str, live: int | None) -> int | None:
+    rows = (
+        deployments.store.connection()
+        .execute(
+            "SELECT version FROM servers WHERE deployment = ? AND version != ? "
+            "ORDER BY id DESC LIMIT 1",
+            (name, live or -1),
+        )
+        .fetchone()
+    )
+    if rows:
+        return int(rows[0])
+    earlier = [v.version for v in deployments.versions(name) if live is None or v.version < live]
+    return max(earlier) if earlier else None
+
+
+def versions_of(name: str, store: StateStore | None = None) -> list[Version]:
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    return deployments.versions(name)
+
+
+def show_code(name: str, version: int | None = None, store: StateStore | None = None) -> str:
+    deployments = DeploymentStore(store or default_store())
+    current = deployments.get(name)
+    number = version or current.live_version
+    if number is None:
+        raise DeployError(f"{name} has no version yet")
+    chosen = deployments.version(name, number)
+    return (Path(chosen.service_dir) / "service.py").read_text(encoding="utf-8")

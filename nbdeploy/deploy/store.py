@@ -1,0 +1,344 @@
+"""Deployments, versions and server processes in the state store.
+
+A *deployment* is a name with a stable address (host and port) and a live version; a
+*version* is one immutable build (content hash, bento tag, requirements, schema, the
+generated code); a *server* is one process serving a version. Status is reconciled with
+reality whenever it is read: a server whose process is gone is marked failed, never shown
+as running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbdeploy.deploy.supervisor import is_running, tail
+from nbdeploy.errors import NbdeployError
+from nbdeploy.store import StateStore
+
+SERVING, STOPPED, FAILED, DEPLOYING = "serving", "stopped", "failed", "deploying"
+READY, STARTING = "ready", "starting"
+
+
+class DeploymentNotFoundError(NbdeployError):
+    """No deployment (or version) with that name."""
+
+
+@dataclass
+class Version:
+    deployment: str
+    version: int
+    content_hash: str
+    bento_tag: str
+    function: str
+    service_dir: str
+    created_at: float
+    source: dict[str, Any] = field(default_factory=dict)
+    requirements: list[str] = field(default_factory=list)
+    schema: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    reference_path: str | None = None
+    mlflow_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Server:
+    id: int
+    deployment: str
+    version: int
+    pid: int | None
+    start_ticks: int | None
+    host: str
+    port: int
+    role: str
+    status: str
+    log_path: str
+    started_at: float
+    stopped_at: float | None = None
+    error: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["url"] = self.url
+        return data
+
+
+@dataclass
+class Deployment:
+    name: str
+    host: str
+    port: int
+    strategy: str
+    live_version: int | None
+    status: str
+    created_at: float
+    updated_at: float
+    servers: list[Server] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["url"] = self.url
+        data["servers"] = [server.to_dict() for server in self.servers]
+        return data
+
+
+class DeploymentStore:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    # -- deployments -------------------------------------------------------------------
+    def get(self, name: str) -> Deployment:
+        row = (
+            self.store.connection()
+            .execute("SELECT * FROM deployments WHERE name = ?", (name,))
+            .fetchone()
+        )
+        if row is None:
+            known = [d.name for d in self.all()]
+            raise DeploymentNotFoundError(
+                f"no deployment named {name!r}",
+                ("deployments: " + ", ".join(known))
+                if known
+                else "deploy one with %deploy FUNCTION",
+            )
+        return self._deployment(row)
+
+    def find(self, name: str) -> Deployment | None:
+        try:
+            return self.get(name)
+        except DeploymentNotFoundError:
+            return None
+
+    def all(self) -> list[Deployment]:
+        rows = self.store.connection().execute("SELECT * FROM deployments ORDER BY name").fetchall()
+        return [self._deployment(row) for row in rows]
+
+    def ensure(self, name: str, host: str, port: int) -> Deployment:
+        now = time.time()
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO deployments "
+                "(name, host, port, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, host, port, DEPLOYING, now, now),
+            )
+        return self.get(name)
+
+    def set_state(
+        self,
+        name: str,
+        *,
+        status: str,
+        live_version: int | None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE deployments SET status = ?, live_version = ?, host = COALESCE(?, host), "
+                "port = COALESCE(?, port), updated_at = ? WHERE name = ?",
+                (status, live_version, host, port, time.time(), name),
+            )
+
+    # -- versions ----------------------------------------------------------------------
+    def add_version(self, version: Version) -> Version:
+        """Insert ``version`` with the next number for its deployment (``version.version`` is
+        ignored and set)."""
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE deployment = ?",
+                (version.deployment,),
+            ).fetchone()
+            version.version = int(row[0])
+            conn.execute(
+                "INSERT INTO versions (deployment, version, content_hash, bento_tag, function, "
+                "source, requirements, schema, options, service_dir, reference_path, "
+                "mlflow_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.deployment,
+                    version.version,
+                    version.content_hash,
+                    version.bento_tag,
+                    version.function,
+                    json.dumps(version.source),
+                    json.dumps(version.requirements),
+                    json.dumps(version.schema),
+                    json.dumps(version.options),
+                    version.service_dir,
+                    version.reference_path,
+                    version.mlflow_version,
+                    version.created_at,
+                ),
+            )
+        return version
+
+    def set_mlflow_version(self, name: str, version: int, mlflow_version: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET mlflow_version = ? WHERE deployment = ? AND version = ?",
+                (mlflow_version, name, version),
+            )
+
+    def version(self, name: str, number: int) -> Version:
+        row = (
+            self.store.connection()
+            .execute("SELECT * FROM versions WHERE deployment = ? AND version = ?", (name, number))
+            .fetchone()
+        )
+        if row is None:
+            raise DeploymentNotFoundError(f"deployment {name!r} has no version {number}")
+        return self._version(row)
+
+    def versions(self, name: str) -> list[Version]:
+        rows = (
+            self.store.connection()
+            .execute("SELECT * FROM versions WHERE deployment = ? ORDER BY version", (name,))
+            .fetchall()
+        )
+        return [self._version(row) for row in rows]
+
+    def version_with_hash(self, name: str, content_hash: str) -> Version | None:
+        row = (
+            self.store.connection()
+            .execute(
+                "SELECT * FROM versions WHERE deployment = ? AND content_hash = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (name, content_hash),
+            )
+            .fetchone()
+        )
+        return self._version(row) if row else None
+
+    # -- servers -----------------------------------------------------------------------
+    def add_server(
+        self,
+        name: str,
+        version: int,
+        *,
+        pid: int,
+        start_ticks: int | None,
+        host: str,
+        port: int,
+        log_path: str,
+        role: str = "live",
+        status: str = READY,
+        started_at: float | None = None,
+    ) -> Server:
+        with self.store.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO servers (deployment, version, pid, start_ticks, host, port, role, "
+                "status, log_path, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    pid,
+                    start_ticks,
+                    host,
+                    port,
+                    role,
+                    status,
+                    log_path,
+                    started_at or time.time(),
+                ),
+            )
+            server_id = int(cursor.lastrowid or 0)
+        return self.server(server_id)
+
+    def server(self, server_id: int) -> Server:
+        row = (
+            self.store.connection()
+            .execute("SELECT * FROM servers WHERE id = ?", (server_id,))
+            .fetchone()
+        )
+        return self._server(row)
+
+    def end_server(self, server_id: int, status: str, error: str | None = None) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE servers SET status = ?, stopped_at = ?, error = COALESCE(?, error) "
+                "WHERE id = ?",
+                (status, time.time(), error, server_id),
+            )
+
+    def active_servers(self, name: str) -> list[Server]:
+        rows = (
+            self.store.connection()
+            .execute(
+                "SELECT * FROM servers WHERE deployment = ? AND status IN (?, ?) ORDER BY id",
+                (name, READY, STARTING),
+            )
+            .fetchall()
+        )
+        return [self._server(row) for row in rows]
+
+    def last_server(self, name: str) -> Server | None:
+        row = (
+            self.store.connection()
+            .execute("SELECT * FROM servers WHERE deployment = ? ORDER BY id DESC LIMIT 1", (name,))
+            .fetchone()
+        )
+        return self._server(row) if row else None
+
+    def reconcile(self, name: str) -> Deployment:
+        """Mark servers whose process is gone as failed (with their last log lines) and the
+        deployment as failed when its live server is gone."""
+        for server in self.active_servers(name):
+            if not is_running(server.pid, server.start_ticks):
+                last_lines = "\n".join(tail(Path(server.log_path), 20))
+                self.end_server(
+                    server.id, FAILED, f"the server process {server.pid} is gone\n{last_lines}"
+                )
+        deployment = self.get(name)
+        if deployment.status == SERVING and not self.active_servers(name):
+            self.set_state(name, status=FAILED, live_version=deployment.live_version)
+            deployment = self.get(name)
+        return deployment
+
+    # -- rows to objects ---------------------------------------------------------------
+    def _deployment(self, row: Any) -> Deployment:
+        return Deployment(
+            name=row["name"],
+            host=row["host"],
+            port=row["port"],
+            strategy=row["strategy"],
+            live_version=row["live_version"],
+            status=row["status"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            servers=self.active_servers(row["name"]),
+        )
+
+    @staticmethod
+    def _version(row: Any) -> Version:
+        return Version(
+            deployment=row["deployment"],
+            version=row["version"],
+            content_hash=row["content_hash"],
+            bento_tag=row["bento_tag"],
+            function=row["function"],
+            service_dir=row["service_dir"],
+            created_at=row["created_at"],
+            source=json.loads(row["source"]),
+            requirements=json.loads(row["requirements"]),
+            schema=json.loads(row["schema"]),
+            options=json.loads(row["options"]),
+            reference_path=row["reference_path"],
+            mlflow_version=row["mlflow_version"],
+        )
+
+    @staticmethod
+    def _server(row: Any) -> Server:
+        return Server(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (sqlite3.Row)

@@ -1,0 +1,94 @@
+"""Build a bento from a service source directory, in a process of its own.
+
+``python -m nbdeploy.service.builder DIR`` saves the notebook's objects into nbdeploy's
+BentoML model store (``$NBDEPLOY_HOME/bentoml``), builds the bento named by the content hash
+(reusing it when it exists) and prints one JSON line. A separate process keeps BentoML's
+import cost and global state out of the user's kernel, and sets the build offline:
+requirements are the pinned ones, never resolved or locked against an index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import config
+
+ENTRY = "service:NbdeployService"
+
+
+def bentoml_environment() -> dict[str, str]:
+    """Environment for BentoML processes: nbdeploy's own store, offline builds, no tracking."""
+    return {
+        "BENTOML_HOME": str(config.home() / "bentoml"),
+        # v1 bento layout: uv is used only to lock packages, which nbdeploy never asks for;
+        # the default layout installs uv from the index on every build.
+        "BENTOML_ENABLE_FEATURES": "no_image",
+        "BENTOML_DO_NOT_TRACK": "true",  # else build and serve report usage to bentoml.com
+    }
+
+
+def build(directory: Path) -> dict[str, Any]:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    bento_tag = f"nbd-{manifest['name']}:{manifest['content_hash'][:16]}"
+    try:
+        bento = bentoml.bentos.get(bento_tag)
+        return {"bento_tag": str(bento.tag), "reused": True, "seconds": 0.0}
+    except NotFound:
+        pass
+    started = time.monotonic()
+    for spec in manifest["objects"]:
+        try:
+            bentoml.models.get(spec["tag"])
+            continue
+        except NotFound:
+            pass
+        source = directory / "objects" / spec["file"]
+        if spec["kind"] == "sklearn":
+            import joblib
+
+            bentoml.sklearn.save_model(spec["tag"], joblib.load(source))  # our own file
+        else:
+            with bentoml.models.create(spec["tag"]) as model:
+                shutil.copyfile(source, model.path_of(spec["file"]))
+    bento = bentoml.bentos.build(
+        service=ENTRY,
+        name=bento_tag.split(":")[0],
+        version=bento_tag.split(":")[1],
+        build_ctx=str(directory),
+        include=["service.py"],
+        python={"requirements_txt": "requirements.txt", "lock_packages": False},
+        labels={"nbdeploy.deployment": manifest["name"], "nbdeploy.function": manifest["function"]},
+    )
+    return {
+        "bento_tag": str(bento.tag),
+        "reused": False,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def main() -> None:
+    os.environ.update({k: v for k, v in bentoml_environment().items() if k not in os.environ})
+    # A safety net: BentoML must never install anything (such as uv) while building.
+    os.environ["PIP_NO_INDEX"] = "1"
+    directory = Path(sys.argv[1]).resolve()
+    os.chdir(directory)  # BentoML reads build files relative to the working directory only
+    try:
+        result = {"ok": True, **build(directory)}
+    except Exception as exc:
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The widget ``%deploy`` shows: name, version, URL, a curl example, status, one example call."""
+
+from __future__ import annotations
+
+import html
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def call_endpoint(url: str, body: dict[str, Any], timeout: float = 10.0) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, answer.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", errors="replace")
+    except OSError as error:
+        return 0, str(error)
+
+
+def show_deployment(result: Any, example_rows: Any = None) -> Any:
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from nbdeploy.deploy.report import curl_example
+
+    data = result.to_dict()
+    schema = result.version.schema
+    example = None
+    answer = ""
+    if example_rows is not None and len(schema.get("inputs", [])) == 1:
+        example = {schema["inputs"][0]["name"]: example_rows}
+        status, text = call_endpoint(data["endpoint"], example)
+        sent = html.escape(json.dumps(example)[:300])
+        answer = (
+            f"<tr><th>example</th><td><code>{sent}</code> → {status} "
+            f"<code>{html.escape(text[:300])}</code></td></tr>"
+        )
+    rows = [
+        ("deployment", f"{data['name']} <b>v{data['version']}</b> ({data['status']})"),
+        (
+            "endpoint",
+            f"<code>{html.escape(data['endpoint'])}</code>",
+        ),
+        ("try", f"<code>{html.escape(curl_example(data['url'], schema, example))}</code>"),
+        ("requirements", html.escape(", ".join(data["requirements"]) or "none")),
+        ("build", "new build" if data["built"] else "reused an identical build"),
+    ]
+    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    view = widgets.HTML(value=f"<table class='nbdeploy-deployment'>{body}{answer}</table>")
+    display(view)
+    return view

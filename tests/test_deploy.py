@@ -1,0 +1,239 @@
+"""Integration: %deploy from a live kernel to a real BentoML server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from nbdeploy.deploy import core
+from nbdeploy.deploy.store import DeploymentStore
+from nbdeploy.store import StateStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
+
+TRAIN = """
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+rng = np.random.default_rng(0)
+X = rng.random((300, 4))
+y = (X[:, 0] > 0.5).astype(int)
+model = RandomForestClassifier(n_estimators=20, random_state=0).fit(X, y)
+
+def predict(rows: list[list[float]]) -> list[int]:
+    if rows and rows[0][0] == 99:
+        raise ValueError("99 is not a valid measurement")
+    return model.predict(np.asarray(rows)).tolist()
+"""
+
+
+def post(url: str, body: object) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def execute(kc, code: str, ok: bool = True, timeout: float = 300) -> str:
+    chunks: list[str] = []
+
+    def collect(msg):
+        content = msg["content"]
+        if msg["msg_type"] == "stream":
+            chunks.append(content["text"])
+        elif msg["msg_type"] == "error":
+            chunks.append(f"{content['ename']}: {content['evalue']}")
+        elif msg["msg_type"] == "display_data":
+            chunks.append(content["data"].get("text/plain", ""))
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=collect)
+    assert (reply["content"]["status"] == "ok") == ok, "".join(chunks)
+    return "".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def deploy_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("deploy-home")
+
+
+@pytest.fixture(autouse=True)
+def _use_deploy_home(deploy_home, monkeypatch):
+    monkeypatch.setenv("NBDEPLOY_HOME", str(deploy_home))
+
+
+@pytest.fixture(scope="module")
+def kernel(deploy_home, tmp_path_factory):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "JPY_"))}
+    env["NBDEPLOY_HOME"] = str(deploy_home)
+    km, kc = start_new_kernel(
+        kernel_name="python3", env=env, cwd=str(tmp_path_factory.mktemp("kernel"))
+    )
+    try:
+        execute(kc, TRAIN)
+        execute(kc, "%load_ext nbdeploy")
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        for deployment in core.status(store=StateStore(deploy_home / "state.db")):
+            core.stop(deployment.name, store=StateStore(deploy_home / "state.db"))
+
+
+def store(home: Path) -> DeploymentStore:
+    return DeploymentStore(StateStore(home / "state.db"))
+
+
+def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
+    output = execute(kernel, "%deploy predict --reference X")
+    assert "requirements: " in output and "scikit-learn==" in output and "numpy==" in output
+    status = cli("status", "predict", "--json")
+    assert status.code == 0, status
+    [deployment] = status.json
+    assert deployment["status"] == "serving" and deployment["live_version"] == 1
+    url = deployment["url"]
+    assert url.startswith("http://127.0.0.1:")
+    code, body = post(url + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1], [0.1, 0.9, 0.9, 0.9]]})
+    assert (code, json.loads(body)) == (200, [1, 0])
+    # Input that does not fit the schema: 4xx naming the field.
+    code, body = post(url + "/predict", {"rows": "not rows"})
+    assert code == 400 and '"rows"' in body
+    code, body = post(url + "/predict", {"rowz": [[1, 2, 3, 4]]})
+    assert code == 400 and "rows" in body and "Field required" in body
+    # An exception in the user's function: 500, logged, and the service stays up.
+    code, body = post(url + "/predict", {"rows": [[99, 0, 0, 0]]})
+    assert code == 500
+    assert ready(url)
+    assert post(url + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
+    logs = cli("logs", "predict", "--tail", "200").out
+    assert "99 is not a valid measurement" in logs
+    version = store(deploy_home).version("predict", 1)
+    assert version.options["batch"] is True
+    assert Path(version.reference_path).exists()
+    assert any(r.startswith("scikit-learn==") for r in version.requirements)
+    code_text = cli("show", "predict", "--code").out
+    assert "def predict(rows: list[list[float]]) -> list[int]:" in code_text
+    assert "batchable=True" in code_text
+
+
+def test_redeploy_of_an_unchanged_function_does_not_rebuild(kernel, deploy_home, cli):
+    bentos = deploy_home / "bentoml" / "bentos" / "nbd-predict"
+    before = sorted(p.name for p in bentos.iterdir())
+    output = execute(kernel, "%deploy predict")
+    assert "unchanged since version 1" in output
+    assert sorted(p.name for p in bentos.iterdir()) == before
+    assert [v.version for v in store(deploy_home).versions("predict")] == [1]
+    assert cli("status", "predict", "--json").json[0]["status"] == "serving"
+
+
+def test_a_failing_new_version_leaves_the_old_one_serving(kernel, deploy_home, cli):
+    url = cli("status", "predict", "--json").json[0]["url"]
+    execute(
+        kernel,
+        "class Fragile:\n"
+        "    def __setstate__(self, state):\n"
+        "        import os\n"
+        "        if os.environ.get('BENTOML_HOME'):\n"
+        "            raise RuntimeError('cannot be loaded in a service')\n"
+        "fragile = Fragile()\n"
+        "fragile.level = 1  # state, so that unpickling calls __setstate__\n"
+        "def predict_fragile(rows: list[list[float]]) -> list[int]:\n"
+        "    return [0 for _ in rows] if fragile else []\n",
+    )
+    output = execute(kernel, "%deploy predict_fragile --name predict", ok=False)
+    assert "predict v2 did not start; v1 is serving again" in output
+    assert "cannot be loaded in a service" in output or "failed to start" in output
+    deployment = cli("status", "predict", "--json").json[0]
+    assert deployment["status"] == "serving" and deployment["live_version"] == 1
+    assert deployment["url"] == url
+    assert post(url + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
+
+
+def test_rollback_serves_the_previous_version(kernel, deploy_home, cli):
+    execute(kernel, "model = RandomForestClassifier(n_estimators=5, random_state=1).fit(X, 1 - y)")
+    execute(kernel, "%deploy predict")
+    deployment = cli("status", "predict", "--json").json[0]
+    assert deployment["live_version"] == 3  # v2 was the version that failed to start
+    assert post(deployment["url"] + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[0]")
+    rolled = cli("rollback", "predict", "--json")
+    assert rolled.code == 0, rolled
+    assert rolled.json["live_version"] == 1
+    assert post(deployment["url"] + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
+
+
+def test_a_killed_server_shows_as_failed_with_its_log(kernel, deploy_home, cli):
+    [server] = store(deploy_home).active_servers("predict")
+    os.killpg(server.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = cli("status", "predict")
+        if "failed" in status.out:
+            break
+        time.sleep(0.2)
+    assert status.code == 1
+    assert "✗ predict  failed" in status.out
+    assert "last log lines of predict" in status.out
+    assert cli("status", "predict", "--json").json[0]["servers"] == []
+
+
+def test_two_deploys_at_once_do_not_corrupt_the_store(kernel, deploy_home):
+    namespace: dict = {"__name__": "__main__"}
+    sources = {
+        name: f"def {name}(values: list[float]) -> list[float]:\n"
+        f"    return [v * {factor} for v in values]\n"
+        for name, factor in (("double", 2), ("triple", 3))
+    }
+    for text in sources.values():  # a second notebook's functions, deployed at once
+        exec(text, namespace)
+    results: dict = {}
+    errors: list = []
+
+    def deploy(name: str) -> None:
+        try:
+            results[name] = core.deploy_function(
+                namespace[name], namespace=namespace, history=[sources[name]]
+            )
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    import linecache
+
+    for name, text in sources.items():  # give exec'd functions a source, as IPython does
+        filename = f"<cell-{name}>"
+        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+        namespace[name].__code__ = namespace[name].__code__.replace(co_filename=filename)
+    threads = [threading.Thread(target=deploy, args=(n,)) for n in ("double", "triple")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == []
+    code, body = post(results["double"].url + "/double", {"values": [1, 2]})
+    assert (code, json.loads(body)) == (200, [2.0, 4.0])
+    code, body = post(results["triple"].url + "/triple", {"values": [1, 2]})
+    assert (code, json.loads(body)) == (200, [3.0, 6.0])
+    check = StateStore(deploy_home / "state.db").connection()
+    assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert store(deploy_home).version("double", 1).function == "double"
+    assert store(deploy_home).version("triple", 1).function == "triple"
+    for name in ("double", "triple"):
+        core.stop(name)
