@@ -42,6 +42,31 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=30)
     runs.add_argument("--json", action="store_true")
 
+    deploy = commands.add_parser(
+        "deploy",
+        help="run a notebook, then deploy its function as a local service",
+        description="Run NOTEBOOK as a tracked pipeline run, then deploy its entry function "
+        "(--function, else the function of the cell tagged nbdeploy:serve, else predict) "
+        "from that kernel.",
+    )
+    deploy.add_argument("notebook")
+    deploy.add_argument("--function", metavar="NAME", help="the function to deploy")
+    deploy.add_argument("--name", help="deployment name (default: the function's)")
+    deploy.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter; repeatable",
+    )
+    deploy.add_argument("--reference", metavar="VAR", help="variable with the training inputs")
+    deploy.add_argument("--kernel", metavar="NAME")
+    deploy.add_argument("--timeout", type=float, metavar="SECONDS")
+    deploy.add_argument("--no-mlflow", action="store_true")
+    deploy.add_argument("--json", action="store_true")
+
     status = commands.add_parser("status", help="deployments: status, version, address")
     status.add_argument("name", nargs="?", help="one deployment (default: all)")
     status.add_argument("--json", action="store_true")
@@ -131,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "params": cmd_params,
             "runs": cmd_runs,
             "ci": cmd_ci,
+            "deploy": cmd_deploy,
             "status": cmd_status,
             "stop": cmd_stop,
             "logs": cmd_logs,
@@ -270,6 +296,40 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `nbdeploy run NOTEBOOK`")
     else:
         print(runs_table(records))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from nbdeploy.deploy.core import deploy_notebook
+    from nbdeploy.deploy.report import curl_example
+    from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
+
+    _, result = deploy_notebook(
+        args.notebook,
+        function=args.function,
+        name=args.name,
+        text_values={name: value for name, value in args.parameter},
+        reference=args.reference,
+        kernel=args.kernel,
+        timeout=args.timeout,
+        track_mlflow=not args.no_mlflow,
+        progress=NullProgress() if args.json else TerminalProgress(),
+        notify=_notice,
+        warn=_warn,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        verb = "built and deployed" if result["built"] else "deployed"
+        print(f"✓ {result['name']} v{result['version']} {verb}: {result['endpoint']}")
+        schema = {"route": result["endpoint"][len(result["url"]) :], "inputs": result["inputs"]}
+        print("  try: " + curl_example(result["url"], schema, result.get("example")))
+        if result.get("example"):
+            from nbdeploy.widgets.deployment import call_endpoint
+
+            status, answer = call_endpoint(result["endpoint"], result["example"])
+            print(f"  example call: {status} {answer[:200]}")
+        print(f"  run: {result['run_id']}; logs: nbdeploy logs {result['name']}")
     return 0
 
 

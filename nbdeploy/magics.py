@@ -135,7 +135,7 @@ class DeployMagics(Magics):
     # -- subcommands -------------------------------------------------------------------
     def _deploy(self, function_name: str, words: list[str]) -> Any:
         from nbdeploy import api
-        from nbdeploy.deploy.report import describe_deploy
+        from nbdeploy.deploy.report import describe_deploy, example_rows
 
         parser = _MagicParser(prog=f"%deploy {function_name}")
         parser.add_argument("--name", help="deployment name (default: the function's)")
@@ -173,7 +173,7 @@ class DeployMagics(Magics):
             source={"notebook": notebook, "function": function_name},
             notify=lambda message: print(f"nbdeploy: {message}", flush=True),
         )
-        example = _example_rows(namespace.get(args.reference)) if args.reference else None
+        example = example_rows(namespace.get(args.reference)) if args.reference else None
         if _has_widgets(self.shell):
             from nbdeploy.widgets.deployment import show_deployment
 
@@ -310,14 +310,6 @@ class DeployMagics(Magics):
         else:
             records = api.runs(limit=args.limit)
             print(runs_table(records) if records else "no runs yet")
-
-
-def _example_rows(reference: Any) -> Any:
-    """The first row of a reference data set, as a list of rows (for an example call)."""
-    if reference is None:
-        return None
-    head = reference.iloc[:1].to_numpy() if hasattr(reference, "iloc") else reference[:1]
-    return head.tolist() if hasattr(head, "tolist") else list(head)
 
 
 def _has_widgets(shell: Any) -> bool:

@@ -191,6 +191,7 @@ def test_a_killed_server_shows_as_failed_with_its_log(kernel, deploy_home, cli):
         time.sleep(0.2)
     assert status.code == 1
     assert "✗ predict  failed" in status.out
+    assert not ready(f"http://127.0.0.1:{server.port}")  # no orphaned worker still answers
     assert "last log lines of predict" in status.out
     assert cli("status", "predict", "--json").json[0]["servers"] == []
 
@@ -237,3 +238,50 @@ def test_two_deploys_at_once_do_not_corrupt_the_store(kernel, deploy_home):
     assert store(deploy_home).version("triple", 1).function == "triple"
     for name in ("double", "triple"):
         core.stop(name)
+
+
+def test_deploy_from_a_notebook_file(deploy_home, cli, tmp_path):
+    import shutil
+
+    examples = Path(__file__).resolve().parent.parent / "example_notebooks"
+    notebook = tmp_path / "train.ipynb"
+    shutil.copy(examples / "train.ipynb", notebook)
+    first = cli(
+        "deploy",
+        str(notebook),
+        "--name",
+        "nb-predict",
+        "-p",
+        "n_estimators",
+        "15",
+        "--reference",
+        "X_train",
+        "--no-mlflow",
+        "--json",
+    )
+    assert first.code == 0, first
+    result = first.json
+    assert (
+        result["name"] == "nb-predict" and result["version"] == 1 and result["status"] == "serving"
+    )
+    assert result["endpoint"] == result["url"] + "/predict"
+    code, body = post(result["endpoint"], result["example"])
+    assert code == 200 and json.loads(body) in ([0], [1])
+    run = cli("runs", result["run_id"], "--json").json
+    assert run["parameters"] == {"n_estimators": 15} and run["status"] == "succeeded"
+    again = cli(
+        "deploy",
+        str(notebook),
+        "--name",
+        "nb-predict",
+        "-p",
+        "n_estimators",
+        "15",
+        "--no-mlflow",
+        "--json",
+    )
+    assert again.code == 0 and again.json["version"] == 1 and again.json["built"] is False
+    missing = cli("deploy", str(notebook), "--function", "nope", "--no-mlflow")
+    assert missing.code == 1
+    assert "train.ipynb defines no function 'nope'" in missing.err
+    assert cli("stop", "nb-predict").code == 0

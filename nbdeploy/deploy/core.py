@@ -72,6 +72,7 @@ class DeployResult:
             "version": self.version.version,
             "url": self.url,
             "endpoint": self.url + self.version.schema.get("route", "/"),
+            "inputs": self.version.schema.get("inputs", []),
             "status": self.deployment.status,
             "bento": self.version.bento_tag,
             "built": self.built,
@@ -145,7 +146,9 @@ def deploy_function(
     for notice in notices:
         notify(notice)
     notify("requirements: " + (", ".join(pinned.pinned) or "none"))
-    label = json.dumps(dict(source or {}), default=str)
+    # Only stable facts go into the generated code: the run id would change the content hash
+    # (and force a rebuild) on every run; it is kept in the version record instead.
+    label = str((source or {}).get("notebook") or "an interactive session")
     staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
     try:
         packaged = package_service(
@@ -303,7 +306,7 @@ def _start(deployments: DeploymentStore, name: str, version: Version, host: str,
 def _stop_all(deployments: DeploymentStore, name: str) -> None:
     for server in deployments.active_servers(name):
         if server.pid:
-            stop_process(server.pid, server.start_ticks)
+            stop_process(server.pid, server.start_ticks, marker=server.log_path)
         deployments.end_server(server.id, STOPPED)
 
 
@@ -411,3 +414,113 @@ def show_code(name: str, version: int | None = None, store: StateStore | None = 
         raise DeployError(f"{name} has no version yet")
     chosen = deployments.version(name, number)
     return (Path(chosen.service_dir) / "service.py").read_text(encoding="utf-8")
+
+
+# -- from a notebook file (nbdeploy deploy NOTEBOOK) --------------------------------------
+RESULT_MARKER = "NBDEPLOY_RESULT "
+
+
+def serve_function_name(notebook: Any) -> str:
+    """The entry function: the last ``def`` in the cell tagged ``nbdeploy:serve``, else
+    ``predict``."""
+    import ast
+
+    from nbdeploy.notebook.reader import SERVE_TAG, cell_source
+
+    for index in reversed(notebook.tagged(SERVE_TAG)):
+        try:
+            tree = ast.parse(cell_source(notebook.cells[index]))
+        except SyntaxError:
+            continue
+        names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        if names:
+            return names[-1]
+    return "predict"
+
+
+def deploy_notebook(
+    notebook_path: str | Path,
+    *,
+    function: str | None = None,
+    name: str | None = None,
+    values: Mapping[str, Any] | None = None,
+    text_values: Mapping[str, str] | None = None,
+    reference: str | None = None,
+    kernel: str | None = None,
+    timeout: float | None = None,
+    track_mlflow: bool = True,
+    progress: Any = None,
+    notify: Notify = _ignore,
+    warn: Notify = _ignore,
+) -> tuple[Any, dict[str, Any]]:
+    """Run the notebook as a pipeline run, then deploy its function from that kernel.
+    Returns (run outcome, deploy result as a dict); raises DeployError when either fails."""
+    from nbdeploy.pipeline.runner import execute_run, prepare_run
+
+    prepared = prepare_run(notebook_path, values, text_values, kernel=kernel)
+    chosen = function or serve_function_name(prepared.notebook)
+    if not chosen.isidentifier():
+        raise DeployError(f"--function {chosen!r} is not a Python name")
+    arguments = {
+        "function": chosen,
+        "name": name,
+        "reference": reference,
+        "notebook": str(prepared.notebook.path),
+    }
+    epilogue = (
+        "import json as _nbdeploy_json\n"
+        "import nbdeploy.deploy.core as _nbdeploy_core\n"
+        "_nbdeploy_core.deploy_in_kernel(\n"
+        f"    globals(), _nbdeploy_json.loads({json.dumps(arguments)!r})\n"
+        ")\n"
+    )
+    outcome = execute_run(
+        prepared,
+        timeout=timeout,
+        progress=progress,
+        track_mlflow=track_mlflow,
+        notify=notify,
+        warn=warn,
+        epilogue=epilogue,
+    )
+    if not outcome.ok:
+        raise DeployError(f"{outcome.message} (run {outcome.record.id})")
+    for line in (outcome.epilogue_output or "").splitlines():
+        if line.startswith("nbdeploy: "):
+            notify(line[len("nbdeploy: ") :])
+        if line.startswith(RESULT_MARKER):
+            result: dict[str, Any] = json.loads(line[len(RESULT_MARKER) :])
+            result["run_id"] = outcome.record.id
+            return outcome, result
+    raise DeployError(
+        f"the notebook ran, but the deploy step printed no result (run {outcome.record.id})"
+    )
+
+
+def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """Run inside the notebook's kernel by ``nbdeploy deploy``: deploy and print the result."""
+    function_name = arguments["function"]
+    function = namespace.get(function_name)
+    if function is None or not callable(function):
+        raise DeployError(
+            f"{Path(arguments['notebook']).name} defines no function {function_name!r}",
+            "tag the cell that defines the entry function with nbdeploy:serve, or pass --function",
+        )
+    result = deploy_function(
+        function,
+        name=arguments.get("name"),
+        namespace=namespace,
+        history=list(namespace.get("In", [])),
+        reference=arguments.get("reference"),
+        source={"notebook": arguments["notebook"], "run_id": os.environ.get("NBDEPLOY_RUN_ID")},
+        notify=lambda message: print(f"nbdeploy: {message}", flush=True),
+    )
+    data = result.to_dict()
+    if arguments.get("reference"):
+        from nbdeploy.deploy.report import example_rows
+
+        rows = example_rows(namespace.get(arguments["reference"]))
+        inputs = result.version.schema.get("inputs", [])
+        if rows is not None and len(inputs) == 1:
+            data["example"] = {inputs[0]["name"]: rows}
+    print(RESULT_MARKER + json.dumps(data, default=str), flush=True)

@@ -30,6 +30,14 @@ def example_body(schema: dict[str, Any], example: dict[str, Any] | None = None) 
     }
 
 
+def example_rows(reference: Any) -> Any:
+    """The first row of a reference data set, as a list of rows (for an example call)."""
+    if reference is None:
+        return None
+    head = reference.iloc[:1].to_numpy() if hasattr(reference, "iloc") else reference[:1]
+    return head.tolist() if hasattr(head, "tolist") else list(head)
+
+
 def curl_example(url: str, schema: dict[str, Any], example: dict[str, Any] | None = None) -> str:
     body = json.dumps(example_body(schema, example))
     return (

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deploy.supervisor import is_running, tail
+from nbdeploy.deploy.supervisor import is_running, kill_marked, tail
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore
 
@@ -297,6 +297,7 @@ class DeploymentStore:
         deployment as failed when its live server is gone."""
         for server in self.active_servers(name):
             if not is_running(server.pid, server.start_ticks):
+                kill_marked(server.log_path)  # workers the dead process manager left behind
                 last_lines = "\n".join(tail(Path(server.log_path), 20))
                 self.end_server(
                     server.id, FAILED, f"the server process {server.pid} is gone\n{last_lines}"

@@ -23,6 +23,9 @@ from pathlib import Path
 from nbdeploy.errors import NbdeployError
 
 LOOPBACK = "127.0.0.1"
+# Set in every server's environment (and so in its workers'): BentoML's process manager
+# starts workers in sessions of their own, so a process group does not reach them.
+MARKER_ENV = "NBDEPLOY_SERVER"
 
 
 class ServerStartError(NbdeployError):
@@ -99,13 +102,15 @@ def start_server(
     """Start ``command`` and wait until ``ready_path`` answers 200; on failure the process is
     stopped and :class:`ServerStartError` carries its last log lines."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    environment = dict(env if env is not None else os.environ)
+    environment[MARKER_ENV] = str(log_path)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             list(command),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=environment,
             cwd=cwd,
             start_new_session=True,
         )
@@ -127,10 +132,10 @@ def start_server(
         if probe(server.url + ready_path):
             return server
         if fail_markers and any(m in line for line in tail(log_path, 50) for m in fail_markers):
-            stop_process(process.pid, server.start_ticks)
+            stop_process(process.pid, server.start_ticks, marker=str(log_path))
             raise ServerStartError("the server failed to start", tail(log_path, 30))
         if time.monotonic() > deadline:
-            stop_process(process.pid, server.start_ticks)
+            stop_process(process.pid, server.start_ticks, marker=str(log_path))
             raise ServerStartError(f"the server was not ready after {timeout:g} s", tail(log_path))
         time.sleep(0.1)
 
@@ -144,11 +149,40 @@ def probe(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def stop_process(pid: int, start_ticks: int | None, grace: float = 10.0) -> bool:
-    """Stop a server and everything it started (its process group): SIGTERM, then SIGKILL
-    after ``grace`` seconds. Returns False when it was not running."""
+def marked_processes(marker: str) -> list[int]:
+    """Pids of the processes whose environment carries ``MARKER_ENV=marker``."""
+    needle = f"{MARKER_ENV}={marker}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ + b"\0":
+            found.append(int(entry.name))
+    return found
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL what is left of a server (workers orphaned by a dead process manager)."""
+    for pid in marked_processes(marker):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def stop_process(
+    pid: int, start_ticks: int | None, grace: float = 10.0, marker: str | None = None
+) -> bool:
+    """Stop a server and everything it started (its process group, and with ``marker`` its
+    workers in other sessions): SIGTERM, then SIGKILL after ``grace`` seconds. Returns
+    False when the server's main process was not running."""
     if not is_running(pid, start_ticks):
         _reap(pid)
+        if marker:
+            kill_marked(marker)
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
@@ -156,12 +190,22 @@ def stop_process(pid: int, start_ticks: int | None, grace: float = 10.0) -> bool
     while time.monotonic() < deadline:
         _reap(pid)
         if not is_running(pid, start_ticks):
+            if marker:
+                _wait_marked_gone(marker, deadline)
+                kill_marked(marker)
             return True
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     _reap(pid)
+    if marker:
+        kill_marked(marker)
     return True
+
+
+def _wait_marked_gone(marker: str, deadline: float) -> None:
+    while marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _reap(pid: int) -> None:

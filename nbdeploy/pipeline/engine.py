@@ -142,6 +142,7 @@ class RunNotebookClient(PapermillNotebookClient):
         deadline: float | None,
         run_timeout: float | None,
         injected_index: int,
+        epilogue: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(nb_man, **kwargs)
@@ -150,6 +151,8 @@ class RunNotebookClient(PapermillNotebookClient):
         self.run_timeout = run_timeout
         self.injected_index = injected_index
         self.failure: CellFailure | None = None
+        self.epilogue = epilogue
+        self._runnable = 0
 
     def user_cell_number(self, index: int) -> int:
         """1-based position of a cell in the notebook as written; the injected cell counts as
@@ -164,12 +167,37 @@ class RunNotebookClient(PapermillNotebookClient):
         self.reset_execution_trackers()
         with self.setup_kernel(**kwargs):
             self.papermill_execute_cells()
+            if self.epilogue and self.failure is None:
+                self._execute_epilogue()
             if self.failure is None or self.failure.kind == "error":
                 self.timeout = None  # the kernel is idle: kernel_info answers at once
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata["language_info"] = info["content"]["language_info"]
             self.set_widgets_metadata()
         return self.nb
+
+    def _execute_epilogue(self) -> None:
+        """Run extra code in the same kernel, as a last cell tagged ``nbdeploy:epilogue``."""
+        cell = nbformat.v4.new_code_cell(source=self.epilogue or "")
+        cell.metadata["tags"] = ["nbdeploy:epilogue"]
+        cell.metadata["papermill"] = {"status": "pending"}
+        self.nb.cells.append(cell)
+        index = len(self.nb.cells) - 1
+        self.progress.cell_started(self._runnable, index + 1, "(nbdeploy: deploy step)")
+        try:
+            self.nb_man.cell_start(cell, index)
+            self.execute_cell(cell, index)
+        except CellExecutionError as error:
+            self.nb_man.cell_exception(cell, cell_index=index, exception=error)
+            self.failure = self._failure_from_outputs(cell, index)
+        finally:
+            self.nb_man.cell_complete(cell, cell_index=index)
+        text = "".join(
+            "".join(o.get("text", ""))
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream"
+        )
+        self.nb.metadata.setdefault("nbdeploy", {})["epilogue_output"] = text
 
     def papermill_execute_cells(self) -> None:
         cells = self.nb.cells
@@ -178,6 +206,7 @@ class RunNotebookClient(PapermillNotebookClient):
             for i, cell in enumerate(cells)
             if cell.cell_type == "code" and SKIP_TAG not in cell.metadata.get("tags", [])
         ]
+        self._runnable = len(runnable)
         self.progress.start("", len(runnable))
         position = 0
         for index, cell in enumerate(cells):
@@ -283,6 +312,7 @@ class NbdeployEngine(Engine):
         progress: Progress | None = None,
         run_timeout: float | None = None,
         injected_index: int = -1,
+        epilogue: str | None = None,
         km: Any = None,
         start_timeout: int = 60,
         execution_timeout: float | None = None,
@@ -297,6 +327,7 @@ class NbdeployEngine(Engine):
             deadline=time.monotonic() + timeout if timeout else None,
             run_timeout=timeout,
             injected_index=injected_index,
+            epilogue=epilogue,
             km=km,
             kernel_name=kernel_name,
             startup_timeout=start_timeout,

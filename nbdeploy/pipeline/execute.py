@@ -2,8 +2,7 @@
 
 Start-up and shut-down are overlapped with other work: the kernel process is launched
 first (jupyter_client is cheap to import) and papermill, nbclient and nbformat are imported
-while it boots; ``on_started`` lets the caller begin its own slow set-up (MLflow) once that
-import is done; and the kernel's exit is awaited in the background
+while it boots; and the kernel's exit is awaited in the background
 (:meth:`ExecutionResult.wait_closed`). Kernels talk over IPC sockets in a private
 directory (no TCP ports), and their own stderr goes to ``kernel.log`` in the run directory
 instead of the user's terminal.
@@ -18,7 +17,6 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ class ExecutionResult:
     failure: dict[str, Any] | None = None
     message: str | None = None
     closing: threading.Thread | None = field(default=None, repr=False)
+    epilogue_output: str | None = None
 
     def wait_closed(self) -> None:
         """Wait until the kernel process has exited (its files are flushed and closed)."""
@@ -57,10 +56,12 @@ def execute_notebook(
     timeout: float | None = None,
     progress: Progress | None = None,
     start_timeout: int = 60,
-    on_started: Callable[[], None] | None = None,
+    epilogue: str | None = None,
 ) -> ExecutionResult:
     """Run ``notebook`` with ``values`` injected; the output notebook is written even when a
-    cell fails. Never raises for failures inside the notebook: see ``ExecutionResult``."""
+    cell fails. ``epilogue`` is code run in the same kernel after the last cell (as
+    ``nbdeploy deploy`` does); its printed output is ``ExecutionResult.epilogue_output``.
+    Never raises for failures inside the notebook: see ``ExecutionResult``."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
@@ -81,7 +82,7 @@ def execute_notebook(
             result.message = f"kernel {kernel!r} failed to start: {exc}"
             return result
     try:
-        _execute_in(km, notebook, values, result, timeout, progress, start_timeout, on_started)
+        _execute_in(km, notebook, values, result, timeout, progress, start_timeout, epilogue)
     finally:
         immediate = bool(result.failure and result.failure.get("kind") != "error")
         result.closing = _close_kernel(km, run_sync, socket_dir, immediate)
@@ -96,7 +97,7 @@ def _execute_in(
     timeout: float | None,
     progress: Progress | None,
     start_timeout: int,
-    on_started: Callable[[], None] | None,
+    epilogue: str | None,
 ) -> None:
     # Imported while the kernel boots.
     import nbformat
@@ -104,8 +105,6 @@ def _execute_in(
 
     from nbdeploy.pipeline.engine import CellFailure, NbdeployEngine, inject_parameters
 
-    if on_started is not None:
-        on_started()
     nb = nbformat.v4.upgrade(rejoin_lines(nbformat.from_dict(notebook.data)))
     nb.metadata.setdefault("papermill", {})
     nb.metadata.setdefault("kernelspec", {})["name"] = result.kernel
@@ -122,6 +121,7 @@ def _execute_in(
             progress=progress or NullProgress(),
             run_timeout=timeout,
             injected_index=injected_index,
+            epilogue=epilogue,
             km=km,
             start_timeout=start_timeout,
         )
@@ -133,6 +133,7 @@ def _execute_in(
         result.failure = dict(failure)
         result.message = CellFailure(**failure).describe(notebook.name)
         return
+    result.epilogue_output = nb.metadata.get("nbdeploy", {}).get("epilogue_output")
     result.ok = True
 
 

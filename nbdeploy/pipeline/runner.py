@@ -50,6 +50,7 @@ class RunOutcome:
     record: RunRecord
     message: str | None = None
     cached: bool = False
+    epilogue_output: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +95,7 @@ def execute_run(
     group_id: str | None = None,
     notify: Notify = _ignore,
     warn: Notify = _ignore,
+    epilogue: str | None = None,
 ) -> RunOutcome:
     """Execute a prepared run and record it; failures inside the notebook are outcomes, not
     exceptions."""
@@ -145,6 +147,7 @@ def execute_run(
         run_id=run_id,
         timeout=timeout,
         progress=progress,
+        epilogue=epilogue,
     )
     if prepared.outputs:
         result.wait_closed()  # the kernel's files are complete only once it has exited
@@ -190,7 +193,9 @@ def execute_run(
         if mlflow_run_id:
             records.set_mlflow_run(run_id, mlflow_run_id)
     result.wait_closed()
-    return RunOutcome(record=records.get(run_id), message=message)
+    return RunOutcome(
+        record=records.get(run_id), message=message, epilogue_output=result.epilogue_output
+    )
 
 
 def file_digest(path: Path) -> str:
