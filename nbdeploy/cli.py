@@ -49,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         "(--function, else the function of the cell tagged nbdeploy:serve, else predict) "
         "from that kernel.",
     )
-    deploy.add_argument("notebook")
+    deploy.add_argument("notebook", nargs="?", help="the notebook (not with --from-mlflow)")
+    deploy.add_argument(
+        "--from-mlflow",
+        metavar="URI",
+        help="serve a registered MLflow model instead: models:/NAME@ALIAS or models:/NAME/N",
+    )
     deploy.add_argument("--function", metavar="NAME", help="the function to deploy")
     deploy.add_argument("--name", help="deployment name (default: the function's)")
     deploy.add_argument(
@@ -300,10 +305,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from nbdeploy.deploy.core import deploy_notebook
+    from nbdeploy.deploy.core import deploy_mlflow_model, deploy_notebook
     from nbdeploy.deploy.report import curl_example
     from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
 
+    if bool(args.notebook) == bool(args.from_mlflow):
+        raise NbdeployError(
+            "give either a NOTEBOOK or --from-mlflow URI",
+            "nbdeploy deploy train.ipynb, or nbdeploy deploy --from-mlflow models:/churn@champion",
+        )
+    if args.from_mlflow:
+        deployed = deploy_mlflow_model(args.from_mlflow, name=args.name, notify=_notice)
+        data = deployed.to_dict()
+        if args.json:
+            _print_json(data)
+        else:
+            print(
+                f"✓ {data['name']} v{data['version']} serves {args.from_mlflow}: {data['endpoint']}"
+            )
+            print("  try: " + curl_example(data["url"], deployed.version.schema))
+        return 0
     _, result = deploy_notebook(
         args.notebook,
         function=args.function,

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,13 @@ def store(home: Path) -> DeploymentStore:
     return DeploymentStore(StateStore(home / "state.db"))
 
 
+def live_model_version(home: Path, name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    return str(client.get_model_version_by_alias(name, "live").version)
+
+
 def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     output = execute(kernel, "%deploy predict --reference X")
     assert "requirements: " in output and "scikit-learn==" in output and "numpy==" in output
@@ -130,6 +138,9 @@ def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     assert version.options["batch"] is True
     assert Path(version.reference_path).exists()
     assert any(r.startswith("scikit-learn==") for r in version.requirements)
+    # Registered in MLflow under the deployment's name, with the alias `live`.
+    assert version.mlflow_version is not None
+    assert live_model_version(deploy_home, "predict") == version.mlflow_version
     code_text = cli("show", "predict", "--code").out
     assert "def predict(rows: list[list[float]]) -> list[int]:" in code_text
     assert "batchable=True" in code_text
@@ -178,6 +189,8 @@ def test_rollback_serves_the_previous_version(kernel, deploy_home, cli):
     assert rolled.code == 0, rolled
     assert rolled.json["live_version"] == 1
     assert post(deployment["url"] + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
+    first = store(deploy_home).version("predict", 1)
+    assert live_model_version(deploy_home, "predict") == first.mlflow_version
 
 
 def test_a_killed_server_shows_as_failed_with_its_log(kernel, deploy_home, cli):
@@ -285,3 +298,44 @@ def test_deploy_from_a_notebook_file(deploy_home, cli, tmp_path):
     assert missing.code == 1
     assert "train.ipynb defines no function 'nope'" in missing.err
     assert cli("stop", "nb-predict").code == 0
+
+
+def test_deploy_an_mlflow_registered_model_without_a_notebook(deploy_home, cli, tmp_path):
+    import mlflow
+    import mlflow.sklearn
+    import numpy as np
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    uri = f"sqlite:///{deploy_home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(
+        "churn-training", artifact_location=(tmp_path / "a").as_uri()
+    )
+    features = np.random.default_rng(1).random((80, 3))
+    labels = (features[:, 0] > 0.5).astype(int)
+    model = LogisticRegression().fit(features, labels)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with warnings.catch_warnings(), mlflow.start_run(experiment_id=experiment):
+            warnings.simplefilter("ignore")  # MLflow's advice on type hints
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                registered_model_name="churn",
+                signature=infer_signature(features, labels),
+                pip_requirements=["scikit-learn"],
+            )
+    finally:
+        mlflow.set_tracking_uri("")
+    client.set_registered_model_alias("churn", "champion", info.registered_model_version)
+    result = cli("deploy", "--from-mlflow", "models:/churn@champion", "--json")
+    assert result.code == 0, result
+    assert result.json["name"] == "churn" and result.json["status"] == "serving"
+    code, body = post(result.json["endpoint"], {"rows": [[0.9, 0.2, 0.2], [0.1, 0.7, 0.7]]})
+    assert (code, json.loads(body)) == (200, [1, 0])
+    bad = cli("deploy", "--from-mlflow", "models:/churn@nope")
+    assert bad.code == 1 and "MLflow has no model 'models:/churn@nope'" in bad.err
+    assert cli("deploy", "--from-mlflow", "/etc/passwd").code == 1
+    assert cli("stop", "churn").code == 0

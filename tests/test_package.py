@@ -57,15 +57,18 @@ def test_generated_code_is_safe_for_hostile_labels_and_docstrings(shell, tmp_pat
     source = package_service(
         function, ServiceOptions(name="score"), pin_requirements(set()), tmp_path / "svc", label
     )
-    code = (tmp_path / "svc" / "service.py").read_text()
-    tree = ast.parse(code)  # the generated module parses
+    code = "".join(
+        (tmp_path / "svc" / name).read_text()
+        for name in ("nbdeploy_function.py", "service.py", "mlflow_model.py")
+    )
+    tree = ast.parse((tmp_path / "svc" / "nbdeploy_function.py").read_text())
     # The label only ever appears inside a string literal, never as code.
     assert "os.system" not in "".join(
         ast.unparse(node) for node in tree.body if not isinstance(node, ast.Expr)
     ).replace(json.dumps(label), "")
     assert "{{ jinja }} {% tag %}" in code  # notebook text is not re-rendered as a template
     assert "def score(self, text: str, weight: float = 1.5) -> float:" in code
-    assert "result = score(text=text, weight=weight)" in code
+    assert "result = notebook.score(text=text, weight=weight)" in code
     assert not any(line.startswith('__import__("os")') for line in code.splitlines())
     assert source.batch is False  # two parameters: not batchable
     manifest = json.loads((tmp_path / "svc" / "manifest.json").read_text())

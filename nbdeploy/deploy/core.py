@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
+from nbdeploy.deploy.registry import register_version
 from nbdeploy.deploy.store import (
     FAILED,
     SERVING,
@@ -107,6 +108,7 @@ def deploy_function(
     source: Mapping[str, Any] | None = None,
     store: StateStore | None = None,
     notify: Notify = _ignore,
+    track_mlflow: bool = True,
 ) -> DeployResult:
     """Deploy ``function`` (defined in a notebook) as the service ``name``."""
     from nbdeploy.service.capture import capture_function
@@ -195,8 +197,10 @@ def deploy_function(
                 reference_path=reference_path,
             )
         )
+        registration = register_version(version) if track_mlflow else None
     else:
         version = existing
+        registration = None
         notify(f"unchanged since version {version.version}: reusing its build")
     current = deployments.find(name)
     if current is not None:
@@ -212,9 +216,41 @@ def deploy_function(
             current, version, built, pinned.pinned, notices, time.monotonic() - started
         )
     deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
+    if track_mlflow:
+        version = _record_in_registry(deployments, version, registration, notices, notify)
     return DeployResult(
         deployment, version, built, pinned.pinned, notices, time.monotonic() - started
     )
+
+
+def _record_in_registry(
+    deployments: DeploymentStore,
+    version: Version,
+    registration: Any,
+    notices: list[str],
+    notify: Notify,
+) -> Version:
+    """Wait for the version's MLflow registration and point the alias ``live`` at it."""
+    from nbdeploy.deploy.registry import REPLY_TIMEOUT_SECONDS, set_live
+
+    try:
+        if registration is not None:
+            reply = registration.result(timeout=REPLY_TIMEOUT_SECONDS)
+            if not reply.get("ok"):
+                raise RuntimeError(reply.get("error"))
+            deployments.set_mlflow_version(
+                version.deployment, version.version, reply["model_version"]
+            )
+            version = deployments.version(version.deployment, version.version)
+        if version.mlflow_version:
+            answer = set_live(version.deployment, version.mlflow_version)
+            if not answer.get("ok"):
+                raise RuntimeError(answer.get("error"))
+    except Exception as error:  # the service serves; only the registry record is missing
+        message = f"MLflow registry not updated: {error}"
+        notices.append(message)
+        notify(message)
+    return version
 
 
 def _needs_joblib(value: Any) -> bool:
@@ -236,7 +272,11 @@ def build_bento(version_dir: Path) -> tuple[str, bool]:
     """Build (or reuse) the bento of a packaged version in a separate process."""
     from nbdeploy.service.builder import bentoml_environment
 
-    env = {**os.environ, **bentoml_environment()}
+    env = {
+        **os.environ,
+        **bentoml_environment(),
+        config.MLFLOW_URI_ENV: config.mlflow_tracking_uri(),
+    }
     try:
         completed = subprocess.run(
             [sys.executable, "-m", "nbdeploy.service.builder", str(version_dir)],
@@ -381,7 +421,11 @@ def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignor
     target = previous_version(deployments, name, current.live_version)
     if target is None:
         raise DeployError(f"{name} has no earlier version to roll back to")
-    return switch_to(deployments, name, deployments.version(name, target), notify=notify)
+    version = deployments.version(name, target)
+    deployment = switch_to(deployments, name, version, notify=notify)
+    if version.mlflow_version:
+        _record_in_registry(deployments, version, None, [], notify)
+    return deployment
 
 
 def previous_version(deployments: DeploymentStore, name: str, live: int | None) -> int | None:
@@ -413,7 +457,160 @@ def show_code(name: str, version: int | None = None, store: StateStore | None = 
     if number is None:
         raise DeployError(f"{name} has no version yet")
     chosen = deployments.version(name, number)
-    return (Path(chosen.service_dir) / "service.py").read_text(encoding="utf-8")
+    parts = []
+    for file_name in ("nbdeploy_function.py", "service.py"):
+        path = Path(chosen.service_dir) / file_name
+        parts.append(f"# ---- {file_name} " + "-" * (80 - len(file_name)) + "\n")
+        parts.append(path.read_text(encoding="utf-8"))
+    return "".join(parts)
+
+
+# -- from the MLflow registry (nbdeploy deploy --from-mlflow URI) ---------------------------
+def deploy_mlflow_model(
+    model_uri: str,
+    *,
+    name: str | None = None,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    workers: int = 1,
+    store: StateStore | None = None,
+    notify: Notify = _ignore,
+) -> DeployResult:
+    """Serve an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
+    ``runs:/ID/PATH``) without a notebook: POST /predict {"rows": [...]}."""
+    import hashlib
+
+    from nbdeploy.service.package import deployment_name
+    from nbdeploy.templating import render
+
+    started = time.monotonic()
+    _check_host(host)
+    resolved, registered_name, columns, requirements = _resolve_mlflow_model(model_uri)
+    name = deployment_name(name or registered_name)
+    deployments = DeploymentStore(store or default_store())
+    content = hashlib.sha256(f"{resolved}\n{columns}\n{workers}".encode()).hexdigest()
+    model_tag = f"nbd-{name}-mlflow:{content[:16]}"
+    code = render(
+        "mlflow_service.py.j2",
+        deployment=name,
+        model_uri=resolved,
+        columns=columns,
+        service_name=f"nbd-{name}",
+        workers=int(workers),
+        timeout=60,
+        model_tag=model_tag,
+        max_batch_size=100,
+        max_latency_ms=20,
+    )
+    content = hashlib.sha256((content + code).encode()).hexdigest()
+    version_dir = deployments_dir() / name / "versions" / content[:16]
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "service.py").write_text(code, encoding="utf-8")
+    (version_dir / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
+    schema = {
+        "route": "/predict",
+        "inputs": [{"name": "rows", "type": "list[Any]"}],
+        "output": "list[Any]",
+    }
+    manifest = {
+        "name": name,
+        "function": "predict",
+        "batch": True,
+        "objects": [],
+        "content_hash": content,
+        "requirements": requirements,
+        "schema": schema,
+        "mlflow_model_uri": resolved,
+        "model_tag": model_tag,
+    }
+    (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if deployments.find(name) is None:
+        deployments.ensure(name, host, port or free_port(host))
+    version = deployments.version_with_hash(name, content)
+    built = False
+    if version is None:
+        notify(f"importing {resolved} and building {name}")
+        bento_tag, built = build_bento(version_dir)
+        version = deployments.add_version(
+            Version(
+                deployment=name,
+                version=0,
+                content_hash=content,
+                bento_tag=bento_tag,
+                function="predict",
+                service_dir=str(version_dir),
+                created_at=time.time(),
+                source={"mlflow_model_uri": resolved, "asked": model_uri},
+                requirements=requirements,
+                schema=schema,
+                options={"workers": workers, "batch": True},
+                mlflow_version=None,
+            )
+        )
+    deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
+    return DeployResult(deployment, version, built, requirements, [], time.monotonic() - started)
+
+
+def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str]]:
+    """(a URI that names one version, the model's name, input column names, requirements)."""
+    import re
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w.-]+)|/(\d+))", model_uri.strip())
+    if not match and not model_uri.startswith("runs:/"):
+        raise DeployError(
+            f"--from-mlflow {model_uri!r} is not a registered model URI",
+            "use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH",
+        )
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+    client = MlflowClient(tracking_uri=config.mlflow_tracking_uri())
+    try:
+        if match:
+            model_name, alias, number = match.groups()
+            found = (
+                client.get_model_version_by_alias(model_name, alias)
+                if alias
+                else client.get_model_version(model_name, number)
+            )
+            resolved = f"models:/{model_name}/{found.version}"
+        else:
+            model_name = model_uri.split("/")[-1] or "model"
+            resolved = model_uri
+        import mlflow.models
+
+        info = mlflow.models.get_model_info(_with_tracking(resolved))
+    except MlflowException as error:
+        raise DeployError(f"MLflow has no model {model_uri!r}: {error.message}") from None
+    columns = []
+    if info.signature is not None and info.signature.inputs is not None:
+        columns = [name for name in info.signature.inputs.input_names() if isinstance(name, str)]
+    return resolved, model_name, columns, _mlflow_requirements(resolved)
+
+
+def _with_tracking(uri: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(config.mlflow_tracking_uri())
+    return uri
+
+
+def _mlflow_requirements(model_uri: str) -> list[str]:
+    """The requirements MLflow recorded with the model (pinned when it was logged)."""
+    import mlflow.pyfunc
+
+    try:
+        path = mlflow.pyfunc.get_model_dependencies(model_uri)
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except Exception:  # no recorded requirements: the service uses this environment's
+        from nbdeploy.service.requirements import pin_requirements
+
+        return pin_requirements({"mlflow", "pandas", "numpy"}).pinned
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-"))]
 
 
 # -- from a notebook file (nbdeploy deploy NOTEBOOK) --------------------------------------

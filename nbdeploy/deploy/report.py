@@ -24,6 +24,7 @@ def example_body(schema: dict[str, Any], example: dict[str, Any] | None = None) 
         "bool": True,
         "list[str]": ["text"],
         "list[int]": [0],
+        "list[Any]": [[0.0, 0.0]],
     }
     return {
         i["name"]: placeholders.get(i["type"].replace(" ", "")) for i in schema.get("inputs", [])

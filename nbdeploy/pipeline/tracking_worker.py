@@ -1,7 +1,9 @@
 """The MLflow helper process: reads JSON-line requests on stdin, answers on stdout.
 
 ``start``: get or create the experiment and create a run; ``finish``: log params, metrics
-and artifacts and close the run. It exits when its parent closes stdin.
+and artifacts and close the run; ``register``: log a deployment version as a pyfunc model
+and register it; ``alias``: point a registered model's alias at a version. It exits when
+its parent closes stdin.
 """
 
 from __future__ import annotations
@@ -62,6 +64,49 @@ def finish(request: dict[str, Any]) -> dict[str, Any]:
     return {"mlflow_run_id": run_id}
 
 
+def register(request: dict[str, Any]) -> dict[str, Any]:
+    """Log a deployment version as an MLflow pyfunc model and register it under the
+    deployment's name (one registered model version per nbdeploy version)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(request["uri"])
+    client = _client(request["uri"])
+    experiment_id = _experiment_id(client, request["experiment"], request.get("artifact_location"))
+    directory = request["directory"]
+    # MLflow imports the model's code while logging it: make this version's module the one
+    # found (versions share its name).
+    sys.modules.pop("nbdeploy_function", None)
+    sys.path.insert(0, directory)
+    try:
+        return _log_model(mlflow, experiment_id, directory, request)
+    finally:
+        sys.path.remove(directory)
+        sys.modules.pop("nbdeploy_function", None)
+
+
+def _log_model(
+    mlflow: Any, experiment_id: str, directory: str, request: dict[str, Any]
+) -> dict[str, Any]:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=request["run_name"], tags=request["tags"]
+    ):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=f"{directory}/mlflow_model.py",
+            code_paths=[f"{directory}/nbdeploy_function.py"],
+            artifacts=request["artifacts"],
+            pip_requirements=request["requirements"],
+            registered_model_name=request["model_name"],
+        )
+    return {"model_version": str(info.registered_model_version), "model_uri": info.model_uri}
+
+
+def set_alias(request: dict[str, Any]) -> dict[str, Any]:
+    client = _client(request["uri"])
+    client.set_registered_model_alias(request["model_name"], request["alias"], request["version"])
+    return {}
+
+
 def main() -> None:
     # jsonschema's IRI format support costs 0.7 s to import and MLflow never needs it.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
@@ -69,7 +114,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import mlflow.tracking  # noqa: F401  (import before the first request arrives)
 
-    handlers = {"start": start, "finish": finish}
+    handlers = {"start": start, "finish": finish, "register": register, "alias": set_alias}
     for line in sys.stdin:
         request = json.loads(line)
         try:

@@ -45,6 +45,11 @@ def build(directory: Path) -> dict[str, Any]:
     except NotFound:
         pass
     started = time.monotonic()
+    if manifest.get("mlflow_model_uri"):
+        try:
+            bentoml.models.get(manifest["model_tag"])
+        except NotFound:
+            bentoml.mlflow.import_model(manifest["model_tag"], manifest["mlflow_model_uri"])
     for spec in manifest["objects"]:
         try:
             bentoml.models.get(spec["tag"])
@@ -64,7 +69,9 @@ def build(directory: Path) -> dict[str, Any]:
         name=bento_tag.split(":")[0],
         version=bento_tag.split(":")[1],
         build_ctx=str(directory),
-        include=["service.py"],
+        include=[
+            name for name in ("service.py", "nbdeploy_function.py") if (directory / name).exists()
+        ],
         python={"requirements_txt": "requirements.txt", "lock_packages": False},
         labels={"nbdeploy.deployment": manifest["name"], "nbdeploy.function": manifest["function"]},
     )

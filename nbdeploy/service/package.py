@@ -31,6 +31,11 @@ BATCHABLE_INPUTS = {
     "pd.DataFrame",
 }
 MANIFEST = "manifest.json"
+GENERATED_FILES = (
+    ("nbdeploy_function.py.j2", "nbdeploy_function.py"),
+    ("service.py.j2", "service.py"),
+    ("mlflow_model.py.j2", "mlflow_model.py"),
+)
 
 
 class ServiceDefinitionError(NbdeployError):
@@ -186,8 +191,7 @@ def package_service(
                 "tag": f"nbd-{options.name}-obj{index}:{object_hash[:16]}",
             }
         )
-    service_py = render(
-        "service.py.j2",
+    values = dict(
         deployment=options.name,
         source_label=source_label,
         imports=captured.imports,
@@ -207,11 +211,16 @@ def package_service(
         returns=returns,
         call_arguments=call_arguments,
         batch_argument=inputs[0]["name"],
+        parameter_names=[i["name"] for i in inputs],
     )
-    compile(service_py, "service.py", "exec")  # generated code must at least parse
-    (directory / "service.py").write_text(service_py, encoding="utf-8")
+    generated = ""
+    for template, file_name in GENERATED_FILES:
+        text = render(template, **values)
+        compile(text, file_name, "exec")  # generated code must at least parse
+        (directory / file_name).write_text(text, encoding="utf-8")
+        generated += text
     (directory / "requirements.txt").write_text(requirements.lines(), encoding="utf-8")
-    digest.update(service_py.encode())
+    digest.update(generated.encode())
     digest.update(requirements.lines().encode())
     content_hash = digest.hexdigest()
     schema = {"route": f"/{captured.name}", "inputs": inputs, "output": returns[4:] or None}

@@ -1,0 +1,74 @@
+"""Deployment versions in the MLflow model registry: each version is registered as a
+version of the registered model named after the deployment, and the alias ``live`` follows
+the version that serves. Registry errors never fail a deploy: they become notices.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import config
+
+LIVE_ALIAS = "live"
+EXPERIMENT = "nbdeploy-deployments"
+REPLY_TIMEOUT_SECONDS = 300
+
+
+def register_version(version: Any) -> Future[dict[str, Any]]:
+    """Start registering ``version`` (in the MLflow helper process); returns its reply."""
+    from nbdeploy.pipeline.tracking import tracking_worker
+
+    directory = Path(version.service_dir)
+    manifest_objects = _objects(directory)
+    artifact_location = None
+    if not os.environ.get(config.MLFLOW_URI_ENV):
+        artifact_location = f"{config.mlflow_artifact_root()}/{EXPERIMENT}"
+    return tracking_worker().request(
+        f"register-{uuid.uuid4().hex}",
+        op="register",
+        uri=config.mlflow_tracking_uri(),
+        experiment=EXPERIMENT,
+        artifact_location=artifact_location,
+        run_name=f"{version.deployment}-v{version.version}",
+        tags={
+            "nbdeploy.deployment": version.deployment,
+            "nbdeploy.version": str(version.version),
+            "nbdeploy.bento": version.bento_tag,
+        },
+        directory=str(directory),
+        artifacts={
+            spec["attribute"]: str(directory / "objects" / spec["file"])
+            for spec in manifest_objects
+        },
+        requirements=version.requirements,
+        model_name=version.deployment,
+    )
+
+
+def set_live(model_name: str, model_version: str) -> dict[str, Any]:
+    from nbdeploy.pipeline.tracking import tracking_worker
+
+    return (
+        tracking_worker()
+        .request(
+            f"alias-{uuid.uuid4().hex}",
+            op="alias",
+            uri=config.mlflow_tracking_uri(),
+            model_name=model_name,
+            alias=LIVE_ALIAS,
+            version=model_version,
+        )
+        .result(timeout=REPLY_TIMEOUT_SECONDS)
+    )
+
+
+def _objects(directory: Path) -> list[dict[str, Any]]:
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    objects: list[dict[str, Any]] = manifest["objects"]
+    return objects
