@@ -339,3 +339,29 @@ def test_deploy_an_mlflow_registered_model_without_a_notebook(deploy_home, cli, 
     assert bad.code == 1 and "MLflow has no model 'models:/churn@nope'" in bad.err
     assert cli("deploy", "--from-mlflow", "/etc/passwd").code == 1
     assert cli("stop", "churn").code == 0
+
+
+def test_requirements_include_packages_a_model_imports_lazily(kernel, deploy_home, cli):
+    execute(
+        kernel,
+        "class LazyModel:\n"
+        "    def predict(self, rows):\n"
+        "        import yaml  # imported only when called\n"
+        "        return [len(yaml.safe_dump(row)) % 2 for row in rows]\n"
+        "lazy = LazyModel()\n"
+        "lazy.version = 1\n"
+        "def lazy_predict(rows: list[list[float]]) -> list[int]:\n"
+        "    return lazy.predict(rows)\n",
+    )
+    output = execute(kernel, "%deploy lazy_predict --name lazy --reference X")
+    assert "imported when called (added): " in output and "PyYAML==" in output
+    version = store(deploy_home).version("lazy", 1)
+    assert any(line.startswith("PyYAML==") for line in version.requirements)
+    requirements_file = Path(version.service_dir) / "requirements.txt"
+    assert "PyYAML==" in requirements_file.read_text()
+    url = cli("status", "lazy", "--json").json[0]["url"]
+    code, body = post(url + "/lazy_predict", {"rows": [[0.5, 0.5, 0.5, 0.5]]})
+    assert code == 200 and json.loads(body)[0] in (0, 1)
+    again = execute(kernel, "%deploy lazy_predict --name lazy --reference X")
+    assert "unchanged since version 1" in again  # the probe is cached, the build reused
+    assert cli("stop", "lazy").code == 0

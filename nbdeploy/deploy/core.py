@@ -44,6 +44,7 @@ from nbdeploy.store import StateStore, default_store
 
 Notify = Callable[[str], None]
 BUILD_TIMEOUT_SECONDS = 600
+PROBE_TIMEOUT_SECONDS = 120
 READY_TIMEOUT_SECONDS = 120
 STARTUP_FAILURE_MARKERS = ("Application startup failed",)
 
@@ -112,7 +113,12 @@ def deploy_function(
 ) -> DeployResult:
     """Deploy ``function`` (defined in a notebook) as the service ``name``."""
     from nbdeploy.service.capture import capture_function
-    from nbdeploy.service.package import ServiceOptions, deployment_name, package_service
+    from nbdeploy.service.package import (
+        ServiceOptions,
+        deployment_name,
+        package_service,
+        set_requirements,
+    )
     from nbdeploy.service.requirements import notebook_pip_installs, pin_requirements
 
     started = time.monotonic()
@@ -160,6 +166,16 @@ def deploy_function(
             staging,
             label,
         )
+        example = _example_input(packaged.schema, reference_value)
+        if example is not None or _probe_cache(name, packaged).exists():
+            extra = probe_imports(name, packaged, example, notify)
+            if extra:
+                merged = pin_requirements(modules | set(extra), requirements)
+                if merged.pinned != packaged.requirements:
+                    added = sorted(set(merged.pinned) - set(packaged.requirements))
+                    notify("imported when called (added): " + ", ".join(added))
+                    set_requirements(packaged, merged.pinned)
+                    pinned = merged
         version_dir = deployments_dir() / name / "versions" / packaged.content_hash[:16]
         if version_dir.exists():
             shutil.rmtree(staging)
@@ -251,6 +267,51 @@ def _record_in_registry(
         notices.append(message)
         notify(message)
     return version
+
+
+def _example_input(schema: dict[str, Any], reference: Any) -> dict[str, Any] | None:
+    """An example call built from the reference data (first row), for one-input functions."""
+    from nbdeploy.deploy.report import example_rows
+
+    inputs = schema.get("inputs", [])
+    if reference is None or len(inputs) != 1:
+        return None
+    rows = example_rows(reference)
+    return {inputs[0]["name"]: rows} if rows is not None else None
+
+
+def _probe_cache(name: str, packaged: Any) -> Path:
+    return deployments_dir() / name / "probes" / f"{packaged.code_hash[:16]}.json"
+
+
+def probe_imports(
+    name: str, packaged: Any, example: dict[str, Any] | None, notify: Notify
+) -> list[str]:
+    """Call the packaged function on ``example`` in a fresh interpreter; return the modules it
+    imported. Cached by the code's hash: an unchanged redeploy (with or without an example)
+    reuses the answer."""
+    cache = _probe_cache(name, packaged)
+    if cache.exists() or example is None:
+        result = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+    else:
+        (packaged.directory / "example.json").write_text(json.dumps(example, default=str))
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "nbdeploy.service.probe", str(packaged.directory)],
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_SECONDS,
+                check=False,
+            )
+            result = json.loads(completed.stdout.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError) as error:
+            notify(f"could not check the function's imports with an example call: {error}")
+            return []
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result))
+    if result.get("error"):
+        notify(f"the example call fails in a fresh interpreter: {result['error']}")
+    return list(result.get("modules", []))
 
 
 def _needs_joblib(value: Any) -> bool:

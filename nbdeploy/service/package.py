@@ -56,6 +56,7 @@ class ServiceOptions:
 class ServiceSource:
     directory: Path
     content_hash: str
+    code_hash: str
     name: str
     function: str
     batch: bool
@@ -219,31 +220,39 @@ def package_service(
         compile(text, file_name, "exec")  # generated code must at least parse
         (directory / file_name).write_text(text, encoding="utf-8")
         generated += text
-    (directory / "requirements.txt").write_text(requirements.lines(), encoding="utf-8")
     digest.update(generated.encode())
-    digest.update(requirements.lines().encode())
-    content_hash = digest.hexdigest()
-    schema = {"route": f"/{captured.name}", "inputs": inputs, "output": returns[4:] or None}
-    manifest = {
-        "name": options.name,
-        "function": captured.name,
-        "batch": batch,
-        "objects": specs,
-        "content_hash": content_hash,
-        "requirements": requirements.pinned,
-        "schema": schema,
-    }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return ServiceSource(
+    source = ServiceSource(
         directory=directory,
-        content_hash=content_hash,
+        content_hash="",
+        code_hash=digest.hexdigest(),
         name=options.name,
         function=captured.name,
         batch=batch,
-        requirements=requirements.pinned,
+        requirements=[],
         objects=specs,
-        schema=schema,
+        schema={"route": f"/{captured.name}", "inputs": inputs, "output": returns[4:] or None},
     )
+    set_requirements(source, requirements.pinned)
+    return source
+
+
+def set_requirements(source: ServiceSource, requirements: list[str]) -> None:
+    """Write the requirements and the manifest; the content hash covers code, objects and
+    requirements."""
+    source.requirements = sorted(set(requirements), key=str.lower)
+    text = "".join(f"{line}\n" for line in source.requirements)
+    (source.directory / "requirements.txt").write_text(text, encoding="utf-8")
+    source.content_hash = hashlib.sha256((source.code_hash + "\n" + text).encode()).hexdigest()
+    manifest = {
+        "name": source.name,
+        "function": source.function,
+        "batch": source.batch,
+        "objects": source.objects,
+        "content_hash": source.content_hash,
+        "requirements": source.requirements,
+        "schema": source.schema,
+    }
+    (source.directory / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
 def _dump(value: Any, path: Path) -> None:
