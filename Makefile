@@ -16,7 +16,7 @@ DEMO_HOME := $(CURDIR)/.demo/home
 .PHONY: help install demo test lint typecheck unit bench clean
 
 help:
-	@echo "make demo   set up .venv and run the example pipeline, then show runs and metrics"
+	@echo "make demo   set up .venv; run the example pipeline, deploy its model, serve requests"
 	@echo "make test   set up .venv with test tools and run lint, types and the whole test suite"
 	@echo "make bench  run the benchmarks in quick mode"
 
@@ -42,6 +42,16 @@ demo: $(STAMP)
 	@echo
 	@echo "==> the runs recorded in $(DEMO_HOME) (also in MLflow: $(DEMO_HOME)/mlflow.db)"
 	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy runs --limit 5
+	@echo
+	@echo "==> deploy the notebook's predict function as a service on 127.0.0.1"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy deploy example_notebooks/train.ipynb --reference X_train
+	@echo
+	@echo "==> requests served"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/python example_notebooks/call_service.py predict 20
+	@echo
+	@echo "==> status, then stop (nbdeploy stop predict)"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy status
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy stop predict
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -72,7 +72,9 @@ def build(directory: Path) -> dict[str, Any]:
         include=[
             name for name in ("service.py", "nbdeploy_function.py") if (directory / name).exists()
         ],
-        python={"requirements_txt": "requirements.txt", "lock_packages": False},
+        # A list, not requirements_txt: BentoML refuses files under hidden directories such as
+        # the default ~/.nbdeploy. The strings are pinned or validated PEP 508 requirements.
+        python={"packages": list(manifest["requirements"]), "lock_packages": False},
         labels={"nbdeploy.deployment": manifest["name"], "nbdeploy.function": manifest["function"]},
     )
     return {
