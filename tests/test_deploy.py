@@ -36,14 +36,19 @@ def predict(rows: list[list[float]]) -> list[int]:
 """
 
 
+LAST_HEADERS: dict[str, str] = {}
+
+
 def post(url: str, body: object) -> tuple[int, str]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
+            LAST_HEADERS.update({k.lower(): v for k, v in answer.headers.items()})
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
+        LAST_HEADERS.update({k.lower(): v for k, v in error.headers.items()})
         return error.code, error.read().decode()
 
 
@@ -130,10 +135,13 @@ def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     # An exception in the user's function: 500, logged, and the service stays up.
     code, body = post(url + "/predict", {"rows": [[99, 0, 0, 0]]})
     assert code == 500
+    request_id = LAST_HEADERS["x-bentoml-request-id"]
     assert ready(url)
     assert post(url + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
     logs = cli("logs", "predict", "--tail", "200").out
     assert "99 is not a valid measurement" in logs
+    failure_line = next(line for line in logs.splitlines() if f"span={request_id}" in line)
+    assert "Exception on /predict" in failure_line
     version = store(deploy_home).version("predict", 1)
     assert version.options["batch"] is True
     assert Path(version.reference_path).exists()
