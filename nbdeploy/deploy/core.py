@@ -561,7 +561,7 @@ def deploy_mlflow_model(
         timeout=60,
         model_tag=model_tag,
         max_batch_size=100,
-        max_latency_ms=20,
+        max_latency_ms=1000,
     )
     content = hashlib.sha256((content + code).encode()).hexdigest()
     version_dir = deployments_dir() / name / "versions" / content[:16]
