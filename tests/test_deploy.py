@@ -373,3 +373,36 @@ def test_requirements_include_packages_a_model_imports_lazily(kernel, deploy_hom
     again = execute(kernel, "%deploy lazy_predict --name lazy --reference X")
     assert "unchanged since version 1" in again  # the probe is cached, the build reused
     assert cli("stop", "lazy").code == 0
+
+
+def test_dataframe_and_pydantic_inputs_and_the_cell_magic(kernel, deploy_home, cli):
+    execute(
+        kernel,
+        "import pandas as pd\n"
+        "from pydantic import BaseModel\n"
+        "class Customer(BaseModel):\n"
+        "    age: int\n"
+        "    plan: str\n"
+        "def score_frame(frame: pd.DataFrame) -> list[float]:\n"
+        "    return (frame['a'] * 2 + frame['b']).tolist()\n",
+    )
+    execute(kernel, "%deploy score_frame --name frame")
+    url = cli("status", "frame", "--json").json[0]["url"]
+    code, body = post(url + "/score_frame", {"frame": [{"a": 1, "b": 0.5}, {"a": 2, "b": 0}]})
+    assert (code, json.loads(body)) == (200, [2.5, 4.0])
+    output = execute(
+        kernel,
+        "%%deploy customer\n"
+        "def describe(customer: Customer) -> str:\n"
+        "    return f'{customer.plan} customer aged {customer.age}'\n",
+    )
+    assert "customer" in output
+    url = cli("status", "customer", "--json").json[0]["url"]
+    code, body = post(url + "/describe", {"customer": {"age": 41, "plan": "gold"}})
+    assert (code, body) == (200, "gold customer aged 41")  # a str answer is text/plain
+    code, body = post(url + "/describe", {"customer": {"age": "old", "plan": "gold"}})
+    assert code == 400 and "age" in body
+    status = execute(kernel, "%deploy status")
+    assert "frame" in status and "customer" in status
+    assert "stopped customer" in execute(kernel, "%deploy stop customer")
+    assert cli("stop", "frame").code == 0

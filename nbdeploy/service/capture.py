@@ -91,7 +91,13 @@ def capture_function(
     while pending:
         current = pending.pop()
         code = current.__code__ if isinstance(current, types.FunctionType) else None
-        names = global_names(code) if code is not None else _class_global_names(current)
+        names = (
+            global_names(code)
+            if code is not None
+            else _class_global_names(current, helper_sources.get(current.__name__, ""))
+        )
+        if current is function:  # type hints become the service's schema: their names too
+            names = names + annotation_names(captured.source, function.__name__)
         for name in names:
             if name in visited or name not in namespace:
                 continue  # builtins, and names the function only assigns
@@ -122,6 +128,22 @@ def capture_function(
     captured.helpers = [helper_sources[n] for n in captured.helper_names]
     captured.imports = sorted(set(captured.imports))
     return captured
+
+
+def annotation_names(source: str, name: str) -> list[str]:
+    """Global names used in a function's parameter and return annotations."""
+    found: list[str] = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
+            arguments = node.args
+            every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+            annotations = [a.annotation for a in every if a.annotation is not None]
+            annotations += [node.returns] if node.returns is not None else []
+            for annotation in annotations:
+                for inner in ast.walk(annotation):
+                    if isinstance(inner, ast.Name) and inner.id not in found:
+                        found.append(inner.id)
+    return found
 
 
 def _classify(value: Any) -> str:
@@ -202,11 +224,22 @@ def _source_of(value: Any, cells: list[str]) -> str:
     )
 
 
-def _class_global_names(klass: type) -> list[str]:
+def _class_global_names(klass: type, source: str) -> list[str]:
+    """Names a class needs: those in its bases, decorators and field annotations (pydantic
+    models, dataclasses) and the globals its methods read."""
     names: dict[str, None] = {}
-    for base in klass.__bases__:
-        if base.__module__ in NOTEBOOK_MODULES:
-            names.setdefault(base.__name__, None)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == klass.__name__:
+            parts: list[ast.AST] = [*node.bases, *node.keywords, *node.decorator_list]
+            parts += [s.annotation for s in node.body if isinstance(s, ast.AnnAssign)]
+            for part in parts:
+                for inner in ast.walk(part):
+                    if isinstance(inner, ast.Name):
+                        names.setdefault(inner.id, None)
     for attribute in vars(klass).values():
         function = (
             attribute.__func__ if isinstance(attribute, classmethod | staticmethod) else attribute

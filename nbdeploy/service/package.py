@@ -21,15 +21,9 @@ from nbdeploy.service.capture import Captured
 from nbdeploy.service.requirements import Requirements
 
 NAME_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
-BATCHABLE_INPUTS = {
-    "list",
-    "List",
-    "ndarray",
-    "np.ndarray",
-    "numpy.ndarray",
-    "DataFrame",
-    "pd.DataFrame",
-}
+# DataFrames are not batched: BentoML 1.4.39's batching of DataFrame inputs fails in its
+# batch-size optimizer and leaves the request hanging.
+BATCHABLE_INPUTS = {"list", "List", "ndarray", "np.ndarray", "numpy.ndarray"}
 MANIFEST = "manifest.json"
 GENERATED_FILES = (
     ("nbdeploy_function.py.j2", "nbdeploy_function.py"),
@@ -161,7 +155,7 @@ def package_service(
     batch = batchable(captured) if options.batch is None else options.batch
     if batch and not batchable(captured):
         raise ServiceDefinitionError(
-            f"--batch needs {captured.name} to take one list (or array, or DataFrame) of rows "
+            f"--batch needs {captured.name} to take one list (or numpy array) of rows "
             "and return a list of results of the same length",
             "drop --batch, or change the signature",
         )
