@@ -406,3 +406,25 @@ def test_dataframe_and_pydantic_inputs_and_the_cell_magic(kernel, deploy_home, c
     assert "frame" in status and "customer" in status
     assert "stopped customer" in execute(kernel, "%deploy stop customer")
     assert cli("stop", "frame").code == 0
+
+
+def test_a_lightgbm_booster_is_saved_with_its_framework_saver(kernel, deploy_home, cli):
+    execute(
+        kernel,
+        "import lightgbm as lgb\n"
+        "booster = lgb.train({'objective': 'binary', 'verbose': -1}, lgb.Dataset(X, y), 10)\n"
+        "def boost(rows: list[list[float]]) -> list[float]:\n"
+        "    return [round(float(p), 3) for p in booster.predict(np.asarray(rows))]\n",
+    )
+    output = execute(kernel, "%deploy boost")
+    assert "lightgbm==" in output
+    version = store(deploy_home).version("boost", 1)
+    manifest = json.loads((Path(version.service_dir) / "manifest.json").read_text())
+    assert [o["kind"] for o in manifest["objects"]] == ["lightgbm"]
+    model_yaml = next((deploy_home / "bentoml" / "models").glob("nbd-boost-obj0/*/model.yaml"))
+    assert "bentoml.lightgbm" in model_yaml.read_text()
+    url = cli("status", "boost", "--json").json[0]["url"]
+    code, body = post(url + "/boost", {"rows": [[0.9, 0.1, 0.1, 0.1], [0.1, 0.9, 0.9, 0.9]]})
+    high, low = json.loads(body)
+    assert code == 200 and high > 0.5 > low
+    assert cli("stop", "boost").code == 0

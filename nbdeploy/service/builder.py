@@ -57,10 +57,13 @@ def build(directory: Path) -> dict[str, Any]:
         except NotFound:
             pass
         source = directory / "objects" / spec["file"]
-        if spec["kind"] == "sklearn":
+        if spec["kind"] != "generic":
+            import importlib
+
             import joblib
 
-            bentoml.sklearn.save_model(spec["tag"], joblib.load(source))  # our own file
+            saver = importlib.import_module(f"bentoml.{spec['kind']}")
+            saver.save_model(spec["tag"], joblib.load(source))  # our own file
         else:
             with bentoml.models.create(spec["tag"]) as model:
                 shutil.copyfile(source, model.path_of(spec["file"]))

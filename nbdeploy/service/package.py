@@ -135,10 +135,20 @@ def batchable(captured: Captured) -> bool:
     return base(params[0].annotation) in BATCHABLE_INPUTS and base(node.returns) in BATCHABLE_INPUTS
 
 
+FRAMEWORK_KINDS = ("sklearn", "lightgbm", "xgboost", "pytorch")
+
+
 def object_kind(value: Any) -> str:
-    module = type(value).__module__ or ""
-    if module.startswith("sklearn.") and hasattr(value, "get_params"):
-        return "sklearn"
+    """Which BentoML framework saver stores an object (``generic``: joblib in a model of
+    nbdeploy's own)."""
+    klass = type(value)
+    top = (klass.__module__ or "").split(".")[0]
+    if top in ("lightgbm", "xgboost") and klass.__name__ == "Booster":
+        return top  # native boosters have their own savers
+    if any((base.__module__ or "").startswith("torch.nn") for base in klass.__mro__):
+        return "pytorch"
+    if top in ("sklearn", "lightgbm", "xgboost") and hasattr(value, "get_params"):
+        return "sklearn"  # estimators with the scikit-learn API
     return "generic"
 
 
