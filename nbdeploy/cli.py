@@ -57,15 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--function", metavar="NAME", help="the function to deploy")
     deploy.add_argument("--name", help="deployment name (default: the function's)")
-    deploy.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="set a notebook parameter; repeatable",
-    )
+    add_parameter_option(deploy)
     deploy.add_argument("--reference", metavar="VAR", help="variable with the training inputs")
     deploy.add_argument("--kernel", metavar="NAME")
     deploy.add_argument("--timeout", type=float, metavar="SECONDS")
@@ -109,15 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_arguments(run: argparse.ArgumentParser, notebook_optional: bool = False) -> None:
-    """The options of ``nbdeploy run``, shared with ``%deploy run``."""
-    if notebook_optional:
-        run.add_argument(
-            "notebook", nargs="?", help="a .ipynb or pipeline.yaml (default: this notebook)"
-        )
-    else:
-        run.add_argument("notebook", help="a .ipynb file, or a pipeline.yaml")
-    run.add_argument(
+def add_parameter_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -126,6 +111,17 @@ def add_run_arguments(run: argparse.ArgumentParser, notebook_optional: bool = Fa
         metavar=("NAME", "VALUE"),
         help="set a parameter (converted to its declared type); repeatable",
     )
+
+
+def add_run_arguments(run: argparse.ArgumentParser, notebook_optional: bool = False) -> None:
+    """The options of ``nbdeploy run``, shared with ``%deploy run``."""
+    if notebook_optional:
+        run.add_argument(
+            "notebook", nargs="?", help="a .ipynb or pipeline.yaml (default: this notebook)"
+        )
+    else:
+        run.add_argument("notebook", help="a .ipynb file, or a pipeline.yaml")
+    add_parameter_option(run)
     run.add_argument(
         "-f", "--parameters-file", metavar="FILE", help="YAML file of parameter values"
     )
