@@ -171,7 +171,7 @@ class Nbdeploy(Server):
     def start(self, model_path: Path, key: str) -> tuple[str, dict[str, Any]]:
         import joblib
 
-        from nbdeploy.deploy import core
+        from nbdeploy.deployment import core
 
         source = (
             "def predict(rows: list[list[float]]) -> list[int]:\n"
@@ -197,7 +197,7 @@ class Nbdeploy(Server):
         return result.url + "/predict", {"rows": [ROW]}
 
     def stop(self) -> None:
-        from nbdeploy.deploy import core
+        from nbdeploy.deployment import core
 
         core.stop(self.deployment)
 

@@ -146,21 +146,55 @@ def get_run(run_id: str) -> RunRecord:
 
 
 # -- services ----------------------------------------------------------------------------
-def deploy(function: Any, name: str | None = None, **options: Any) -> Any:
-    """Deploy a notebook function as a local HTTP service (see ``%deploy``).
+def deploy(
+    target: Any,
+    name: str | None = None,
+    *,
+    namespace: Mapping[str, Any] | None = None,
+    history: Sequence[str] | None = None,
+    source: Mapping[str, Any] | None = None,
+    notify: Notify = _ignore,
+    **options: Any,
+) -> Any:
+    """Deploy a notebook function, or a fitted model, as a local HTTP service (see
+    ``%deploy``).
 
-    Options: ``port``, ``host`` (127.0.0.1 unless NBDEPLOY_ALLOW_REMOTE is set),
-    ``workers``, ``batch`` (None: on when the function maps rows to results),
-    ``reference`` (name of the variable holding the training inputs), ``requirements``
-    (extra PEP 508 requirements), ``namespace`` (default: the function's globals),
-    ``history`` (the notebook's executed cells), ``source``, ``notify``.
+    ``target`` is a function defined in the notebook (served at ``/<its name>``) or a
+    fitted model with ``predict`` (served at ``/predict`` and, when it has one,
+    ``/predict_proba``). Options are those of ``%deploy``: ``port``, ``host`` (127.0.0.1
+    unless NBDEPLOY_ALLOW_REMOTE is set), ``workers``, ``batch``, ``reference`` (the name of
+    the variable holding the training inputs), ``requirements``, ``extra_columns``
+    ("refuse" or "drop") and ``mlflow``. ``namespace`` defaults to the notebook's globals.
     Returns a DeployResult with ``url``, ``version`` and ``to_dict()``.
     """
-    from nbdeploy.deploy.core import deploy_function
+    from nbdeploy.deployment.core import deploy_function, deploy_model, is_model
+    from nbdeploy.deployment.options import DeployOptions
 
-    if "history" not in options:
-        options["history"] = _kernel_history()
-    return deploy_function(function, name=name, **options)
+    settings = DeployOptions.from_keywords({"name": name, **options})
+    scope = namespace if namespace is not None else _kernel_namespace(target)
+    if is_model(target):
+        return deploy_model(
+            target, namespace=scope, options=settings, source=source, notify=notify
+        )
+    return deploy_function(
+        target,
+        namespace=scope,
+        history=list(history) if history is not None else _kernel_history(),
+        options=settings,
+        source=source,
+        notify=notify,
+    )
+
+
+def _kernel_namespace(target: Any) -> Mapping[str, Any]:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        get_ipython = None
+    shell = get_ipython() if get_ipython is not None else None
+    if shell is not None:
+        return shell.user_ns
+    return getattr(target, "__globals__", {})
 
 
 def _kernel_history() -> list[str]:
@@ -175,30 +209,30 @@ def _kernel_history() -> list[str]:
 
 def status(name: str | None = None) -> Any:
     """Deployments (or one) with their live version, address and servers."""
-    from nbdeploy.deploy.core import status as deployment_status
+    from nbdeploy.deployment.core import status as deployment_status
 
     return deployment_status(name)
 
 
 def stop(name: str) -> Any:
-    from nbdeploy.deploy.core import stop as stop_deployment
+    from nbdeploy.deployment.core import stop as stop_deployment
 
     return stop_deployment(name)
 
 
 def logs(name: str, lines: int = 50) -> list[str]:
-    from nbdeploy.deploy.core import logs as deployment_logs
+    from nbdeploy.deployment.core import logs as deployment_logs
 
     return deployment_logs(name, lines)
 
 
 def rollback(name: str, notify: Notify = _ignore) -> Any:
-    from nbdeploy.deploy.core import rollback as rollback_deployment
+    from nbdeploy.deployment.core import rollback as rollback_deployment
 
     return rollback_deployment(name, notify=notify)
 
 
 def show_code(name: str, version: int | None = None) -> str:
-    from nbdeploy.deploy.core import show_code as code_of
+    from nbdeploy.deployment.core import show_code as code_of
 
     return code_of(name, version)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import __version__
+from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
 from nbdeploy.errors import NbdeployError, ParameterError
 
 
@@ -50,18 +51,22 @@ def _parser() -> argparse.ArgumentParser:
         "from that kernel.",
     )
     deploy.add_argument("notebook", nargs="?", help="the notebook (not with --from-mlflow)")
-    deploy.add_argument(
+    target = deploy.add_mutually_exclusive_group()
+    target.add_argument(
         "--from-mlflow",
         metavar="URI",
         help="serve a registered MLflow model instead: models:/NAME@ALIAS or models:/NAME/N",
     )
-    deploy.add_argument("--function", metavar="NAME", help="the function to deploy")
-    deploy.add_argument("--name", help="deployment name (default: the function's)")
+    target.add_argument("--function", metavar="NAME", help="the function to deploy")
+    target.add_argument(
+        "--object",
+        metavar="VAR",
+        help="deploy the fitted model held in this variable (/predict, /predict_proba)",
+    )
+    add_deploy_arguments(deploy)
     add_parameter_option(deploy)
-    deploy.add_argument("--reference", metavar="VAR", help="variable with the training inputs")
     deploy.add_argument("--kernel", metavar="NAME")
     deploy.add_argument("--timeout", type=float, metavar="SECONDS")
-    deploy.add_argument("--no-mlflow", action="store_true")
     deploy.add_argument("--json", action="store_true")
 
     status = commands.add_parser("status", help="deployments: status, version, address")
@@ -301,8 +306,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from nbdeploy.deploy.core import deploy_mlflow_model, deploy_notebook
-    from nbdeploy.deploy.report import curl_example
+    from nbdeploy.deployment.core import deploy_mlflow_model, deploy_notebook
+    from nbdeploy.deployment.report import curl_example
     from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
 
     if bool(args.notebook) == bool(args.from_mlflow):
@@ -310,8 +315,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             "give either a NOTEBOOK or --from-mlflow URI",
             "nbdeploy deploy train.ipynb, or nbdeploy deploy --from-mlflow models:/churn@champion",
         )
+    options = DeployOptions.from_args(args)
     if args.from_mlflow:
-        deployed = deploy_mlflow_model(args.from_mlflow, name=args.name, notify=_notice)
+        deployed = deploy_mlflow_model(
+            args.from_mlflow,
+            name=options.name,
+            host=options.host,
+            port=options.port,
+            workers=options.workers,
+            notify=_notice,
+        )
         data = deployed.to_dict()
         if args.json:
             _print_json(data)
@@ -324,12 +337,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     _, result = deploy_notebook(
         args.notebook,
         function=args.function,
-        name=args.name,
+        model=args.object,
+        options=options,
         text_values={name: value for name, value in args.parameter},
-        reference=args.reference,
         kernel=args.kernel,
         timeout=args.timeout,
-        track_mlflow=not args.no_mlflow,
         progress=NullProgress() if args.json else TerminalProgress(),
         notify=_notice,
         warn=_warn,
@@ -352,7 +364,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from nbdeploy import api
-    from nbdeploy.deploy.report import status_table
+    from nbdeploy.deployment.report import status_table
 
     deployments = api.status(args.name)
     if args.json:
@@ -405,7 +417,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from nbdeploy import api
-    from nbdeploy.deploy.core import versions_of
+    from nbdeploy.deployment.core import versions_of
 
     if args.code:
         print(api.show_code(args.name, args.version_number), end="")

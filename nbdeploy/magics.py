@@ -23,8 +23,9 @@ from nbdeploy.pipeline.context import RUN_DIR_ENV
 
 SESSION_ENV = "JPY_SESSION_NAME"
 USAGE = """\
-%deploy FUNCTION [--name NAME] [--port N] [--workers N] [--batch|--no-batch] [--reference VAR]
-                 [--requirements REQ ...]          deploy a function of this notebook
+%deploy FUNCTION|MODEL [--name NAME] [--port N] [--workers N] [--batch|--no-batch]
+                 [--reference VAR] [--extra-columns refuse|drop] [--requirements REQ ...]
+                                      deploy a function, or a fitted model, of this notebook
 %deploy status [NAME] | stop NAME | logs NAME | rollback NAME | show NAME
 %deploy run [NOTEBOOK] [-p NAME VALUE]... [-f FILE] [--sweep NAME=V1,V2]... [--parallel N]
             [--output-dir DIR] [--kernel NAME] [--timeout S] [--log-output] [--no-mlflow]
@@ -94,11 +95,13 @@ class DeployMagics(Magics):
         try:
             if handler is not None:
                 return handler(rest)
-            if command.isidentifier() and callable(self._shell.user_ns.get(command)):
+            value = self._shell.user_ns.get(command) if command.isidentifier() else None
+            if value is not None and (callable(value) or callable(getattr(value, "predict", None))):
                 return self._deploy(command, rest)
             raise NbdeployError(
-                f"unknown subcommand {command!r}, and no function {command!r} in this notebook",
-                "one of: " + ", ".join(handlers) + ", or the name of a function to deploy",
+                f"unknown subcommand {command!r}, and no function or fitted model {command!r} "
+                "in this notebook",
+                "one of: " + ", ".join(handlers) + ", or the name of a function or model to deploy",
             )
         except _HelpShown:
             return None
@@ -114,77 +117,63 @@ class DeployMagics(Magics):
 
     @cell_magic("deploy")  # type: ignore[arg-type]
     def deploy_cell(self, line: str, cell: str) -> Any:
-        """%%deploy NAME [options]: run the cell, then deploy the function it defines."""
+        """%%deploy [NAME] [options]: run the cell, then deploy the last function it defines."""
         import ast
 
         result = self._shell.run_cell(cell, store_history=True)
         if not result.success:
             return None
-        functions = [n.name for n in ast.parse(cell).body if isinstance(n, ast.FunctionDef)]
-        if not functions:
-            raise UsageError("nbdeploy: %%deploy: the cell defines no function to deploy")
-        words = shlex.split(line)
-        options = (["--name", words[0]] if words and not words[0].startswith("-") else []) + [
-            w for w in words[1:] if words and not words[0].startswith("-")
-        ] or words
+        # %pip and !shell lines are not Python: parse what IPython ran.
+        python = self._shell.transform_cell(cell)
+        functions = [n.name for n in ast.parse(python).body if isinstance(n, ast.FunctionDef)]
         try:
-            return self._deploy(functions[-1], options)
+            if not functions:
+                raise NbdeployError("%%deploy: the cell defines no function to deploy")
+            words = shlex.split(line)
+            if words and not words[0].startswith("-"):
+                words = ["--name", words[0], *words[1:]]
+            return self._deploy(functions[-1], words)
+        except _HelpShown:
+            return None
         except NbdeployError as error:
             raise UsageError(f"nbdeploy: {error}") from None
 
     # -- subcommands -------------------------------------------------------------------
-    def _deploy(self, function_name: str, words: list[str]) -> Any:
+    def _deploy(self, target: str, words: list[str]) -> Any:
         from nbdeploy import api
-        from nbdeploy.deploy.report import describe_deploy, example_rows
+        from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
+        from nbdeploy.deployment.report import describe_deploy
 
-        parser = _MagicParser(prog=f"%deploy {function_name}")
-        parser.add_argument("--name", help="deployment name (default: the function's)")
-        parser.add_argument("--port", type=int, help="port (default: a free one, kept)")
-        parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-        parser.add_argument("--workers", type=int, default=1, help="worker processes")
-        parser.add_argument(
-            "--batch",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="adaptive batching (default: on when the function maps rows to results)",
-        )
-        parser.add_argument("--reference", metavar="VAR", help="variable with the training inputs")
-        parser.add_argument(
-            "--requirements",
-            nargs="+",
-            default=[],
-            metavar="REQ",
-            help="extra requirements (PEP 508)",
-        )
-        args = parser.parse_args(words)
+        parser = _MagicParser(prog=f"%deploy {target}")
+        add_deploy_arguments(parser)
+        options = DeployOptions.from_args(parser.parse_args(words))
         namespace = self._shell.user_ns
         notebook = os.environ.get(SESSION_ENV)
-        result = api.deploy(
-            namespace[function_name],
-            name=args.name,
-            namespace=namespace,
-            history=list(namespace.get("In", [])),
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            batch=args.batch,
-            reference=args.reference,
-            requirements=args.requirements,
-            source={"notebook": notebook, "function": function_name},
-            notify=lambda message: print(f"nbdeploy: {message}", flush=True),
-        )
-        example = example_rows(namespace.get(args.reference)) if args.reference else None
+        try:
+            result = api.deploy(
+                namespace[target],
+                namespace=namespace,
+                history=list(namespace.get("In", [])),
+                source={"notebook": notebook, "target": target},
+                notify=lambda message: print(f"nbdeploy: {message}", flush=True),
+                **{k: v for k, v in vars(options).items()},
+            )
+        except KeyboardInterrupt:
+            raise NbdeployError(
+                "the deploy was interrupted: the server it was starting is stopped, and the "
+                "previous version (if any) serves as before"
+            ) from None
         if _has_widgets(self.shell):
             from nbdeploy.widgets.deployment import show_deployment
 
-            show_deployment(result, example)
+            show_deployment(result)
         else:
             print(describe_deploy(result))
         return None
 
     def _status(self, words: list[str]) -> None:
         from nbdeploy import api
-        from nbdeploy.deploy.report import status_table
+        from nbdeploy.deployment.report import status_table
 
         parser = _MagicParser(prog="%deploy status")
         parser.add_argument("name", nargs="?")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-from nbdeploy.deploy import core
-from nbdeploy.deploy.store import DeploymentStore
+from nbdeploy.deployment import core
+from nbdeploy.deployment.store import DeploymentStore
 from nbdeploy.store import StateStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
@@ -151,7 +151,7 @@ def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     assert live_model_version(deploy_home, "predict") == version.mlflow_version
     code_text = cli("show", "predict", "--code").out
     assert "def predict(rows: list[list[float]]) -> list[int]:" in code_text
-    assert "batchable=True" in code_text
+    assert ".batched(rows)" in code_text  # adaptive batching across requests
 
 
 def test_redeploy_of_an_unchanged_function_does_not_rebuild(kernel, deploy_home, cli):

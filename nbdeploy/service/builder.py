@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
+from nbdeploy.service.package import BENTO_FILES
+from nbdeploy.service.runtime import LOCAL_MODULES, load_object, prepare
 
 ENTRY = "service:NbdeployService"
 
@@ -50,31 +52,14 @@ def build(directory: Path) -> dict[str, Any]:
             bentoml.models.get(manifest["model_tag"])
         except NotFound:
             bentoml.mlflow.import_model(manifest["model_tag"], manifest["mlflow_model_uri"])
-    for spec in manifest["objects"]:
-        try:
-            bentoml.models.get(spec["tag"])
-            continue
-        except NotFound:
-            pass
-        source = directory / "objects" / spec["file"]
-        if spec["kind"] != "generic":
-            import importlib
-
-            import joblib
-
-            saver = importlib.import_module(f"bentoml.{spec['kind']}")
-            saver.save_model(spec["tag"], joblib.load(source))  # our own file
-        else:
-            with bentoml.models.create(spec["tag"]) as model:
-                shutil.copyfile(source, model.path_of(spec["file"]))
+    save_objects(directory, manifest)
     bento = bentoml.bentos.build(
         service=ENTRY,
         name=bento_tag.split(":")[0],
         version=bento_tag.split(":")[1],
         build_ctx=str(directory),
-        include=[
-            name for name in ("service.py", "nbdeploy_function.py") if (directory / name).exists()
-        ],
+        include=[name for name in BENTO_FILES if (directory / name).exists()]
+        + ([f"{LOCAL_MODULES}/**"] if (directory / LOCAL_MODULES).is_dir() else []),
         # A list, not requirements_txt: BentoML refuses files under hidden directories such as
         # the default ~/.nbdeploy. The strings are pinned or validated PEP 508 requirements.
         python={"packages": list(manifest["requirements"]), "lock_packages": False},
@@ -85,6 +70,41 @@ def build(directory: Path) -> dict[str, Any]:
         "reused": False,
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def save_objects(directory: Path, manifest: dict[str, Any]) -> None:
+    """Save each object into nbdeploy's BentoML model store (once per content hash): models
+    through their framework's saver, everything else as nbdeploy's own pickle file."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    prepared = False
+    for spec in manifest["objects"]:
+        try:
+            bentoml.models.get(spec["tag"])
+            continue
+        except NotFound:
+            pass
+        source = directory / "objects" / spec["file"]
+        if spec["kind"] != "generic":
+            import importlib
+
+            if not prepared:  # the notebook's classes, for the saver to pickle by name
+                prepare(directory)
+                prepared = True
+            saver = importlib.import_module(f"bentoml.{spec['kind']}")
+            saver.save_model(spec["tag"], load_object(spec, path=source))  # our own file
+        else:
+            with bentoml.models.create(spec["tag"]) as model:
+                _link_or_copy(source, Path(model.path_of(spec["file"])))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Objects can be large: a hard link costs nothing where the stores share a disk."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def main() -> None:

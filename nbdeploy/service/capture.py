@@ -1,46 +1,60 @@
-"""Capture a notebook function from a live kernel: its source, the notebook-defined helper
-functions and classes it calls, the modules it uses and the objects it references.
+"""Capture what a notebook function (or a fitted model) needs from the live kernel.
 
-Global names are found from the bytecode (``LOAD_GLOBAL``/``LOAD_NAME``), not guessed from
-the text, and helpers are followed transitively. Nothing is executed.
+The function is kept as the live object and later pickled by value (see
+:mod:`nbdeploy.service.serialize`), so closures, decorated helpers, defaults that name
+globals and notebook classes at any depth all travel as they are in the kernel. This
+module finds the parts that are treated apart:
+
+- the *objects*: the global data the function reaches (models, arrays, frames, tables),
+  saved and hashed one by one (framework savers for models);
+- the *modules* it uses (for pinned requirements), and among them the user's *local
+  modules* (files beside the notebook, or anywhere outside installed distributions), which
+  are snapshotted into the version;
+- the *source* of the function and its notebook helpers, kept for display only.
 """
 
 from __future__ import annotations
 
 import ast
 import dis
+import importlib.metadata as metadata
 import inspect
+import sys
+import sysconfig
 import textwrap
 import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from nbdeploy.errors import NbdeployError
+from nbdeploy.service.serialize import NOTEBOOK_MODULES, CaptureError, _is_lru_wrapper
 
-NOTEBOOK_MODULES = {"__main__", "__mp_main__"}
+# Values small and immutable enough to travel inside the function's own pickle.
+_INLINE_TYPES = (int, float, complex, str, bytes, bool, type(None), range, slice)
+PREDICT_METHODS = ("predict", "predict_proba")
 
-
-class CaptureError(NbdeployError):
-    """The function cannot be turned into a service as it is."""
+__all__ = ["CaptureError", "Captured", "capture_function", "capture_model"]
 
 
 @dataclass
 class Captured:
-    """Everything a generated service needs to rebuild the function."""
+    """Everything a version is made of, before anything is written."""
 
-    name: str
-    source: str
-    helpers: list[str] = field(default_factory=list)  # sources, in definition order
-    imports: list[str] = field(default_factory=list)  # import statements
-    objects: dict[str, Any] = field(default_factory=dict)  # name -> value to save
+    name: str  # the entry function's name, or the model variable's
+    kind: str  # "function" or "model"
+    function: Any  # the live function (kind "function") or None
+    source: str  # the function's source, for display
+    helpers: list[tuple[str, str]] = field(default_factory=list)  # (name, source) for display
+    objects: dict[str, Any] = field(default_factory=dict)  # global name -> value
     modules: set[str] = field(default_factory=set)  # top-level modules used
-    helper_names: list[str] = field(default_factory=list)
+    local_modules: dict[str, Path] = field(default_factory=dict)  # name -> file or package dir
+    methods: list[str] = field(default_factory=list)  # kind "model": predict, predict_proba
 
     @property
     def signature(self) -> inspect.Signature:
-        namespace: dict[str, Any] = {}
-        return inspect.signature(_compile_stub(self.source, self.name, namespace))
+        return inspect.signature(self.function)
 
 
 def global_names(code: types.CodeType) -> list[str]:
@@ -57,128 +71,149 @@ def global_names(code: types.CodeType) -> list[str]:
     return list(seen)
 
 
-def capture_function(
-    function: Any, namespace: Mapping[str, Any], history: Iterable[str] = ()
-) -> Captured:
-    """Capture ``function`` as defined in ``namespace`` (the kernel's globals).
+def is_notebook_definition(value: Any) -> bool:
+    """A function or class defined in the notebook (pickled by value)."""
+    if _is_lru_wrapper(value):
+        value = value.__wrapped__
+    return (
+        isinstance(value, types.FunctionType | type)
+        and getattr(value, "__module__", None) in NOTEBOOK_MODULES
+    )
 
-    ``history`` holds the source of the notebook's executed cells (newest last); it is
-    where the source of notebook-defined classes is found.
-    """
-    if not isinstance(function, types.FunctionType):
+
+def capture_function(
+    function: Any, namespace: Mapping[str, Any] | None = None, history: Iterable[str] = ()
+) -> Captured:
+    """Capture ``function`` (defined in the notebook) with everything it reaches."""
+    entry = inspect.unwrap(function) if callable(function) else function
+    if _is_lru_wrapper(function):
+        entry = function.__wrapped__
+    if not isinstance(entry, types.FunctionType):
         raise CaptureError(
             f"{function!r} is not a function defined with `def`",
-            "deploy a function: def predict(rows: list[list[float]]) -> list[int]: ...",
+            "deploy a function, e.g. def predict(rows: list[list[float]]) -> list[int], "
+            "or a fitted model: %deploy model --reference X_train",
         )
-    if function.__module__ not in NOTEBOOK_MODULES:
-        raise CaptureError(
-            f"{function.__name__} is defined in module {function.__module__}, not in the notebook",
-            "define the entry function in the notebook (it may call library code)",
-        )
-    if function.__name__ == "<lambda>":
+    if entry.__name__ == "<lambda>":
         raise CaptureError("a lambda cannot be deployed", "give the function a name with `def`")
-    if function.__closure__:
+    if inspect.iscoroutinefunction(entry) or inspect.isgeneratorfunction(entry):
         raise CaptureError(
-            f"{function.__name__} is a nested function that uses variables of its enclosing "
-            "function",
-            "define it at the top level of a cell",
+            f"{entry.__name__} is async or a generator",
+            "deploy a plain `def` function that returns its answer",
         )
     cells = list(history)
-    captured = Captured(name=function.__name__, source=_source_of(function, cells))
-    pending: list[Any] = [function]
-    visited: set[str] = {function.__name__}
-    helper_sources: dict[str, str] = {}
-    while pending:
-        current = pending.pop()
-        code = current.__code__ if isinstance(current, types.FunctionType) else None
-        names = (
-            global_names(code)
-            if code is not None
-            else _class_global_names(current, helper_sources.get(current.__name__, ""))
-        )
-        if current is function:  # type hints become the service's schema: their names too
-            names = names + annotation_names(captured.source, function.__name__)
-        for name in names:
-            if name in visited or name not in namespace:
-                continue  # builtins, and names the function only assigns
-            visited.add(name)
-            value = namespace[name]
-            kind = _classify(value)
-            if kind == "module":
-                captured.imports.append(_import_module(name, value))
-                captured.modules.add(value.__name__.split(".")[0])
-            elif kind == "notebook":
-                helper_sources[name] = _source_of(value, cells)
-                pending.append(value)
-            elif kind == "imported":
-                module = value.__module__
-                captured.imports.append(_import_from(module, value.__qualname__, name))
-                captured.modules.add(module.split(".")[0])
-            else:
-                captured.objects[name] = value
-                captured.modules.update(modules_of_object(value) - NOTEBOOK_MODULES)
-                # An instance of a notebook class needs the class to be loaded again.
-                for klass in type(value).__mro__:
-                    if klass.__module__ in NOTEBOOK_MODULES and klass.__name__ not in visited:
-                        visited.add(klass.__name__)
-                        helper_sources[klass.__name__] = _source_of(klass, cells)
-                        pending.append(klass)
-    # Helpers in the order the notebook defined them (by first line in history), stable.
-    captured.helper_names = sorted(helper_sources, key=lambda n: _definition_rank(n, cells))
-    captured.helpers = [helper_sources[n] for n in captured.helper_names]
-    captured.imports = sorted(set(captured.imports))
+    captured = Captured(
+        name=entry.__name__, kind="function", function=function, source=_source_of(entry, cells)
+    )
+    _walk(captured, [function], cells)
     return captured
 
 
-def annotation_names(source: str, name: str) -> list[str]:
-    """Global names used in a function's parameter and return annotations."""
-    found: list[str] = []
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
-            arguments = node.args
-            every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
-            annotations = [a.annotation for a in every if a.annotation is not None]
-            annotations += [node.returns] if node.returns is not None else []
-            for annotation in annotations:
-                for inner in ast.walk(annotation):
-                    if isinstance(inner, ast.Name) and inner.id not in found:
-                        found.append(inner.id)
+def capture_model(name: str, model: Any) -> Captured:
+    """Capture a fitted model held in the variable ``name``: served as /predict (and
+    /predict_proba when it has one)."""
+    methods = [m for m in PREDICT_METHODS if callable(getattr(model, m, None))]
+    if "predict" not in methods:
+        raise CaptureError(
+            f"{name} is a {type(model).__name__}, which has no predict method",
+            "deploy a fitted model (scikit-learn API, LightGBM, XGBoost, an MLflow pyfunc) "
+            "or a function: %deploy predict",
+        )
+    if isinstance(model, type):
+        raise CaptureError(
+            f"{name} is a class, not a fitted model", f"fit it first: {name}().fit(X, y)"
+        )
+    captured = Captured(
+        name=name, kind="model", function=None, source="", objects={name: model}, methods=methods
+    )
+    captured.modules.update(_modules_of_type(model))
+    return captured
+
+
+def _walk(captured: Captured, start: list[Any], cells: list[str]) -> None:
+    """Follow notebook functions and classes through their globals, closures, defaults,
+    wrapped functions, methods and bases; sort what they reach into objects and modules."""
+    pending = list(start)
+    visited: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
+        for name, value in _references(current):
+            if isinstance(value, types.ModuleType):
+                _use_module(captured, value.__name__)
+            elif is_notebook_definition(value):
+                if value is not captured.function and name is not None:
+                    target = value.__wrapped__ if _is_lru_wrapper(value) else value
+                    source = _source_or_none(target, cells)
+                    if source and all(n != target.__name__ for n, _ in captured.helpers):
+                        captured.helpers.append((target.__name__, source))
+                pending.append(value)
+            elif isinstance(value, types.FunctionType | type | types.BuiltinFunctionType):
+                _use_module(captured, getattr(value, "__module__", None) or "")
+            elif isinstance(value, types.MethodType):
+                pending.append(value.__func__)
+                if name is not None and not isinstance(value.__self__, type):
+                    captured.objects.setdefault(f"{name}.__self__", value.__self__)
+            elif name is not None and not isinstance(value, _INLINE_TYPES):
+                captured.objects.setdefault(name, value)
+                captured.modules.update(_modules_of_type(value))
+            elif isinstance(value, tuple | list | dict | set | frozenset):
+                captured.modules.update(_modules_of_type(value))
+    captured.helpers.sort(key=lambda item: _definition_rank(item[0], cells))
+    _find_local_modules(captured)
+
+
+def _references(value: Any) -> list[tuple[str | None, Any]]:
+    """(global name or None, value) pairs that a notebook function or class refers to."""
+    found: list[tuple[str | None, Any]] = []
+    if _is_lru_wrapper(value):
+        return [(None, value.__wrapped__)]
+    if isinstance(value, types.FunctionType):
+        scope = value.__globals__
+        for name in global_names(value.__code__):
+            if name in scope:
+                found.append((name, scope[name]))
+        for cell in value.__closure__ or ():
+            try:
+                found.append((None, cell.cell_contents))
+            except ValueError:  # an empty cell: the variable was never assigned
+                continue
+        found.extend((None, d) for d in value.__defaults__ or ())
+        found.extend((None, d) for d in (value.__kwdefaults__ or {}).values())
+        found.extend((None, a) for a in _annotation_values(value))
+        wrapped = getattr(value, "__wrapped__", None)
+        if wrapped is not None:
+            found.append((None, wrapped))
+    elif isinstance(value, type):
+        found.extend((None, base) for base in value.__bases__ if base is not object)
+        for attribute in vars(value).values():
+            if isinstance(attribute, classmethod | staticmethod):
+                attribute = attribute.__func__
+            if isinstance(attribute, property):
+                found.extend((None, f) for f in (attribute.fget, attribute.fset) if f)
+            elif isinstance(attribute, types.FunctionType | type | types.ModuleType):
+                found.append((None, attribute))
     return found
 
 
-def _classify(value: Any) -> str:
-    if isinstance(value, types.ModuleType):
-        return "module"
-    if isinstance(value, types.FunctionType | type):
-        module = getattr(value, "__module__", None)
-        if module in NOTEBOOK_MODULES:
-            return "notebook"
-        if module and "<" not in getattr(value, "__qualname__", "<"):
-            return "imported"
-    if isinstance(value, types.BuiltinFunctionType) and getattr(value, "__module__", None):
-        return "imported"
-    return "object"
+def _annotation_values(function: types.FunctionType) -> list[Any]:
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:
+        hints = {k: v for k, v in function.__annotations__.items() if not isinstance(v, str)}
+    values: list[Any] = []
+    stack = list(hints.values())
+    while stack:
+        hint = stack.pop()
+        values.append(hint)
+        stack.extend(typing.get_args(hint))
+    return [v for v in values if isinstance(v, type)]
 
 
-def _import_module(name: str, module: types.ModuleType) -> str:
-    full = module.__name__
-    if full == name:
-        return f"import {full}"
-    if "." in full and full.rsplit(".", 1)[1] == name:
-        parent, leaf = full.rsplit(".", 1)
-        return f"from {parent} import {leaf}"
-    return f"import {full} as {name}"
-
-
-def _import_from(module: str, qualname: str, name: str) -> str:
-    top = qualname.split(".")[0]
-    if top == name:
-        return f"from {module} import {top}"
-    return f"from {module} import {top} as {name}"
-
-
-def modules_of_object(value: Any) -> set[str]:
-    """Top-level modules an object's type (and, for containers, its items' types) come from."""
+def _modules_of_type(value: Any) -> set[str]:
+    """Top-level modules of an object's classes (and, for containers, its items')."""
     found: set[str] = set()
     stack = [value]
     seen = 0
@@ -187,13 +222,87 @@ def modules_of_object(value: Any) -> set[str]:
         seen += 1
         for klass in type(item).__mro__:
             module = getattr(klass, "__module__", "") or ""
-            if module and module != "builtins":
+            if module and module != "builtins" and module not in NOTEBOOK_MODULES:
                 found.add(module.split(".")[0])
         if isinstance(item, dict):
             stack.extend(list(item.values())[:50])
-        elif isinstance(item, list | tuple | set):
+        elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(list(item)[:50])
     return found
+
+
+def _use_module(captured: Captured, module: str) -> None:
+    top = module.split(".")[0]
+    if top and top not in NOTEBOOK_MODULES and top != "builtins":
+        captured.modules.add(top)
+
+
+# -- the user's own modules ---------------------------------------------------------------
+def _installed_roots() -> list[Path]:
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    roots = {Path(p).resolve() for p in (sysconfig.get_paths().get(n) for n in names) if p}
+    roots.update(
+        Path(p).resolve() for p in sys.path if "site-packages" in p or "dist-packages" in p
+    )
+    return sorted(roots)
+
+
+def local_module_path(name: str) -> Path | None:
+    """The file (or package folder) of a module that is the user's own: imported from
+    outside every installed distribution and the standard library; None otherwise."""
+    top = name.split(".")[0]
+    module = sys.modules.get(top)
+    if module is None or top in sys.stdlib_module_names or top in NOTEBOOK_MODULES:
+        return None
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    path = Path(file).resolve()
+    if any(path.is_relative_to(root) for root in _installed_roots()):
+        return None
+    if top in metadata.packages_distributions():
+        return None  # an installed (maybe editable) distribution: a requirement instead
+    return path.parent if path.name == "__init__.py" else path
+
+
+def _find_local_modules(captured: Captured) -> None:
+    """Snapshot candidates: local modules used directly, and local modules they use."""
+    pending = sorted(captured.modules)
+    while pending:
+        name = pending.pop()
+        if name in captured.local_modules:
+            continue
+        path = local_module_path(name)
+        if path is None:
+            continue
+        captured.local_modules[name] = path
+        for value in vars(sys.modules[name]).values():
+            module = (
+                value.__name__
+                if isinstance(value, types.ModuleType)
+                else getattr(value, "__module__", None)
+            )
+            top = (module or "").split(".")[0]
+            if top and top not in captured.local_modules and local_module_path(top):
+                captured.modules.add(top)
+                pending.append(top)
+
+
+def add_reached_modules(captured: Captured, modules: Iterable[str]) -> None:
+    """Modules met while pickling the objects (classes deep inside models)."""
+    before = set(captured.modules)
+    for module in modules:
+        _use_module(captured, module)
+    if captured.modules != before:
+        _find_local_modules(captured)
+
+
+# -- source, for display --------------------------------------------------------------------
+def _source_or_none(value: Any, cells: list[str]) -> str | None:
+    try:
+        return _source_of(value, cells)
+    except CaptureError:
+        return None
 
 
 def _source_of(value: Any, cells: list[str]) -> str:
@@ -218,36 +327,9 @@ def _source_of(value: Any, cells: list[str]) -> str:
                         f"@{ast.get_source_segment(cell, d)}\n" for d in node.decorator_list
                     )
                     return decorators + segment
-    raise CaptureError(
-        f"the source of {name} cannot be found",
-        "define it in a notebook cell (not with exec or in another kernel session)",
-    )
-
-
-def _class_global_names(klass: type, source: str) -> list[str]:
-    """Names a class needs: those in its bases, decorators and field annotations (pydantic
-    models, dataclasses) and the globals its methods read."""
-    names: dict[str, None] = {}
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        tree = ast.Module(body=[], type_ignores=[])
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == klass.__name__:
-            parts: list[ast.AST] = [*node.bases, *node.keywords, *node.decorator_list]
-            parts += [s.annotation for s in node.body if isinstance(s, ast.AnnAssign)]
-            for part in parts:
-                for inner in ast.walk(part):
-                    if isinstance(inner, ast.Name):
-                        names.setdefault(inner.id, None)
-    for attribute in vars(klass).values():
-        function = (
-            attribute.__func__ if isinstance(attribute, classmethod | staticmethod) else attribute
-        )
-        if isinstance(function, types.FunctionType):
-            for name in global_names(function.__code__):
-                names.setdefault(name, None)
-    return list(names)
+    if isinstance(value, types.FunctionType):
+        return f"# the source of {name} is not available (defined with exec?)\n"
+    raise CaptureError(f"the source of {name} cannot be found")
 
 
 def _definition_rank(name: str, cells: list[str]) -> int:
@@ -255,16 +337,3 @@ def _definition_rank(name: str, cells: list[str]) -> int:
         if f"def {name}" in cell or f"class {name}" in cell:
             return index
     return len(cells)
-
-
-def _compile_stub(source: str, name: str, namespace: dict[str, Any]) -> Any:
-    """The function's signature without running its body or resolving its annotations."""
-    tree = ast.parse(source)
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
-            node.body = [ast.Pass()]
-            node.decorator_list = []
-            stub = ast.Module(body=[node], type_ignores=[])
-            exec(compile(ast.fix_missing_locations(stub), "<signature>", "exec"), namespace)
-            return namespace[name]
-    raise CaptureError(f"no function {name} in its own source")

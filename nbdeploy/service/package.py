@@ -1,15 +1,18 @@
-"""Turn a captured function into a service source directory: ``service.py`` rendered from
-``templates/service.py.j2``, the notebook's objects saved beside it, requirements, and a
-manifest. The directory's content hash names the build, so an unchanged function is never
-built twice.
+"""Turn a capture into a version folder: the pickled function and objects, snapshots of
+local modules, ``service.py`` rendered from ``templates/service.py.j2``, the runtime, the
+requirements and a manifest.
+
+Planning hashes everything first and writes nothing, so that an unchanged redeploy (the
+same code, objects and requirements) is recognised without saving a byte; only a new
+version is written.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import inspect
 import json
-import pickle
+import keyword
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -17,19 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.service.capture import Captured
-from nbdeploy.service.requirements import Requirements
+from nbdeploy.service import runtime, serialize
+from nbdeploy.service.capture import Captured, add_reached_modules
+from nbdeploy.service.schema import InputSchema, function_schema, model_schema, parameter_hints
 
 NAME_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
-# DataFrames are not batched: BentoML 1.4.39's batching of DataFrame inputs fails in its
-# batch-size optimizer and leaves the request hanging.
-BATCHABLE_INPUTS = {"list", "List", "ndarray", "np.ndarray", "numpy.ndarray"}
-MANIFEST = "manifest.json"
-GENERATED_FILES = (
-    ("nbdeploy_function.py.j2", "nbdeploy_function.py"),
-    ("service.py.j2", "service.py"),
-    ("mlflow_model.py.j2", "mlflow_model.py"),
+MANIFEST = runtime.MANIFEST
+RUNTIME_FILE = "nbdeploy_runtime.py"
+SOURCE_FILE = "notebook_source.py"
+GENERATED_FILES = (("service.py.j2", "service.py"), ("mlflow_model.py.j2", "mlflow_model.py"))
+# Files a bento carries (besides local_modules/): the service, its runtime and pickles.
+BENTO_FILES = (
+    "service.py",
+    RUNTIME_FILE,
+    SOURCE_FILE,
+    MANIFEST,
+    runtime.FUNCTION,
+    runtime.SIGNATURE,
+    runtime.DEFINITIONS,
 )
+LOCAL_MODULES_LIMIT_BYTES = 50 * 1024 * 1024
+FRAMEWORK_KINDS = ("sklearn", "lightgbm", "xgboost", "pytorch")
 
 
 class ServiceDefinitionError(NbdeployError):
@@ -40,29 +51,74 @@ class ServiceDefinitionError(NbdeployError):
 class ServiceOptions:
     name: str
     workers: int = 1
-    batch: bool | None = None  # None: on when the function maps rows to results
+    batch: bool | None = None  # None: on when each request row gets one result
     timeout: int = 60
     max_batch_size: int = 100
-    # A bound on queueing, not a wait: above it BentoML sheds load with 503 (20 ms did so
-    # for a 100-tree forest at 32 concurrent requests).
-    max_latency_ms: int = 1000
+    extra_columns: str = "refuse"  # records: an unknown column is refused or dropped
 
 
 @dataclass
-class ServiceSource:
-    directory: Path
-    content_hash: str
-    code_hash: str
-    name: str
-    function: str
+class VersionPlan:
+    """A version before it is written: what it holds and the hashes that name it."""
+
+    captured: Captured
+    options: ServiceOptions
+    schema: InputSchema
     batch: bool
-    requirements: list[str]
-    objects: list[dict[str, Any]] = field(default_factory=list)
-    schema: dict[str, Any] = field(default_factory=dict)
+    source_label: str
+    object_specs: list[dict[str, Any]]
+    object_hashes: dict[str, str]
+    definitions: dict[str, Any]
+    rendered: dict[str, str]
+    signature: dict[str, Any] = field(default_factory=dict)
+    base_hash: str = ""  # code, objects, local modules, schema; not requirements
+    requirements: list[str] = field(default_factory=list)
+    content_hash: str = ""
 
     @property
-    def bento_name(self) -> str:
-        return f"nbd-{self.name}"
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def routes(self) -> list[str]:
+        return [endpoint["route"] for endpoint in self.endpoints]
+
+    @property
+    def endpoints(self) -> list[dict[str, str]]:
+        return _endpoints(self.captured)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.options.name,
+            "kind": self.captured.kind,
+            "entry": self.captured.name,
+            "function": self.captured.name,
+            "batch": self.batch,
+            "objects": self.object_specs,
+            "content_hash": self.content_hash,
+            "requirements": self.requirements,
+            "schema": self.schema.to_dict(),
+            "routes": self.routes,
+            "inputs": self.inputs(),
+            "local_modules": sorted(self.captured.local_modules),
+        }
+
+    def inputs(self) -> list[dict[str, Any]]:
+        """The request's fields, for display (widget, curl example, status)."""
+        if self.schema.mode == "records":
+            return [{"name": self.schema.parameter, "type": "list[record]"}]
+        if self.schema.mode == "rows":
+            width = self.schema.width
+            return [
+                {
+                    "name": self.schema.parameter,
+                    "type": f"list[list[float]] (rows of {width})"
+                    if width
+                    else "list[list[float]]",
+                }
+            ]
+        hints = self.signature.get("annotations", {})
+        return [{"name": name, "type": _type_text(hint)} for name, hint in hints.items()]
 
 
 def deployment_name(text: str) -> str:
@@ -76,71 +132,8 @@ def deployment_name(text: str) -> str:
     return candidate
 
 
-def _function_node(captured: Captured) -> ast.FunctionDef:
-    tree = ast.parse(captured.source)
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == captured.name:
-            return node
-    raise ServiceDefinitionError(f"{captured.name} must be a plain `def` function (not async)")
-
-
-def api_signature(captured: Captured) -> tuple[str, str, str, list[dict[str, str]]]:
-    """(", a: int, b: float = 1.0", " -> list[int]", "a=a, b=b", inputs) for the API method."""
-    node = _function_node(captured)
-    args = node.args
-    if args.vararg or args.kwarg or args.posonlyargs:
-        raise ServiceDefinitionError(
-            f"{captured.name} takes *args, **kwargs or positional-only parameters",
-            "an HTTP endpoint needs named parameters: def predict(rows: list[list[float]])",
-        )
-    if not args.args and not args.kwonlyargs:
-        raise ServiceDefinitionError(f"{captured.name} takes no parameters: nothing to send it")
-    parts, calls, inputs = [], [], []
-    positional = args.args
-    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(
-        args.defaults
-    )
-    every = [
-        *zip(positional, defaults, strict=True),
-        *zip(args.kwonlyargs, args.kw_defaults, strict=True),
-    ]
-    for argument, default in every:
-        if argument.annotation is None:
-            raise ServiceDefinitionError(
-                f"parameter {argument.arg!r} of {captured.name} has no type hint",
-                f"annotate it, e.g. {argument.arg}: list[list[float]]; "
-                "the hints define the service's input schema",
-            )
-        text = f"{argument.arg}: {ast.unparse(argument.annotation)}"
-        if default is not None:
-            text += f" = {ast.unparse(default)}"
-        parts.append(text)
-        calls.append(f"{argument.arg}={argument.arg}")
-        inputs.append({"name": argument.arg, "type": ast.unparse(argument.annotation)})
-    returns = f" -> {ast.unparse(node.returns)}" if node.returns is not None else ""
-    return ", " + ", ".join(parts), returns, ", ".join(calls), inputs
-
-
-def batchable(captured: Captured) -> bool:
-    """True when the function maps one list/array/frame of rows to a list/array of results."""
-    node = _function_node(captured)
-    params = node.args.args + node.args.kwonlyargs
-    if len(params) != 1 or params[0].annotation is None or node.returns is None:
-        return False
-
-    def base(annotation: ast.expr) -> str:
-        target = annotation.value if isinstance(annotation, ast.Subscript) else annotation
-        return ast.unparse(target)
-
-    return base(params[0].annotation) in BATCHABLE_INPUTS and base(node.returns) in BATCHABLE_INPUTS
-
-
-FRAMEWORK_KINDS = ("sklearn", "lightgbm", "xgboost", "pytorch")
-
-
 def object_kind(value: Any) -> str:
-    """Which BentoML framework saver stores an object (``generic``: joblib in a model of
-    nbdeploy's own)."""
+    """Which BentoML framework saver stores an object (``generic``: nbdeploy's own pickle)."""
     klass = type(value)
     top = (klass.__module__ or "").split(".")[0]
     if top in ("lightgbm", "xgboost") and klass.__name__ == "Booster":
@@ -152,116 +145,284 @@ def object_kind(value: Any) -> str:
     return "generic"
 
 
-def package_service(
+def _endpoints(captured: Captured) -> list[dict[str, str]]:
+    if captured.kind == "model":
+        return [{"route": f"/{m}", "method": m, "handler": f"_{m}"} for m in captured.methods]
+    method = captured.name if not captured.name.startswith("_") else "predict"
+    return [
+        {"route": f"/{captured.name.strip('_') or 'predict'}", "method": method, "handler": "_rows"}
+    ]
+
+
+def plan_version(
     captured: Captured,
     options: ServiceOptions,
-    requirements: Requirements,
-    directory: Path,
+    reference: Any,
     source_label: str,
-) -> ServiceSource:
-    """Write the service source into ``directory`` (replaced) and return its description."""
-    from nbdeploy.templating import render
-
-    batch = batchable(captured) if options.batch is None else options.batch
-    if batch and not batchable(captured):
-        raise ServiceDefinitionError(
-            f"--batch needs {captured.name} to take one list (or numpy array) of rows "
-            "and return a list of results of the same length",
-            "drop --batch, or change the signature",
+) -> VersionPlan:
+    """Hash and describe the version; nothing is written. Refuses (CaptureError) what
+    cannot be copied into a service, naming the variable."""
+    if captured.kind == "model":
+        schema = model_schema(captured.objects[captured.name], reference, options.extra_columns)
+    else:
+        schema = function_schema(
+            captured.function, captured.objects, reference, options.extra_columns
         )
-    signature, returns, call_arguments, inputs = api_signature(captured)
-    if directory.exists():
-        shutil.rmtree(directory)
-    (directory / "objects").mkdir(parents=True)
-    digest = hashlib.sha256()
+    batch = _decide_batch(captured, schema, options.batch)
+    reached = serialize.Reached()
     specs: list[dict[str, Any]] = []
+    hashes: dict[str, str] = {}
     for index, (name, value) in enumerate(sorted(captured.objects.items())):
-        try:
-            payload = pickle.dumps(value, protocol=5)
-        except Exception as exc:
-            raise ServiceDefinitionError(
-                f"the object {name!r} used by {captured.name} cannot be saved: {exc}",
-                "services can use objects that pickle (models, arrays, frames, plain data); "
-                "open connections or files must be created inside the function",
-            ) from None
-        object_hash = hashlib.sha256(payload).hexdigest()
-        digest.update(name.encode() + object_hash.encode())
-        kind = object_kind(value)
-        file_name = f"obj{index}.joblib"
-        _dump(value, directory / "objects" / file_name)
+        label = f"the variable {name!r}" if name.isidentifier() else f"the object {name!r}"
+        object_hash = serialize.content_hash(value, label=label, reached=reached)
+        hashes[name] = object_hash
         specs.append(
             {
                 "name": name,
-                "kind": kind,
-                "file": file_name,
+                "kind": object_kind(value),
+                "file": f"obj{index}.pkl",
                 "attribute": f"obj{index}",
                 "tag": f"nbd-{options.name}-obj{index}:{object_hash[:16]}",
             }
         )
-    values = dict(
-        deployment=options.name,
-        source_label=source_label,
-        imports=captured.imports,
-        helpers=captured.helpers,
-        helper_names=captured.helper_names,
-        function_source=captured.source.rstrip(),
-        function_name=captured.name,
-        object_specs=specs,
-        service_name=f"nbd-{options.name}",
-        workers=int(options.workers),
-        timeout=int(options.timeout),
-        route=f"/{captured.name}",
+    add_reached_modules(captured, reached.modules)
+    digest = hashlib.sha256()
+    for name in sorted(hashes):
+        digest.update(f"object {name} {hashes[name]}\n".encode())
+    signature: dict[str, Any] = {}
+    if captured.kind == "function":
+        references = {id(value): name for name, value in captured.objects.items()}
+        function_hash = serialize.content_hash(
+            captured.function,
+            label=f"the function {captured.name}",
+            reached=reached,
+            references=references,
+        )
+        digest.update(f"function {function_hash}\n".encode())
+        signature = _signature_payload(captured)
+        signature_hash = serialize.content_hash(
+            signature, label=f"the type hints of {captured.name}", reached=reached
+        )
+        digest.update(f"signature {signature_hash}\n".encode())
+        add_reached_modules(captured, reached.modules)
+    for name, path in sorted(captured.local_modules.items()):
+        digest.update(f"module {name} {_tree_hash(path)}\n".encode())
+    plan = VersionPlan(
+        captured=captured,
+        options=options,
+        schema=schema,
         batch=batch,
-        max_batch_size=int(options.max_batch_size),
-        max_latency_ms=int(options.max_latency_ms),
+        source_label=source_label,
+        object_specs=specs,
+        object_hashes=hashes,
+        definitions=reached.definitions,
+        rendered={},
+        signature=signature,
+    )
+    plan.rendered = _render(plan)
+    for file_name, text in sorted(plan.rendered.items()):
+        digest.update(f"file {file_name}\n{text}\n".encode())
+    digest.update(json.dumps(schema.to_dict(), sort_keys=True, default=str).encode())
+    plan.base_hash = digest.hexdigest()
+    set_requirements(plan, [])
+    return plan
+
+
+def set_requirements(plan: VersionPlan, requirements: list[str]) -> None:
+    """The requirements complete the content hash that names the version."""
+    plan.requirements = sorted(set(requirements), key=str.lower)
+    text = "".join(f"{line}\n" for line in plan.requirements)
+    plan.content_hash = hashlib.sha256((plan.base_hash + "\n" + text).encode()).hexdigest()
+
+
+def _decide_batch(captured: Captured, schema: InputSchema, asked: bool | None) -> bool:
+    can = schema.mode in ("records", "rows") and (schema.per_row or captured.kind == "model")
+    if asked and not can:
+        raise ServiceDefinitionError(
+            f"--batch needs {captured.name} to take one list (or array, or DataFrame) of rows "
+            "and return one result per row (e.g. -> list[int])",
+            "drop --batch, or change the signature",
+        )
+    return can if asked is None else asked
+
+
+def _signature_payload(captured: Captured) -> dict[str, Any]:
+    signature, hints = parameter_hints(captured.function)
+    annotations: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for name, parameter in signature.parameters.items():
+        if not name.isidentifier() or keyword.iskeyword(name) or name == "self":
+            raise ServiceDefinitionError(
+                f"parameter {name!r} of {captured.name} cannot be a request field",
+                "rename it (not `self`)",
+            )
+        annotations[name] = hints.get(name, Any)
+        if parameter.default is not inspect.Parameter.empty:
+            defaults[name] = parameter.default
+    return {
+        "annotations": annotations,
+        "defaults": defaults,
+        "returns": hints.get("return"),
+        "keyword_only": [
+            n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ],
+    }
+
+
+def _signature_text(plan: VersionPlan) -> tuple[str, str, str]:
+    """(", a: _HINT['a'], *, b: _HINT['b'] = _DEFAULT['b']", " -> ...", "a=a, b=b")."""
+    payload = plan.signature
+    parts: list[str] = []
+    starred = False
+    for name, _hint in payload["annotations"].items():
+        if name in payload["keyword_only"] and not starred:
+            parts.append("*")
+            starred = True
+        text = f"{name}: _HINT[{json.dumps(name)}]"
+        if name in payload["defaults"]:
+            text += f" = _DEFAULT[{json.dumps(name)}]"
+        parts.append(text)
+    returns = ' -> _SIGNATURE["returns"]' if payload.get("returns") is not None else ""
+    calls = ", ".join(f"{name}={name}" for name in payload["annotations"])
+    return (", " + ", ".join(parts)) if parts else "", returns, calls
+
+
+def _render(plan: VersionPlan) -> dict[str, str]:
+    from nbdeploy.templating import render
+
+    captured = plan.captured
+    signature, returns, calls = _signature_text(plan) if plan.signature else ("", "", "")
+    values = dict(
+        deployment=plan.options.name,
+        source_label=plan.source_label,
+        kind=captured.kind,
+        mode=plan.schema.mode,
+        parameter=plan.schema.parameter,
+        model_name=captured.name,
+        methods=captured.methods,
+        endpoints=plan.endpoints,
+        object_specs=plan.object_specs,
+        service_name=f"nbd-{plan.options.name}",
+        workers=int(plan.options.workers),
+        timeout=int(plan.options.timeout),
+        batch=plan.batch,
+        max_batch_size=int(plan.options.max_batch_size),
         signature=signature,
         returns=returns,
-        call_arguments=call_arguments,
-        batch_argument=inputs[0]["name"],
-        parameter_names=[i["name"] for i in inputs],
+        call_arguments=calls,
     )
-    generated = ""
+    rendered = {}
     for template, file_name in GENERATED_FILES:
         text = render(template, **values)
         compile(text, file_name, "exec")  # generated code must at least parse
+        rendered[file_name] = text
+    rendered[RUNTIME_FILE] = Path(runtime.__file__).read_text(encoding="utf-8")
+    rendered[SOURCE_FILE] = _display_source(plan)
+    return rendered
+
+
+def _display_source(plan: VersionPlan) -> str:
+    captured = plan.captured
+    lines = [
+        f"# The notebook code of {plan.options.name!r}, for reading: the service runs the",
+        "# function pickled by value (function.pkl), exactly as it was in the kernel.",
+        f"# Source: {plan.source_label}",
+        "",
+    ]
+    if captured.kind == "model":
+        model = captured.objects[captured.name]
+        lines.append(
+            f"# Serves the fitted model {captured.name!r} ({type(model).__module__}."
+            f"{type(model).__qualname__}): " + ", ".join(f"/{m}" for m in captured.methods)
+        )
+    for name, source in captured.helpers:
+        lines += [f"# -- helper {name}", source.rstrip(), ""]
+    if captured.source:
+        lines += ["# -- the entry function", captured.source.rstrip(), ""]
+    if captured.objects:
+        lines.append("# -- objects (saved apart, loaded at start-up)")
+        for spec in plan.object_specs:
+            value = captured.objects[spec["name"]]
+            lines.append(
+                f"# {spec['name']}: {type(value).__module__}.{type(value).__qualname__} "
+                f"({spec['kind']}, {spec['tag']})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _type_text(hint: Any) -> str:
+    if isinstance(hint, type) and not getattr(hint, "__args__", None):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _tree_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in _module_files(path):
+        digest.update(str(file.relative_to(path.parent)).encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _module_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = [
+        f
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+        and "__pycache__" not in f.parts
+        and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    ]
+    size = sum(f.stat().st_size for f in files)
+    if size > LOCAL_MODULES_LIMIT_BYTES:
+        raise ServiceDefinitionError(
+            f"the local package {path.name} holds {size // 2**20} MiB of files; nbdeploy "
+            "snapshots local modules into every version",
+            "move data files out of the package folder (load them into a variable instead)",
+        )
+    return files
+
+
+def write_version(plan: VersionPlan, directory: Path) -> None:
+    """Write the planned version into ``directory`` (replaced)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    (directory / "objects").mkdir(parents=True)
+    captured = plan.captured
+    for spec in plan.object_specs:
+        serialize.save(
+            captured.objects[spec["name"]],
+            directory / "objects" / spec["file"],
+            label=f"the variable {spec['name']!r}",
+        )
+    serialize.save(plan.definitions, directory / runtime.DEFINITIONS, label="notebook classes")
+    if captured.kind == "function":
+        references = {id(value): name for name, value in captured.objects.items()}
+        serialize.save(
+            captured.function,
+            directory / runtime.FUNCTION,
+            label=f"the function {captured.name}",
+            references=references,
+        )
+        serialize.save(
+            plan.signature, directory / runtime.SIGNATURE, label=f"the hints of {captured.name}"
+        )
+    for name, path in captured.local_modules.items():
+        target = directory / runtime.LOCAL_MODULES
+        for file in _module_files(path):
+            destination = target / file.relative_to(path.parent)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, destination)
+        del name
+    for file_name, text in plan.rendered.items():
         (directory / file_name).write_text(text, encoding="utf-8")
-        generated += text
-    digest.update(generated.encode())
-    source = ServiceSource(
-        directory=directory,
-        content_hash="",
-        code_hash=digest.hexdigest(),
-        name=options.name,
-        function=captured.name,
-        batch=batch,
-        requirements=[],
-        objects=specs,
-        schema={"route": f"/{captured.name}", "inputs": inputs, "output": returns[4:] or None},
+    write_manifest(plan, directory)
+
+
+def write_manifest(plan: VersionPlan, directory: Path) -> None:
+    text = "".join(f"{line}\n" for line in plan.requirements)
+    (directory / "requirements.txt").write_text(text, encoding="utf-8")
+    (directory / MANIFEST).write_text(
+        json.dumps(plan.manifest(), indent=2, default=str), encoding="utf-8"
     )
-    set_requirements(source, requirements.pinned)
-    return source
-
-
-def set_requirements(source: ServiceSource, requirements: list[str]) -> None:
-    """Write the requirements and the manifest; the content hash covers code, objects and
-    requirements."""
-    source.requirements = sorted(set(requirements), key=str.lower)
-    text = "".join(f"{line}\n" for line in source.requirements)
-    (source.directory / "requirements.txt").write_text(text, encoding="utf-8")
-    source.content_hash = hashlib.sha256((source.code_hash + "\n" + text).encode()).hexdigest()
-    manifest = {
-        "name": source.name,
-        "function": source.function,
-        "batch": source.batch,
-        "objects": source.objects,
-        "content_hash": source.content_hash,
-        "requirements": source.requirements,
-        "schema": source.schema,
-    }
-    (source.directory / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-
-
-def _dump(value: Any, path: Path) -> None:
-    import joblib
-
-    joblib.dump(value, path)

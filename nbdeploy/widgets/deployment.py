@@ -1,4 +1,5 @@
-"""The widget ``%deploy`` shows: name, version, URL, a curl example, status, one example call."""
+"""The widget ``%deploy`` shows: name, version, URL, the input schema, a curl example with a
+row the service accepts, and the answer to that example call."""
 
 from __future__ import annotations
 
@@ -22,18 +23,17 @@ def call_endpoint(url: str, body: dict[str, Any], timeout: float = 10.0) -> tupl
         return 0, str(error)
 
 
-def show_deployment(result: Any, example_rows: Any = None) -> Any:
+def show_deployment(result: Any) -> Any:
     import ipywidgets as widgets
     from IPython.display import display
 
-    from nbdeploy.deploy.report import curl_example
+    from nbdeploy.deployment.report import curl_example, describe_input
 
     data = result.to_dict()
     schema = result.version.schema
-    example = None
+    example = data.get("example")
     answer = ""
-    if example_rows is not None and len(schema.get("inputs", [])) == 1:
-        example = {schema["inputs"][0]["name"]: example_rows}
+    if example:
         status, text = call_endpoint(data["endpoint"], example)
         sent = html.escape(json.dumps(example)[:300])
         answer = (
@@ -47,6 +47,7 @@ def show_deployment(result: Any, example_rows: Any = None) -> Any:
             f"<code>{html.escape(data['endpoint'])}</code>",
         ),
         ("try", f"<code>{html.escape(curl_example(data['url'], schema, example))}</code>"),
+        ("input", html.escape(describe_input(schema))),
         ("requirements", html.escape(", ".join(data["requirements"]) or "none")),
         ("build", "new build" if data["built"] else "reused an identical build"),
     ]

@@ -23,7 +23,6 @@ def register_version(version: Any) -> Future[dict[str, Any]]:
     from nbdeploy.pipeline.tracking import tracking_worker
 
     directory = Path(version.service_dir)
-    manifest_objects = _objects(directory)
     artifact_location = None
     if not os.environ.get(config.MLFLOW_URI_ENV):
         artifact_location = f"{config.mlflow_artifact_root()}/{EXPERIMENT}"
@@ -40,10 +39,9 @@ def register_version(version: Any) -> Future[dict[str, Any]]:
             "nbdeploy.bento": version.bento_tag,
         },
         directory=str(directory),
-        artifacts={
-            spec["attribute"]: str(directory / "objects" / spec["file"])
-            for spec in manifest_objects
-        },
+        # The whole version folder: runtime, pickles, objects and local modules; the pyfunc
+        # loads it as the service does.
+        artifacts={"version": str(directory)},
         requirements=version.requirements,
         model_name=version.deployment,
     )
@@ -64,11 +62,3 @@ def set_live(model_name: str, model_version: str) -> dict[str, Any]:
         )
         .result(timeout=REPLY_TIMEOUT_SECONDS)
     )
-
-
-def _objects(directory: Path) -> list[dict[str, Any]]:
-    import json
-
-    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    objects: list[dict[str, Any]] = manifest["objects"]
-    return objects

@@ -15,12 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deploy.supervisor import is_running, kill_marked, tail
+from nbdeploy.deployment.supervisor import is_running, kill_marked, tail
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore
 
 SERVING, STOPPED, FAILED, DEPLOYING = "serving", "stopped", "failed", "deploying"
 READY, STARTING = "ready", "starting"
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, with an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class DeploymentNotFoundError(NbdeployError):
@@ -65,7 +70,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,7 +92,7 @@ class Deployment:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -128,12 +133,13 @@ class DeploymentStore:
         return [self._deployment(row) for row in rows]
 
     def ensure(self, name: str, host: str, port: int) -> Deployment:
+        """The deployment's row, created (stopped, no version yet) when new."""
         now = time.time()
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO deployments "
                 "(name, host, port, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, host, port, DEPLOYING, now, now),
+                (name, host, port, STOPPED, now, now),
             )
         return self.get(name)
 

@@ -7,7 +7,7 @@ import shlex
 import time
 from typing import Any
 
-from nbdeploy.deploy.store import SERVING, Deployment
+from nbdeploy.deployment.store import SERVING, Deployment
 from nbdeploy.pipeline.summary import FAIL_MARK, OK_MARK, table
 
 
@@ -31,12 +31,25 @@ def example_body(schema: dict[str, Any], example: dict[str, Any] | None = None) 
     }
 
 
-def example_rows(reference: Any) -> Any:
-    """The first row of a reference data set, as a list of rows (for an example call)."""
-    if reference is None:
-        return None
-    head = reference.iloc[:1].to_numpy() if hasattr(reference, "iloc") else reference[:1]
-    return head.tolist() if hasattr(head, "tolist") else list(head)
+def describe_input(schema: dict[str, Any]) -> str:
+    """The request's shape in one line: records with their columns, rows of a width, or the
+    function's parameters."""
+    mode = schema.get("mode")
+    field = schema.get("parameter", "rows")
+    if mode == "records":
+        columns = ", ".join(
+            f"{c['name']}: {c['kind']}"
+            + (f" {c['categories']}" if c.get("categories") else "")
+            for c in schema.get("columns", [])
+        )
+        extra = "dropped" if schema.get("extra_columns") == "drop" else "refused"
+        return f'{{"{field}": [records]}}, each with {columns} (other columns {extra})'
+    if mode == "rows":
+        width = schema.get("width")
+        return f'{{"{field}": [rows]}}, ' + (
+            f"each of {width} numbers" if width else "each a list of numbers"
+        )
+    return ", ".join(f"{i['name']}: {i['type']}" for i in schema.get("inputs", []))
 
 
 def curl_example(url: str, schema: dict[str, Any], example: dict[str, Any] | None = None) -> str:
@@ -51,7 +64,8 @@ def describe_deploy(result: Any) -> str:
     data = result.to_dict()
     verb = "built and deployed" if data["built"] else "deployed"
     lines = [f"{OK_MARK} {data['name']} v{data['version']} {verb}: {data['endpoint']}"]
-    lines.append("  try: " + curl_example(data["url"], result.version.schema))
+    lines.append("  input: " + describe_input(result.version.schema))
+    lines.append("  try: " + curl_example(data["url"], result.version.schema, data.get("example")))
     lines.append("  requirements: " + (", ".join(data["requirements"]) or "none"))
     lines.append(f"  took {data['seconds']:.1f}s; logs: nbdeploy logs {data['name']}")
     return "\n".join(lines)

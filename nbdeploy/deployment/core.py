@@ -1,19 +1,18 @@
-"""Deploy notebook functions as local services: the core behind ``%deploy``, ``nbdeploy
-deploy`` and ``nbdeploy.deploy``.
+"""Deploy notebook functions and fitted models as local services: the core behind
+``%deploy``, ``nbdeploy deploy`` and ``nbdeploy.deploy``.
 
-A deploy captures the function, packages it (content-addressed), builds a bento in a
-separate process (reused when the content is unchanged), records a version, and switches
-the deployment's address to it. The strategy here is *recreate*: the old server stops and
-the new one starts on the deployment's port; if the new one does not become ready, the old
-version is started again and the error says why.
+A deploy captures the function (or model), makes its version (see
+:mod:`nbdeploy.deployment.versions`: content-addressed, built once), and switches the
+deployment's address to it, all under the deployment's lock. The strategy here is
+*recreate*: the old server stops and the new one starts on the deployment's port; if the
+new one does not become ready (or the deploy is interrupted), the old version is started
+again and the error says why.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
-from nbdeploy.deploy.registry import register_version
-from nbdeploy.deploy.store import (
+from nbdeploy.deployment.locks import deployment_lock
+from nbdeploy.deployment.options import DeployOptions
+from nbdeploy.deployment.registry import register_version
+from nbdeploy.deployment.store import (
     FAILED,
     SERVING,
     STOPPED,
@@ -31,7 +32,7 @@ from nbdeploy.deploy.store import (
     DeploymentStore,
     Version,
 )
-from nbdeploy.deploy.supervisor import (
+from nbdeploy.deployment.supervisor import (
     LOOPBACK,
     ServerStartError,
     free_port,
@@ -39,13 +40,13 @@ from nbdeploy.deploy.supervisor import (
     stop_process,
     tail,
 )
+from nbdeploy.deployment.versions import build_bento, deployments_dir, prepare_version
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore, default_store
 
 Notify = Callable[[str], None]
-BUILD_TIMEOUT_SECONDS = 600
-PROBE_TIMEOUT_SECONDS = 120
 READY_TIMEOUT_SECONDS = 120
+FAILED_START = "failed-start"  # the role of a server that never became ready
 STARTUP_FAILURE_MARKERS = ("Application startup failed",)
 
 
@@ -63,6 +64,7 @@ class DeployResult:
     requirements: list[str]
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    example: dict[str, Any] | None = None
 
     @property
     def url(self) -> str:
@@ -74,7 +76,9 @@ class DeployResult:
             "version": self.version.version,
             "url": self.url,
             "endpoint": self.url + self.version.schema.get("route", "/"),
+            "routes": self.version.schema.get("routes", []),
             "inputs": self.version.schema.get("inputs", []),
+            "example": self.example or self.version.schema.get("example"),
             "status": self.deployment.status,
             "bento": self.version.bento_tag,
             "built": self.built,
@@ -88,154 +92,155 @@ def _ignore(message: str) -> None:
     pass
 
 
-def deployments_dir() -> Path:
-    path = config.home() / "deployments"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def deploy_function(
     function: Any,
     *,
-    name: str | None = None,
     namespace: Mapping[str, Any] | None = None,
     history: Iterable[str] = (),
-    host: str = LOOPBACK,
-    port: int | None = None,
-    workers: int = 1,
-    batch: bool | None = None,
-    reference: str | None = None,
-    requirements: Iterable[str] = (),
+    options: DeployOptions | None = None,
     source: Mapping[str, Any] | None = None,
     store: StateStore | None = None,
     notify: Notify = _ignore,
-    track_mlflow: bool = True,
 ) -> DeployResult:
-    """Deploy ``function`` (defined in a notebook) as the service ``name``."""
+    """Deploy ``function`` (defined in a notebook) with everything it reaches."""
     from nbdeploy.service.capture import capture_function
-    from nbdeploy.service.package import (
-        ServiceOptions,
-        deployment_name,
-        package_service,
-        set_requirements,
-    )
-    from nbdeploy.service.requirements import notebook_pip_installs, pin_requirements
 
-    started = time.monotonic()
-    deployments = DeploymentStore(store or default_store())
-    name = deployment_name(name or str(getattr(function, "__name__", "service")))
-    if workers < 1:
-        raise DeployError("--workers must be at least 1")
-    _check_host(host)
+    options = options or DeployOptions()
     cells = list(history)
     scope = namespace if namespace is not None else getattr(function, "__globals__", {})
     captured = capture_function(function, scope, cells)
-    notices: list[str] = []
-    reference_value = None
-    if reference:
-        if reference not in scope:
-            raise DeployError(
-                f"--reference {reference!r}: no such variable in the notebook",
-                "name the variable that holds the training inputs (a DataFrame or array)",
-            )
-        reference_value = scope[reference]
-    modules = set(captured.modules)
-    if any(_needs_joblib(value) for value in captured.objects.values()):
-        modules.add("joblib")
-    pinned = pin_requirements(modules, requirements)
-    for module in pinned.unresolved:
-        notices.append(
-            f"module {module!r} is not from an installed distribution: the service will not have it"
-        )
-    for line in notebook_pip_installs(cells):
-        notices.append(
-            f"the notebook ran `{line}`: its packages are included only if the function uses them"
-        )
-    for notice in notices:
-        notify(notice)
-    notify("requirements: " + (", ".join(pinned.pinned) or "none"))
-    # Only stable facts go into the generated code: the run id would change the content hash
-    # (and force a rebuild) on every run; it is kept in the version record instead.
-    label = str((source or {}).get("notebook") or "an interactive session")
-    staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        packaged = package_service(
-            captured,
-            ServiceOptions(name=name, workers=workers, batch=batch),
-            pinned,
-            staging,
-            label,
-        )
-        example = _example_input(packaged.schema, reference_value)
-        if example is not None or _probe_cache(name, packaged).exists():
-            extra = probe_imports(name, packaged, example, notify)
-            if extra:
-                merged = pin_requirements(modules | set(extra), requirements)
-                if merged.pinned != packaged.requirements:
-                    added = sorted(set(merged.pinned) - set(packaged.requirements))
-                    notify("imported when called (added): " + ", ".join(added))
-                    set_requirements(packaged, merged.pinned)
-                    pinned = merged
-        version_dir = deployments_dir() / name / "versions" / packaged.content_hash[:16]
-        if version_dir.exists():
-            shutil.rmtree(staging)
-        else:
-            version_dir.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(version_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    reference_path = None
-    if reference_value is not None:
-        import joblib
+    return deploy_captured(
+        captured,
+        name=options.name or captured.name,
+        options=options,
+        reference=_reference_value(options.reference, scope),
+        history=cells,
+        source=source,
+        store=store,
+        notify=notify,
+    )
 
-        reference_path = str(version_dir / "reference.joblib")
-        joblib.dump(reference_value, reference_path)
-    if deployments.find(name) is None:
-        deployments.ensure(name, host, port or free_port(host))
-    existing = deployments.version_with_hash(name, packaged.content_hash)
-    built = False
-    if existing is None:
-        notify(f"building {name} (offline, pinned requirements)")
-        bento_tag, built = build_bento(version_dir)
-        version = deployments.add_version(
-            Version(
-                deployment=name,
-                version=0,
-                content_hash=packaged.content_hash,
-                bento_tag=bento_tag,
-                function=captured.name,
-                service_dir=str(version_dir),
-                created_at=time.time(),
-                source=dict(source or {}),
-                requirements=pinned.pinned,
-                schema=packaged.schema,
-                options={"workers": workers, "batch": packaged.batch},
-                reference_path=reference_path,
+
+def deploy_model(
+    model: Any,
+    *,
+    variable: str | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    options: DeployOptions | None = None,
+    source: Mapping[str, Any] | None = None,
+    store: StateStore | None = None,
+    notify: Notify = _ignore,
+) -> DeployResult:
+    """Deploy a fitted model (``%deploy model``): /predict, and /predict_proba when the model
+    has it; the input schema comes from ``options.reference``."""
+    from nbdeploy.service.capture import capture_model
+
+    options = options or DeployOptions()
+    variable = variable or _variable_name(model, namespace or {}) or "model"
+    captured = capture_model(variable, model)
+    return deploy_captured(
+        captured,
+        name=options.name or variable,
+        options=options,
+        reference=_reference_value(options.reference, namespace or {}),
+        history=[],
+        source=source,
+        store=store,
+        notify=notify,
+    )
+
+
+def is_model(value: Any) -> bool:
+    """A fitted model to serve directly (not a function to call)."""
+    import types
+
+    from nbdeploy.service.serialize import _is_lru_wrapper
+
+    if isinstance(value, types.FunctionType | types.MethodType | type) or _is_lru_wrapper(value):
+        return False
+    return callable(getattr(value, "predict", None))
+
+
+def _variable_name(value: Any, namespace: Mapping[str, Any]) -> str | None:
+    for name, candidate in namespace.items():
+        if candidate is value and not name.startswith("_"):
+            return name
+    return None
+
+
+def _reference_value(reference: str | None, scope: Mapping[str, Any]) -> Any:
+    if not reference:
+        return None
+    if reference not in scope:
+        raise DeployError(
+            f"--reference {reference!r}: no such variable in the notebook",
+            "name the variable that holds the training inputs (a DataFrame or array)",
+        )
+    return scope[reference]
+
+
+def deploy_captured(
+    captured: Any,
+    *,
+    name: str,
+    options: DeployOptions,
+    reference: Any,
+    history: list[str],
+    source: Mapping[str, Any] | None,
+    store: StateStore | None,
+    notify: Notify,
+) -> DeployResult:
+    """Version, build and serve a capture under the deployment's lock. A failure at any
+    step leaves the deployment as it was (the previous version serving)."""
+    from nbdeploy.service.package import deployment_name
+
+    started = time.monotonic()
+    name = deployment_name(name)
+    if options.workers < 1:
+        raise DeployError("--workers must be at least 1")
+    _check_host(options.host)
+    deployments = DeploymentStore(store or default_store())
+    with deployment_lock(name, notify):
+        prepared = prepare_version(
+            captured,
+            name=name,
+            options=options,
+            reference=reference,
+            source=dict(source or {}),
+            deployments=deployments,
+            notify=notify,
+            history=history,
+        )
+        version = prepared.version
+        registration = register_version(version) if options.mlflow and prepared.new else None
+        current = deployments.find(name)
+        if current is not None:
+            current = deployments.reconcile(name)
+        unchanged = (
+            current is not None
+            and current.status == SERVING
+            and current.live_version == version.version
+            and (options.port is None or options.port == current.port)
+            and options.host == current.host
+        )
+        if unchanged:
+            assert current is not None
+            deployment = current
+        else:
+            deployment = switch_to(
+                deployments, name, version, host=options.host, port=options.port, notify=notify
             )
-        )
-        registration = register_version(version) if track_mlflow else None
-    else:
-        version = existing
-        registration = None
-        notify(f"unchanged since version {version.version}: reusing its build")
-    current = deployments.find(name)
-    if current is not None:
-        current = deployments.reconcile(name)
-    if (
-        current is not None
-        and current.status == SERVING
-        and current.live_version == version.version
-        and (port is None or port == current.port)
-        and host == current.host
-    ):
-        return DeployResult(
-            current, version, built, pinned.pinned, notices, time.monotonic() - started
-        )
-    deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
-    if track_mlflow:
+    notices = list(prepared.notices)
+    if options.mlflow and not unchanged:
         version = _record_in_registry(deployments, version, registration, notices, notify)
     return DeployResult(
-        deployment, version, built, pinned.pinned, notices, time.monotonic() - started
+        deployment,
+        version,
+        prepared.built,
+        prepared.requirements,
+        notices,
+        time.monotonic() - started,
+        prepared.example,
     )
 
 
@@ -247,7 +252,7 @@ def _record_in_registry(
     notify: Notify,
 ) -> Version:
     """Wait for the version's MLflow registration and point the alias ``live`` at it."""
-    from nbdeploy.deploy.registry import REPLY_TIMEOUT_SECONDS, set_live
+    from nbdeploy.deployment.registry import REPLY_TIMEOUT_SECONDS, set_live
 
     try:
         if registration is not None:
@@ -269,57 +274,6 @@ def _record_in_registry(
     return version
 
 
-def _example_input(schema: dict[str, Any], reference: Any) -> dict[str, Any] | None:
-    """An example call built from the reference data (first row), for one-input functions."""
-    from nbdeploy.deploy.report import example_rows
-
-    inputs = schema.get("inputs", [])
-    if reference is None or len(inputs) != 1:
-        return None
-    rows = example_rows(reference)
-    return {inputs[0]["name"]: rows} if rows is not None else None
-
-
-def _probe_cache(name: str, packaged: Any) -> Path:
-    return deployments_dir() / name / "probes" / f"{packaged.code_hash[:16]}.json"
-
-
-def probe_imports(
-    name: str, packaged: Any, example: dict[str, Any] | None, notify: Notify
-) -> list[str]:
-    """Call the packaged function on ``example`` in a fresh interpreter; return the modules it
-    imported. Cached by the code's hash: an unchanged redeploy (with or without an example)
-    reuses the answer."""
-    cache = _probe_cache(name, packaged)
-    if cache.exists() or example is None:
-        result = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
-    else:
-        (packaged.directory / "example.json").write_text(json.dumps(example, default=str))
-        try:
-            completed = subprocess.run(
-                [sys.executable, "-m", "nbdeploy.service.probe", str(packaged.directory)],
-                capture_output=True,
-                text=True,
-                timeout=PROBE_TIMEOUT_SECONDS,
-                check=False,
-            )
-            result = json.loads(completed.stdout.strip().splitlines()[-1])
-        except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError) as error:
-            notify(f"could not check the function's imports with an example call: {error}")
-            return []
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(result))
-    if result.get("error"):
-        notify(f"the example call fails in a fresh interpreter: {result['error']}")
-    return list(result.get("modules", []))
-
-
-def _needs_joblib(value: Any) -> bool:
-    from nbdeploy.service.package import object_kind
-
-    return object_kind(value) == "generic"
-
-
 def _check_host(host: str) -> None:
     if host not in (LOOPBACK, "localhost", "::1") and not os.environ.get("NBDEPLOY_ALLOW_REMOTE"):
         raise DeployError(
@@ -327,42 +281,6 @@ def _check_host(host: str) -> None:
             "set NBDEPLOY_ALLOW_REMOTE=1 to serve on other addresses (and put an "
             "authenticating proxy in front)",
         )
-
-
-def build_bento(version_dir: Path) -> tuple[str, bool]:
-    """Build (or reuse) the bento of a packaged version in a separate process."""
-    from nbdeploy.service.builder import bentoml_environment
-
-    env = {
-        **os.environ,
-        **bentoml_environment(),
-        config.MLFLOW_URI_ENV: config.mlflow_tracking_uri(),
-    }
-    try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "nbdeploy.service.builder", str(version_dir)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=BUILD_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise DeployError(
-            f"building the service took longer than {BUILD_TIMEOUT_SECONDS} s"
-        ) from None
-    lines = completed.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise DeployError(
-            "building the service failed:\n"
-            + "\n".join(completed.stderr.strip().splitlines()[-15:])
-        ) from None
-    if not result.get("ok"):
-        detail = "\n".join(completed.stderr.strip().splitlines()[-10:])
-        raise DeployError(f"building the service failed: {result.get('error')}\n{detail}".rstrip())
-    return str(result["bento_tag"]), not result.get("reused", False)
 
 
 def server_command(bento_tag: str, host: str, port: int) -> list[str]:
@@ -380,18 +298,38 @@ def server_command(bento_tag: str, host: str, port: int) -> list[str]:
 
 
 def _start(deployments: DeploymentStore, name: str, version: Version, host: str, port: int) -> Any:
+    """Start a server for ``version``; a start that fails is recorded (its log is what
+    ``nbdeploy logs`` shows) and re-raised."""
     from nbdeploy.service.builder import bentoml_environment
 
-    log_path = deployments_dir() / name / "logs" / f"v{version.version}-{int(time.time())}.log"
-    server = start_server(
-        server_command(version.bento_tag, host, port),
-        host=host,
-        port=port,
-        log_path=log_path,
-        env={**os.environ, **bentoml_environment()},
-        timeout=READY_TIMEOUT_SECONDS,
-        fail_markers=STARTUP_FAILURE_MARKERS,
-    )
+    folder = deployments_dir() / name
+    log_path = folder / "logs" / f"v{version.version}-{time.time_ns()}.log"
+    try:
+        server = start_server(
+            server_command(version.bento_tag, host, port),
+            host=host,
+            port=port,
+            log_path=log_path,
+            env={**os.environ, **bentoml_environment()},
+            # Never the caller's folder: a version carries everything it runs.
+            cwd=folder,
+            timeout=READY_TIMEOUT_SECONDS,
+            fail_markers=STARTUP_FAILURE_MARKERS,
+        )
+    except BaseException as error:
+        failed = deployments.add_server(
+            name,
+            version.version,
+            pid=0,
+            start_ticks=None,
+            host=host,
+            port=port,
+            log_path=str(log_path),
+            role=FAILED_START,
+            status=FAILED,
+        )
+        deployments.end_server(failed.id, FAILED, str(error) or type(error).__name__)
+        raise
     return deployments.add_server(
         name,
         version.version,
@@ -420,8 +358,9 @@ def switch_to(
     port: int | None = None,
     notify: Notify = _ignore,
 ) -> Deployment:
-    """Recreate: stop what serves ``name``, start ``version`` on its port; on failure start
-    the previous live version again and raise DeployError."""
+    """Recreate: stop what serves ``name``, start ``version`` on its port. When the new
+    version does not start, or the deploy is interrupted, the previous live version is
+    started again and the deployment's record is left as it was."""
     current = deployments.find(name)
     if current is None:
         current = deployments.ensure(name, host, port or free_port(host))
@@ -432,24 +371,46 @@ def switch_to(
     notify(f"starting {name} v{version.version} on {host}:{target_port}")
     try:
         _start(deployments, name, version, host, target_port)
-    except (ServerStartError, OSError) as error:
-        reason = str(error)
-        if previous is not None and was_serving:
-            try:
-                _start(deployments, name, previous, current.host, current.port)
-                deployments.set_state(name, status=SERVING, live_version=previous.version)
-                raise DeployError(
-                    f"{name} v{version.version} did not start; v{previous.version} is serving "
-                    f"again at {current.url}. {reason}"
-                ) from None
-            except ServerStartError as again:
-                reason += f"\nrestarting v{previous.version} failed too: {again}"
-        deployments.set_state(name, status=FAILED, live_version=current.live_version)
+    except BaseException as error:
+        interrupted = not isinstance(error, ServerStartError | OSError)
+        reason = "the deploy was interrupted" if interrupted else str(error)
+        restored = _restore(deployments, current, previous, was_serving, notify)
+        if interrupted:
+            raise
+        if restored is not None:
+            raise DeployError(
+                f"{name} v{version.version} did not start; v{previous.version if previous else '?'}"
+                f" is serving again at {current.url}. {reason}"
+            ) from None
         raise DeployError(f"{name} v{version.version} did not start. {reason}") from None
     deployments.set_state(
         name, status=SERVING, live_version=version.version, host=host, port=target_port
     )
     return deployments.get(name)
+
+
+def _restore(
+    deployments: DeploymentStore,
+    current: Deployment,
+    previous: Version | None,
+    was_serving: bool,
+    notify: Notify,
+) -> Deployment | None:
+    """Put the deployment back as it was before a failed switch; the restarted deployment,
+    or None when nothing was serving (or it could not start again)."""
+    if previous is not None and was_serving:
+        notify(f"starting v{previous.version} again")
+        try:
+            _start(deployments, current.name, previous, current.host, current.port)
+        except (ServerStartError, OSError) as again:
+            notify(f"restarting v{previous.version} failed too: {again}")
+            deployments.set_state(current.name, status=FAILED, live_version=previous.version)
+            return None
+        deployments.set_state(current.name, status=SERVING, live_version=previous.version)
+        return deployments.get(current.name)
+    status = current.status if current.status != SERVING else FAILED
+    deployments.set_state(current.name, status=status, live_version=current.live_version)
+    return None
 
 
 # -- the other verbs -------------------------------------------------------------------
@@ -483,7 +444,10 @@ def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignor
     if target is None:
         raise DeployError(f"{name} has no earlier version to roll back to")
     version = deployments.version(name, target)
-    deployment = switch_to(deployments, name, version, notify=notify)
+    with deployment_lock(name, notify):
+        deployment = switch_to(
+            deployments, name, version, host=current.host, port=current.port, notify=notify
+        )
     if version.mlflow_version:
         _record_in_registry(deployments, version, None, [], notify)
     return deployment
@@ -493,9 +457,9 @@ def previous_version(deployments: DeploymentStore, name: str, live: int | None) 
     rows = (
         deployments.store.connection()
         .execute(
-            "SELECT version FROM servers WHERE deployment = ? AND version != ? "
+            "SELECT version FROM servers WHERE deployment = ? AND version != ? AND role != ? "
             "ORDER BY id DESC LIMIT 1",
-            (name, live or -1),
+            (name, live or -1, FAILED_START),
         )
         .fetchone()
     )
@@ -518,10 +482,17 @@ def show_code(name: str, version: int | None = None, store: StateStore | None = 
     if number is None:
         raise DeployError(f"{name} has no version yet")
     chosen = deployments.version(name, number)
+    directory = Path(chosen.service_dir)
+    files = [directory / "notebook_source.py", directory / "service.py"]
+    local = directory / "local_modules"
+    if local.is_dir():
+        files += sorted(p for p in local.rglob("*.py") if "__pycache__" not in p.parts)
     parts = []
-    for file_name in ("nbdeploy_function.py", "service.py"):
-        path = Path(chosen.service_dir) / file_name
-        parts.append(f"# ---- {file_name} " + "-" * (80 - len(file_name)) + "\n")
+    for path in files:
+        if not path.is_file():
+            continue
+        label = str(path.relative_to(directory))
+        parts.append(f"# ---- {label} " + "-" * max(4, 80 - len(label)) + "\n")
         parts.append(path.read_text(encoding="utf-8"))
     return "".join(parts)
 
@@ -585,13 +556,13 @@ def deploy_mlflow_model(
         "model_tag": model_tag,
     }
     (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    if deployments.find(name) is None:
-        deployments.ensure(name, host, port or free_port(host))
     version = deployments.version_with_hash(name, content)
     built = False
     if version is None:
         notify(f"importing {resolved} and building {name}")
         bento_tag, built = build_bento(version_dir)
+        if deployments.find(name) is None:  # created only once a version exists
+            deployments.ensure(name, host, port or free_port(host))
         version = deployments.add_version(
             Version(
                 deployment=name,
@@ -608,7 +579,8 @@ def deploy_mlflow_model(
                 mlflow_version=None,
             )
         )
-    deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
+    with deployment_lock(name, notify):
+        deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
     return DeployResult(deployment, version, built, requirements, [], time.monotonic() - started)
 
 
@@ -700,34 +672,38 @@ def deploy_notebook(
     notebook_path: str | Path,
     *,
     function: str | None = None,
-    name: str | None = None,
+    model: str | None = None,
+    options: DeployOptions | None = None,
     values: Mapping[str, Any] | None = None,
     text_values: Mapping[str, str] | None = None,
-    reference: str | None = None,
     kernel: str | None = None,
     timeout: float | None = None,
-    track_mlflow: bool = True,
     progress: Any = None,
     notify: Notify = _ignore,
     warn: Notify = _ignore,
 ) -> tuple[Any, dict[str, Any]]:
-    """Run the notebook as a pipeline run, then deploy its function from that kernel.
-    Returns (run outcome, deploy result as a dict); raises DeployError when either fails."""
+    """Run the notebook as a pipeline run, then deploy its function (or, with ``model``, the
+    fitted model in that variable) from that kernel. Returns (run outcome, deploy result as
+    a dict); raises DeployError when either fails."""
+    from dataclasses import asdict
+
     from nbdeploy.pipeline.runner import execute_run, prepare_run
 
+    options = options or DeployOptions()
     prepared = prepare_run(notebook_path, values, text_values, kernel=kernel)
-    chosen = function or serve_function_name(prepared.notebook)
+    chosen = model or function or serve_function_name(prepared.notebook)
     if not chosen.isidentifier():
-        raise DeployError(f"--function {chosen!r} is not a Python name")
+        flag = "--object" if model else "--function"
+        raise DeployError(f"{flag} {chosen!r} is not a Python name")
     arguments = {
-        "function": chosen,
-        "name": name,
-        "reference": reference,
+        "target": chosen,
+        "model": bool(model),
+        "options": asdict(options),
         "notebook": str(prepared.notebook.path),
     }
     epilogue = (
         "import json as _nbdeploy_json\n"
-        "import nbdeploy.deploy.core as _nbdeploy_core\n"
+        "import nbdeploy.deployment.core as _nbdeploy_core\n"
         "_nbdeploy_core.deploy_in_kernel(\n"
         f"    globals(), _nbdeploy_json.loads({json.dumps(arguments)!r})\n"
         ")\n"
@@ -736,7 +712,7 @@ def deploy_notebook(
         prepared,
         timeout=timeout,
         progress=progress,
-        track_mlflow=track_mlflow,
+        track_mlflow=options.mlflow,
         notify=notify,
         warn=warn,
         epilogue=epilogue,
@@ -757,28 +733,31 @@ def deploy_notebook(
 
 def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> None:
     """Run inside the notebook's kernel by ``nbdeploy deploy``: deploy and print the result."""
-    function_name = arguments["function"]
-    function = namespace.get(function_name)
-    if function is None or not callable(function):
-        raise DeployError(
-            f"{Path(arguments['notebook']).name} defines no function {function_name!r}",
-            "tag the cell that defines the entry function with nbdeploy:serve, or pass --function",
+    target = arguments["target"]
+    notebook = Path(arguments["notebook"]).name
+    value = namespace.get(target)
+    options = DeployOptions(**arguments["options"])
+    source = {"notebook": arguments["notebook"], "run_id": os.environ.get("NBDEPLOY_RUN_ID")}
+    say: Notify = lambda message: print(f"nbdeploy: {message}", flush=True)  # noqa: E731
+    if arguments.get("model"):
+        if value is None:
+            raise DeployError(f"{notebook} defines no variable {target!r}")
+        result = deploy_model(
+            value, variable=target, namespace=namespace, options=options, source=source, notify=say
         )
-    result = deploy_function(
-        function,
-        name=arguments.get("name"),
-        namespace=namespace,
-        history=list(namespace.get("In", [])),
-        reference=arguments.get("reference"),
-        source={"notebook": arguments["notebook"], "run_id": os.environ.get("NBDEPLOY_RUN_ID")},
-        notify=lambda message: print(f"nbdeploy: {message}", flush=True),
-    )
-    data = result.to_dict()
-    if arguments.get("reference"):
-        from nbdeploy.deploy.report import example_rows
-
-        rows = example_rows(namespace.get(arguments["reference"]))
-        inputs = result.version.schema.get("inputs", [])
-        if rows is not None and len(inputs) == 1:
-            data["example"] = {inputs[0]["name"]: rows}
-    print(RESULT_MARKER + json.dumps(data, default=str), flush=True)
+    else:
+        if value is None or not callable(value):
+            raise DeployError(
+                f"{notebook} defines no function {target!r}",
+                "tag the cell that defines the entry function with nbdeploy:serve, pass "
+                "--function, or deploy a fitted model with --object VARIABLE",
+            )
+        result = deploy_function(
+            value,
+            namespace=namespace,
+            history=list(namespace.get("In", [])),
+            options=options,
+            source=source,
+            notify=say,
+        )
+    print(RESULT_MARKER + json.dumps(result.to_dict(), default=str), flush=True)

@@ -1,0 +1,282 @@
+"""From a capture to a registered, built version: plan (hash) it, pin its requirements (with
+an example call in a fresh interpreter when there is one), reuse the version with the same
+content, or write it, build its bento offline and record it.
+
+Each step is a function of its own so that the strategies, images and monitoring build on
+the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import config
+from nbdeploy.deployment.store import DeploymentStore, Version
+from nbdeploy.deployment.supervisor import free_port
+from nbdeploy.errors import NbdeployError
+
+Notify = Callable[[str], None]
+BUILD_TIMEOUT_SECONDS = 600
+PROBE_TIMEOUT_SECONDS = 120
+
+
+class BuildError(NbdeployError):
+    """Building a version failed; nothing was recorded and nothing serving changed."""
+
+    exit_code = 1
+
+
+@dataclass
+class PreparedVersion:
+    version: Version
+    built: bool
+    requirements: list[str]
+    notices: list[str] = field(default_factory=list)
+    example: dict[str, Any] | None = None
+    new: bool = False  # a new version record (to register in MLflow)
+
+
+def deployments_dir() -> Path:
+    path = config.home() / "deployments"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_version(
+    captured: Any,
+    *,
+    name: str,
+    options: Any,
+    reference: Any,
+    source: dict[str, Any],
+    deployments: DeploymentStore,
+    notify: Notify,
+    history: list[str],
+) -> PreparedVersion:
+    """The version of ``captured``: reused when its content was deployed before, else
+    written and built. Raises before anything is recorded when it cannot be built."""
+    from nbdeploy.service.package import ServiceOptions, plan_version
+    from nbdeploy.service.requirements import notebook_pip_installs
+
+    label = str(source.get("notebook") or "an interactive session")
+    plan = plan_version(
+        captured,
+        ServiceOptions(
+            name=name,
+            workers=options.workers,
+            batch=options.batch,
+            extra_columns=options.extra_columns,
+        ),
+        reference,
+        label,
+    )
+    example = example_request(plan, reference)
+    notices: list[str] = []
+    for module, path in sorted(captured.local_modules.items()):
+        notify(f"local module {module} ({path}) is snapshotted into the version")
+    for line in notebook_pip_installs(history):
+        notices.append(
+            f"the notebook ran `{line}`: its packages are included only if the function uses them"
+        )
+    staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        requirements = _requirements(plan, options, example, staging, notices)
+        for notice in notices:
+            notify(notice)
+        notify("requirements: " + (", ".join(requirements) or "none"))
+        existing = deployments.version_with_hash(name, plan.content_hash)
+        if existing is not None and Path(existing.service_dir).is_dir():
+            notify(f"unchanged since version {existing.version}: reusing its build")
+            return PreparedVersion(existing, False, requirements, notices, example)
+        version_dir = _write(plan, staging, name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    reference_path = _save_reference(reference, version_dir)
+    notify(f"building {name} (offline, pinned requirements)")
+    bento_tag, built = build_bento(version_dir)
+    schema = {
+        **plan.schema.to_dict(),
+        "route": plan.routes[0],
+        "routes": plan.routes,
+        "inputs": plan.inputs(),
+        "example": example,
+        "kind": captured.kind,
+    }
+    if deployments.find(name) is None:  # created only once a version exists
+        deployments.ensure(name, options.host, options.port or free_port(options.host))
+    version = deployments.add_version(
+        Version(
+            deployment=name,
+            version=0,
+            content_hash=plan.content_hash,
+            bento_tag=bento_tag,
+            function=captured.name,
+            service_dir=str(version_dir),
+            created_at=time.time(),
+            source=dict(source),
+            requirements=requirements,
+            schema=schema,
+            options={"workers": options.workers, "batch": plan.batch},
+            reference_path=reference_path,
+        )
+    )
+    return PreparedVersion(version, built, requirements, notices, example, new=True)
+
+
+def example_request(plan: Any, reference: Any) -> dict[str, Any] | None:
+    """A request body the service accepts: the reference's first row, else a row built
+    from the schema (the model's declared number of features)."""
+    from nbdeploy.service.schema import example_rows, placeholder_row
+
+    schema = plan.schema
+    if schema.mode in ("records", "rows"):
+        rows = example_rows(reference, schema) if reference is not None else None
+        if rows is None and (schema.mode == "records" or schema.width):
+            rows = [placeholder_row(schema)]
+        return {schema.parameter: rows} if rows is not None else None
+    inputs = plan.signature.get("annotations", {})
+    if reference is not None and len(inputs) == 1:
+        rows = example_rows(reference, schema)
+        return {next(iter(inputs)): rows}
+    return None
+
+
+def _runtime_modules(plan: Any) -> set[str]:
+    """What the generated service itself imports besides BentoML."""
+    modules = {"cloudpickle"}
+    if plan.schema.mode == "records":
+        modules.update({"pandas", "numpy"})
+    if plan.schema.as_array:
+        modules.add("numpy")
+    return modules
+
+
+def _requirements(
+    plan: Any, options: Any, example: dict[str, Any] | None, staging: Path, notices: list[str]
+) -> list[str]:
+    """Pinned requirements: what the capture uses, what the service needs, what an example
+    call imports in a fresh interpreter (cached by the version's code), and the user's."""
+    from nbdeploy.service.package import set_requirements, write_version
+    from nbdeploy.service.requirements import pin_requirements
+
+    modules = set(plan.captured.modules) | _runtime_modules(plan)
+    modules -= set(plan.captured.local_modules)
+    cache = deployments_dir() / plan.name / "probes" / f"{plan.base_hash[:16]}.json"
+    probed: dict[str, Any] | None = None
+    if cache.exists():
+        probed = json.loads(cache.read_text(encoding="utf-8"))
+    elif example is not None and plan.captured.kind == "function":
+        pinned = pin_requirements(modules, options.requirements)
+        set_requirements(plan, pinned.pinned)
+        write_version(plan, staging)
+        probed = _probe(staging, example)
+        if probed is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(probed))
+    if probed is not None:
+        if probed.get("error"):
+            notices.append(f"the example call fails in a fresh interpreter: {probed['error']}")
+        extra = set(probed.get("modules", [])) - set(plan.captured.local_modules)
+        before = set(pin_requirements(modules).pinned)
+        modules |= extra
+        added = sorted(set(pin_requirements(modules).pinned) - before)
+        if added:
+            notices.append("imported when called (added): " + ", ".join(added))
+    pinned = pin_requirements(modules, options.requirements)
+    for module in pinned.unresolved:
+        notices.append(
+            f"module {module!r} is not from an installed distribution: the service will not have it"
+        )
+    set_requirements(plan, pinned.pinned)
+    return plan.requirements
+
+
+def _probe(directory: Path, example: dict[str, Any]) -> dict[str, Any] | None:
+    from nbdeploy.service.probe import EXAMPLE
+
+    (directory / EXAMPLE).write_text(json.dumps(example, default=str), encoding="utf-8")
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "nbdeploy.service.probe", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_SECONDS,
+            check=False,
+            cwd=directory,
+        )
+        result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+        return result
+    except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError):
+        return None
+
+
+def _write(plan: Any, staging: Path, name: str) -> Path:
+    """Write the version (unless the probe already did) and move it into place."""
+    from nbdeploy.service.package import write_manifest, write_version
+
+    if (staging / "manifest.json").exists():
+        write_manifest(plan, staging)  # the requirements may have grown
+        (staging / "example.json").unlink(missing_ok=True)
+    else:
+        write_version(plan, staging)
+    version_dir = deployments_dir() / name / "versions" / plan.content_hash[:16]
+    if version_dir.exists():
+        shutil.rmtree(version_dir)  # a leftover of an interrupted deploy: replace it
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(version_dir)
+    return version_dir
+
+
+def _save_reference(reference: Any, version_dir: Path) -> str | None:
+    if reference is None:
+        return None
+    from nbdeploy.service.serialize import save
+
+    path = version_dir / "reference.pkl"
+    save(reference, path, label="the reference data")
+    return str(path)
+
+
+def build_bento(version_dir: Path) -> tuple[str, bool]:
+    """Build (or reuse) the bento of a written version in a separate process."""
+    from nbdeploy.service.builder import bentoml_environment
+
+    env = {
+        **os.environ,
+        **bentoml_environment(),
+        config.MLFLOW_URI_ENV: config.mlflow_tracking_uri(),
+    }
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "nbdeploy.service.builder", str(version_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=BUILD_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BuildError(
+            f"building the service took longer than {BUILD_TIMEOUT_SECONDS} s"
+        ) from None
+    lines = completed.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise BuildError(
+            "building the service failed:\n"
+            + "\n".join(completed.stderr.strip().splitlines()[-15:])
+        ) from None
+    if not result.get("ok"):
+        detail = "\n".join(completed.stderr.strip().splitlines()[-10:])
+        raise BuildError(f"building the service failed: {result.get('error')}\n{detail}".rstrip())
+    return str(result["bento_tag"]), not result.get("reused", False)
