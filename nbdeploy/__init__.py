@@ -16,7 +16,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from nbdeploy.api import deploy, get_run, logs, params, rollback, run, runs, status, stop
+    from nbdeploy.api import (
+        deploy,
+        get_run,
+        logs,
+        params,
+        prune,
+        rollback,
+        run,
+        runs,
+        show_code,
+        status,
+        stop,
+    )
     from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
 
 _LAZY = {
@@ -29,6 +41,8 @@ _LAZY = {
     "stop": "nbdeploy.api",
     "logs": "nbdeploy.api",
     "rollback": "nbdeploy.api",
+    "prune": "nbdeploy.api",
+    "show_code": "nbdeploy.api",
     "log_metric": "nbdeploy.pipeline.context",
     "log_param": "nbdeploy.pipeline.context",
     "log_artifact": "nbdeploy.pipeline.context",
@@ -44,9 +58,11 @@ __all__ = [
     "log_param",
     "logs",
     "params",
+    "prune",
     "rollback",
     "run",
     "runs",
+    "show_code",
     "status",
     "stop",
 ]

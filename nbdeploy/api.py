@@ -173,9 +173,7 @@ def deploy(
     settings = DeployOptions.from_keywords({"name": name, **options})
     scope = namespace if namespace is not None else _kernel_namespace(target)
     if is_model(target):
-        return deploy_model(
-            target, namespace=scope, options=settings, source=source, notify=notify
-        )
+        return deploy_model(target, namespace=scope, options=settings, source=source, notify=notify)
     return deploy_function(
         target,
         namespace=scope,
@@ -236,3 +234,12 @@ def show_code(name: str, version: int | None = None) -> str:
     from nbdeploy.deployment.core import show_code as code_of
 
     return code_of(name, version)
+
+
+def prune(name: str | None = None, *, keep: int = 3, registry: bool = False) -> list[Any]:
+    """Remove all but the newest ``keep`` versions (never the live one or the rollback
+    target) from nbdeploy's and BentoML's stores; MLflow registry versions too with
+    ``registry=True``."""
+    from nbdeploy.deployment.prune import prune as prune_versions
+
+    return prune_versions(name, keep=keep, registry=registry)

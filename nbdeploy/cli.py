@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--version", type=int, dest="version_number", metavar="N")
     show.add_argument("--json", action="store_true")
 
+    prune = commands.add_parser(
+        "prune", help="remove old versions (never the live one or the rollback target)"
+    )
+    prune.add_argument("name", nargs="?", help="one deployment (default: all)")
+    prune.add_argument("--keep", type=int, default=3, metavar="N", help="newest versions kept")
+    prune.add_argument(
+        "--registry", action="store_true", help="also delete their MLflow registry versions"
+    )
+    prune.add_argument("--json", action="store_true")
+
     ci = commands.add_parser("ci", help="continuous integration helpers")
     ci_commands = ci.add_subparsers(dest="ci_command", metavar="COMMAND", required=True)
     init = ci_commands.add_parser(
@@ -168,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "logs": cmd_logs,
             "rollback": cmd_rollback,
             "show": cmd_show,
+            "prune": cmd_prune,
         }[args.command]
         return handler(args)
     except NbdeployError as error:
@@ -359,6 +370,25 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             status, answer = call_endpoint(result["endpoint"], result["example"])
             print(f"  example call: {status} {answer[:200]}")
         print(f"  run: {result['run_id']}; logs: nbdeploy logs {result['name']}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    reports = api.prune(args.name, keep=args.keep, registry=args.registry)
+    if args.json:
+        _print_json([report.to_dict() for report in reports])
+        return 0
+    for report in reports:
+        removed = ", ".join(f"v{v}" for v in report.removed) or "nothing"
+        kept = ", ".join(f"v{v}" for v in report.kept) or "-"
+        print(
+            f"{report.deployment}: removed {removed} ({report.freed_bytes / 2**20:.1f} MiB); "
+            f"kept {kept}"
+        )
+        for error in report.errors:
+            _warn(error)
     return 0
 
 

@@ -7,13 +7,12 @@ import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
 from jupyter_client.manager import start_new_kernel
+from support import LAST_HEADERS, execute, post, ready
 
 from nbdeploy.deployment import core
 from nbdeploy.deployment.store import DeploymentStore
@@ -34,47 +33,6 @@ def predict(rows: list[list[float]]) -> list[int]:
         raise ValueError("99 is not a valid measurement")
     return model.predict(np.asarray(rows)).tolist()
 """
-
-
-LAST_HEADERS: dict[str, str] = {}
-
-
-def post(url: str, body: object) -> tuple[int, str]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            LAST_HEADERS.update({k.lower(): v for k, v in answer.headers.items()})
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        LAST_HEADERS.update({k.lower(): v for k, v in error.headers.items()})
-        return error.code, error.read().decode()
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=5) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
-def execute(kc, code: str, ok: bool = True, timeout: float = 300) -> str:
-    chunks: list[str] = []
-
-    def collect(msg):
-        content = msg["content"]
-        if msg["msg_type"] == "stream":
-            chunks.append(content["text"])
-        elif msg["msg_type"] == "error":
-            chunks.append(f"{content['ename']}: {content['evalue']}")
-        elif msg["msg_type"] == "display_data":
-            chunks.append(content["data"].get("text/plain", ""))
-
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=collect)
-    assert (reply["content"]["status"] == "ok") == ok, "".join(chunks)
-    return "".join(chunks)
 
 
 @pytest.fixture(scope="module")

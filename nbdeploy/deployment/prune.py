@@ -1,0 +1,177 @@
+"""``nbdeploy prune``: old versions do not fill the disk.
+
+Versions beyond the newest N of a deployment are removed from nbdeploy's store, from
+BentoML's store (the bento, and the saved objects no kept version uses) and from the
+version folders. The live version and the rollback target are always kept. MLflow registry
+versions stay unless ``registry=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbdeploy import config
+from nbdeploy.deployment.locks import deployment_lock
+from nbdeploy.deployment.store import DeploymentStore, Version
+from nbdeploy.errors import NbdeployError
+from nbdeploy.store import StateStore, default_store
+
+DEFAULT_KEEP = 3
+
+
+@dataclass
+class PruneReport:
+    deployment: str
+    removed: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    freed_bytes: int = 0
+    registry_removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "deployment": self.deployment,
+            "removed": self.removed,
+            "kept": self.kept,
+            "freed_bytes": self.freed_bytes,
+            "registry_removed": self.registry_removed,
+            "errors": self.errors,
+        }
+
+
+def prune(
+    name: str | None = None,
+    *,
+    keep: int = DEFAULT_KEEP,
+    registry: bool = False,
+    store: StateStore | None = None,
+) -> list[PruneReport]:
+    """Remove all but the newest ``keep`` versions of one deployment (or of each)."""
+    from nbdeploy.deployment.core import previous_version
+
+    if keep < 1:
+        raise NbdeployError("--keep must be at least 1", "keep at least the newest version")
+    deployments = DeploymentStore(store or default_store())
+    names = [deployments.get(name).name] if name else [d.name for d in deployments.all()]
+    reports = []
+    for each in names:
+        with deployment_lock(each):
+            current = deployments.get(each)
+            versions = deployments.versions(each)
+            protected = {
+                current.live_version,
+                previous_version(deployments, each, current.live_version),
+            }
+            newest = {v.version for v in sorted(versions, key=lambda v: -v.version)[:keep]}
+            kept = [v for v in versions if v.version in newest or v.version in protected]
+            doomed = [v for v in versions if v not in kept]
+            report = PruneReport(each, kept=[v.version for v in kept])
+            if doomed:
+                _remove(deployments, doomed, kept, report, registry)
+            reports.append(report)
+    return reports
+
+
+def _remove(
+    deployments: DeploymentStore,
+    doomed: list[Version],
+    kept: list[Version],
+    report: PruneReport,
+    registry: bool,
+) -> None:
+    kept_tags = {tag for version in kept for tag in _model_tags(version)}
+    model_tags = sorted({t for v in doomed for t in _model_tags(v)} - kept_tags)
+    bento_tags = sorted({v.bento_tag for v in doomed} - {v.bento_tag for v in kept})
+    report.freed_bytes += _delete_from_bentoml(bento_tags, model_tags, report)
+    for version in doomed:
+        folder = Path(version.service_dir)
+        if folder.is_dir() and folder.is_relative_to(config.home()):
+            report.freed_bytes += _size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        if registry and version.mlflow_version:
+            try:
+                _delete_registry_version(version.deployment, version.mlflow_version)
+                report.registry_removed.append(version.mlflow_version)
+            except Exception as error:  # the rest of the prune still holds
+                report.errors.append(f"MLflow version {version.mlflow_version}: {error}")
+        with deployments.store.transaction() as conn:
+            conn.execute(
+                "DELETE FROM versions WHERE deployment = ? AND version = ?",
+                (version.deployment, version.version),
+            )
+        report.removed.append(version.version)
+
+
+def _model_tags(version: Version) -> list[str]:
+    try:
+        manifest = json.loads((Path(version.service_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    tags = [spec["tag"] for spec in manifest.get("objects", [])]
+    if manifest.get("model_tag"):
+        tags.append(manifest["model_tag"])
+    return tags
+
+
+def _delete_from_bentoml(bentos: list[str], models: list[str], report: PruneReport) -> int:
+    """Delete bentos and models in a BentoML process of its own (BentoML stays out of the
+    caller); returns the bytes freed."""
+    if not bentos and not models:
+        return 0
+    from nbdeploy.service.builder import bentoml_environment
+
+    script = (
+        "import json, sys, bentoml\n"
+        "from bentoml.exceptions import NotFound\n"
+        "request = json.loads(sys.argv[1])\n"
+        "freed, errors = 0, []\n"
+        "def size(path):\n"
+        "    import os\n"
+        "    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)"
+        " for f in fs)\n"
+        "for kind, tags in (('bentos', request['bentos']), ('models', request['models'])):\n"
+        "    store = getattr(bentoml, kind)\n"
+        "    for tag in tags:\n"
+        "        try:\n"
+        "            freed += size(store.get(tag).path)\n"
+        "            store.delete(tag)\n"
+        "        except NotFound:\n"
+        "            pass\n"
+        "        except Exception as error:\n"
+        "            errors.append(f'{tag}: {error}')\n"
+        "print(json.dumps({'freed': freed, 'errors': errors}))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, json.dumps({"bentos": bentos, "models": models})],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **bentoml_environment()},
+        timeout=300,
+        check=False,
+    )
+    try:
+        answer = json.loads(completed.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        report.errors.append("BentoML's store was not pruned: " + completed.stderr[-500:])
+        return 0
+    report.errors.extend(answer["errors"])
+    return int(answer["freed"])
+
+
+def _delete_registry_version(model_name: str, version: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=config.mlflow_tracking_uri()).delete_model_version(
+        model_name, version
+    )
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

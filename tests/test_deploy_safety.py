@@ -1,0 +1,331 @@
+"""Integration: what a deploy must never get wrong, in a live kernel with real BentoML
+servers on 127.0.0.1: schemas from the reference, batching limits, refused variables,
+fitted models deployed directly, local modules snapshotted for rollbacks from anywhere,
+failed builds, a port held by another process, interrupts and concurrent deploys."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+from support import execute, post
+
+from nbdeploy.deployment import core
+from nbdeploy.deployment.store import DeploymentStore
+from nbdeploy.store import StateStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
+
+SETUP = """
+import numpy as np, pandas as pd
+from sklearn.linear_model import LogisticRegression
+rng = np.random.default_rng(0)
+X = rng.random((200, 3))
+y = (X[:, 0] > 0.5).astype(int)
+clf = LogisticRegression().fit(X, y)
+frame = pd.DataFrame({
+    "age": rng.integers(18, 90, 200),
+    "income": rng.random(200) * 1000,
+    "member": rng.random(200) > 0.5,
+    "plan": pd.Categorical(rng.choice(["basic", "gold"], 200)),
+    "city": rng.choice(["Oslo", "Lima"], 200),
+})
+def score(df: pd.DataFrame) -> list[float]:
+    assert list(df.columns) == ["age", "income", "member", "plan", "city"], list(df.columns)
+    assert str(df["age"].dtype) == "int64" and str(df["plan"].dtype) == "category"
+    return (df["income"] / df["age"] + df["member"] + (df["plan"] == "gold")).tolist()
+def predict(rows: list[list[float]]) -> list[int]:
+    return clf.predict(np.asarray(rows)).tolist()
+"""
+
+
+@pytest.fixture(scope="module")
+def safety_home(tmp_path_factory) -> Path:  # one NBDEPLOY_HOME for the kernel and the CLI
+    return tmp_path_factory.mktemp("safety-home")
+
+
+@pytest.fixture(autouse=True)
+def _home_env(safety_home, monkeypatch):
+    monkeypatch.setenv("NBDEPLOY_HOME", str(safety_home))
+
+
+@pytest.fixture(scope="module")
+def notebook_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("notebook")
+    (folder / "mylib.py").write_text("OFFSET = 1\ndef featurize(x):\n    return x + OFFSET\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kernel(safety_home, notebook_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "JPY_"))}
+    env["NBDEPLOY_HOME"] = str(safety_home)
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(notebook_dir))
+    try:
+        execute(kc, SETUP)
+        execute(kc, "%load_ext nbdeploy")
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        state = StateStore(safety_home / "state.db")
+        for deployment in core.status(store=state):
+            core.stop(deployment.name, store=state)
+
+
+def answer(url: str, body: dict) -> tuple[int, object]:
+    code, text = post(url, body)
+    return code, json.loads(text) if code == 200 else text
+
+
+def url_of(cli, name: str) -> str:
+    return str(cli("status", name, "--json").json[0]["url"])
+
+
+def test_records_follow_the_reference_dataframe(kernel, cli):
+    _, kc = kernel
+    output = execute(kc, "%deploy score --reference frame --no-mlflow")
+    assert "requirements: " in output and "pandas==" in output
+    url = url_of(cli, "score")
+    record = {"age": 30, "income": 300.0, "member": True, "plan": "gold", "city": "Oslo"}
+    code, body = post(url + "/score", {"df": [record]})
+    assert (code, json.loads(body)) == (200, [12.0])
+    wrong_type = post(url + "/score", {"df": [{**record, "income": "lots"}]})
+    assert wrong_type[0] == 400 and "income" in wrong_type[1]
+    missing = {k: v for k, v in record.items() if k != "age"}
+    code, body = post(url + "/score", {"df": [missing]})
+    assert code == 400 and "age" in body and "Field required" in body
+    code, body = post(url + "/score", {"df": [{**record, "plan": "platinum"}]})
+    assert code == 400 and "plan" in body
+    code, body = post(url + "/score", {"df": [{**record, "colour": "red"}]})
+    assert code == 400 and "colour" in body
+    # Nulls are accepted (missing values are the model's to handle, and counted later).
+    code, body = post(url + "/score", {"df": [{**record, "income": None}]})
+    assert code == 200 and json.loads(body) == [None]
+    # The schema is in the service's OpenAPI document.
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/docs.json", timeout=10) as answer:
+        document = answer.read().decode()
+    for column in ("age", "income", "member", "plan", "city", "basic", "gold"):
+        assert column in document
+    # --extra-columns drop: an unknown column is dropped instead of refused.
+    execute(
+        kc, "%deploy score --name score-drop --reference frame --extra-columns drop --no-mlflow"
+    )
+    code, body = post(url_of(cli, "score-drop") + "/score", {"df": [{**record, "colour": "red"}]})
+    assert (code, json.loads(body)) == (200, [12.0])
+
+
+def test_batching_never_changes_what_one_request_can_do(kernel, cli):
+    _, kc = kernel
+    execute(kc, "%deploy predict --reference X --no-mlflow")
+    url = url_of(cli, "predict")
+    big = [[0.9, 0.1, 0.1]] * 12_500
+    code, body = post(url + "/predict", {"rows": big})
+    assert code == 200 and json.loads(body) == [1] * 12_500
+    assert post(url + "/predict", {"rows": []}) == (200, "[]")
+    code, body = post(url + "/predict", {"rows": [[0.1, 0.2]]})
+    assert code == 400 and "expects 3" in body
+    # Concurrent small requests are each answered with their own rows.
+    answers: dict[int, tuple[int, str]] = {}
+
+    def send(index: int) -> None:
+        answers[index] = post(url + "/predict", {"rows": [[0.9 if index % 2 else 0.1, 0, 0]] * 3})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for index, (code, body) in answers.items():
+        assert code == 200 and json.loads(body) == [index % 2] * 3
+
+
+def test_a_fitted_model_deploys_directly_with_predict_proba(kernel, cli):
+    _, kc = kernel
+    output = execute(kc, "%deploy clf --no-mlflow")
+    assert "clf" in output
+    url = url_of(cli, "clf")
+    code, body = post(url + "/predict", {"rows": [[0.9, 0.1, 0.1], [0.1, 0.1, 0.1]]})
+    assert (code, json.loads(body)) == (200, [1, 0])
+    code, body = post(url + "/predict_proba", {"rows": [[0.9, 0.1, 0.1]]})
+    expected = json.loads(
+        execute(kc, "import json; print(json.dumps(clf.predict_proba([[0.9, 0.1, 0.1]]).tolist()))")
+    )
+    assert code == 200 and json.loads(body)[0] == pytest.approx(expected[0])
+    code, body = post(url + "/predict", {"rows": [[1.0]]})
+    assert code == 400 and "expects 3" in body
+
+
+@pytest.mark.parametrize(
+    ("setup", "variable", "what"),
+    [
+        ("handle = open('mylib.py')", "handle", "an open file"),
+        ("import socket\nhandle = socket.socket()", "handle", "a network socket"),
+        ("handle = (i for i in range(3))", "handle", "a generator"),
+        ("import sqlite3\nhandle = sqlite3.connect(':memory:')", "handle", "a live database"),
+        ("import threading\nhandle = threading.Lock()", "handle", "a lock"),
+    ],
+)
+def test_what_cannot_be_captured_is_refused_before_any_build(
+    kernel, safety_home, setup, variable, what
+):
+    _, kc = kernel
+    execute(
+        kc,
+        setup + "\ndef uses(rows: list[list[float]]) -> list[int]:\n"
+        f"    return [bool({variable})] * len(rows)\n",
+    )
+    output = execute(kc, "%deploy uses --name refused --no-mlflow", ok=False)
+    assert f"'{variable}'" in output and what in output
+    assert DeploymentStore(StateStore(safety_home / "state.db")).find("refused") is None
+
+
+def test_local_modules_are_snapshotted_and_rollbacks_work_from_anywhere(
+    kernel, cli, notebook_dir, tmp_path
+):
+    _, kc = kernel
+    execute(
+        kc,
+        "import mylib\ndef shifted(values: list[float]) -> list[float]:\n"
+        "    return [mylib.featurize(v) for v in values]\n",
+    )
+    execute(kc, "%deploy shifted --no-mlflow")
+    url = url_of(cli, "shifted")
+    assert answer(url + "/shifted", {"values": [1, 2]}) == (200, [2.0, 3.0])
+    assert "OFFSET = 1" in cli("show", "shifted", "--code").out
+    (notebook_dir / "mylib.py").write_text(
+        "OFFSET = 10\ndef featurize(x):\n    return x + OFFSET\n"
+    )
+    execute(kc, "import importlib; importlib.reload(mylib)")
+    execute(kc, "%deploy shifted --no-mlflow")
+    assert answer(url + "/shifted", {"values": [1, 2]}) == (200, [11.0, 12.0])
+    # The notebook's files change again; a rollback from another folder serves v1 exactly.
+    (notebook_dir / "mylib.py").write_text("raise ImportError('edited away')\n")
+    rolled = cli("rollback", "shifted", "--json", cwd=tmp_path)
+    assert rolled.code == 0, rolled
+    assert rolled.json["live_version"] == 1
+    assert answer(url + "/shifted", {"values": [1, 2]}) == (200, [2.0, 3.0])
+    (notebook_dir / "mylib.py").write_text("OFFSET = 1\ndef featurize(x):\n    return x + OFFSET\n")
+
+
+def test_a_failed_build_leaves_everything_as_it_was(kernel, safety_home, cli):
+    _, kc = kernel
+    execute(
+        kc,
+        "from sklearn.base import BaseEstimator, TransformerMixin\n"
+        "from sklearn.pipeline import make_pipeline\n"
+        "class Fussy(BaseEstimator, TransformerMixin):\n"
+        "    def fit(self, X, y=None): return self\n"
+        "    def transform(self, X): return X\n"
+        "    def __setstate__(self, state):\n"
+        "        import os\n"
+        "        if os.environ.get('BENTOML_HOME'):\n"
+        "            raise RuntimeError('refuses to load in the builder')\n"
+        "        self.__dict__.update(state)\n"
+        "fussy = make_pipeline(Fussy(), LogisticRegression()).fit(X, y)\n",
+    )
+    output = execute(kc, "%deploy fussy --no-mlflow", ok=False)
+    assert "building the service failed" in output and "refuses to load" in output
+    assert DeploymentStore(StateStore(safety_home / "state.db")).find("fussy") is None
+    # An existing deployment stays serving its version when the next build fails.
+    output = execute(kc, "%deploy fussy --name predict --no-mlflow", ok=False)
+    assert "building the service failed" in output
+    deployment = cli("status", "predict", "--json").json[0]
+    assert deployment["status"] == "serving" and deployment["live_version"] == 1
+
+
+def test_a_port_held_by_another_process_is_a_clear_error(kernel, cli):
+    _, kc = kernel
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        output = execute(kc, f"%deploy predict --name held --port {port} --no-mlflow", ok=False)
+    assert f"port {port}" in output and ("held by another process" in output or "in use" in output)
+    assert f"pid {os.getpid()}" in output
+    status = cli("status", "held", "--json")
+    assert status.code != 0 or status.json[0]["status"] != "serving"
+
+
+def test_an_interrupted_deploy_leaves_the_previous_version_serving(kernel, safety_home, cli):
+    km, kc = kernel
+    url = url_of(cli, "predict")
+    execute(
+        kc, "def predict(rows: list[list[float]]) -> list[int]:\n    return [7 for _ in rows]\n"
+    )
+    message_id = kc.execute("%deploy predict --no-mlflow")
+    logs = safety_home / "deployments" / "predict" / "logs"
+    before = set(logs.iterdir())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (set(logs.iterdir()) - before):
+        time.sleep(0.05)  # the new server's log appears when it starts
+    time.sleep(0.5)
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=120)
+    while reply["parent_header"].get("msg_id") != message_id:
+        reply = kc.get_shell_msg(timeout=120)
+    assert reply["content"]["status"] == "error"
+    deployment = cli("status", "predict", "--json").json[0]
+    assert deployment["status"] == "serving" and deployment["live_version"] == 1
+    assert post(url + "/predict", {"rows": [[0.9, 0.1, 0.1]]}) == (200, "[1]")
+    servers = DeploymentStore(StateStore(safety_home / "state.db")).active_servers("predict")
+    assert [s.version for s in servers] == [1]
+
+
+def test_deploys_of_one_name_at_once_are_serialized_and_status_is_truthful(kernel, safety_home):
+    namespace: dict = {"__name__": "__main__"}
+    exec(
+        "def twice(values: list[float]) -> list[float]:\n    return [v * 2 for v in values]\n"
+        "def thrice(values: list[float]) -> list[float]:\n    return [v * 3 for v in values]\n",
+        namespace,
+    )
+    finished: list[str] = []
+    errors: list[Exception] = []
+
+    def deploy(function_name: str) -> None:
+        try:
+            core.deploy_function(
+                namespace[function_name],
+                namespace=namespace,
+                options=core.DeployOptions(name="racer", mlflow=False),
+            )
+            finished.append(function_name)
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=deploy, args=(n,)) for n in ("twice", "thrice")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == [] and len(finished) == 2
+    deployments = DeploymentStore(StateStore(safety_home / "state.db"))
+    racer = deployments.reconcile("racer")
+    live = deployments.version("racer", racer.live_version)
+    assert live.function == finished[-1]  # the last deploy to finish is the one serving
+    factor = 2 if finished[-1] == "twice" else 3
+    code, body = post(racer.url + f"/{finished[-1]}", {"values": [1]})
+    assert (code, json.loads(body)) == (200, [float(factor)])
+    core.stop("racer")
+
+
+def test_the_cell_magic_accepts_ipython_syntax_and_keyword_only_parameters(kernel, cli):
+    _, kc = kernel
+    execute(
+        kc,
+        "%%deploy kwonly --no-mlflow\n"
+        "%time _ = 1\n"
+        "def weigh(x: float, *, notebook: float = 2.0) -> float:\n"
+        "    return x * notebook\n",
+    )
+    url = url_of(cli, "kwonly")
+    assert post(url + "/weigh", {"x": 2, "notebook": 3}) == (200, "6.0")
+    assert post(url + "/weigh", {"x": 2}) == (200, "4.0")
