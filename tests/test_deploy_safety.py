@@ -329,3 +329,31 @@ def test_the_cell_magic_accepts_ipython_syntax_and_keyword_only_parameters(kerne
     url = url_of(cli, "kwonly")
     assert post(url + "/weigh", {"x": 2, "notebook": 3}) == (200, "6.0")
     assert post(url + "/weigh", {"x": 2}) == (200, "4.0")
+
+
+def test_prune_keeps_the_live_version_and_the_rollback_target(kernel, safety_home, cli):
+    _, kc = kernel
+    for factor in (2, 3, 4):
+        execute(
+            kc,
+            f"def scaled(values: list[float]) -> list[float]:\n"
+            f"    return [v * {factor} for v in values]\n",
+        )
+        execute(kc, "%deploy scaled --no-mlflow")
+    deployments = DeploymentStore(StateStore(safety_home / "state.db"))
+    versions = deployments.versions("scaled")
+    assert [v.version for v in versions] == [1, 2, 3]
+    oldest = versions[0]
+    bentos = safety_home / "bentoml" / "bentos" / "nbd-scaled"
+    assert (bentos / oldest.bento_tag.split(":")[1]).is_dir()
+    pruned = cli("prune", "scaled", "--keep", "1", "--json")
+    assert pruned.code == 0, pruned
+    [report] = pruned.json
+    assert report["removed"] == [1] and report["kept"] == [2, 3] and report["errors"] == []
+    assert [v.version for v in deployments.versions("scaled")] == [2, 3]
+    assert not Path(oldest.service_dir).exists()
+    assert not (bentos / oldest.bento_tag.split(":")[1]).exists()
+    url = url_of(cli, "scaled")
+    assert answer(url + "/scaled", {"values": [1]}) == (200, [4.0])
+    assert cli("rollback", "scaled").code == 0  # the rollback target survived the prune
+    assert answer(url + "/scaled", {"values": [1]}) == (200, [3.0])
