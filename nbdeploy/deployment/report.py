@@ -38,8 +38,7 @@ def describe_input(schema: dict[str, Any]) -> str:
     field = schema.get("parameter", "rows")
     if mode == "records":
         columns = ", ".join(
-            f"{c['name']}: {c['kind']}"
-            + (f" {c['categories']}" if c.get("categories") else "")
+            f"{c['name']}: {c['kind']}" + (f" {c['categories']}" if c.get("categories") else "")
             for c in schema.get("columns", [])
         )
         extra = "dropped" if schema.get("extra_columns") == "drop" else "refused"
