@@ -213,8 +213,8 @@ class DeployMagics(Magics):
 
     def _run(self, words: list[str]) -> Any:
         from nbdeploy import api
-        from nbdeploy.cli import add_run_arguments, run_request_from_args
         from nbdeploy.pipeline import summary
+        from nbdeploy.pipeline.options import add_run_arguments, run_request_from_args
         from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
 
         parser = _MagicParser(prog="%deploy run", add_help=True)
