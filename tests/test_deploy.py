@@ -107,9 +107,32 @@ def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     # Registered in MLflow under the deployment's name, with the alias `live`.
     assert version.mlflow_version is not None
     assert live_model_version(deploy_home, "predict") == version.mlflow_version
+    # The registered pyfunc is the same version and scores every row of a DataFrame.
+    scored = _score_registered(deploy_home, "predict", version.mlflow_version)
+    assert scored == [1, 0, 1]
     code_text = cli("show", "predict", "--code").out
     assert "def predict(rows: list[list[float]]) -> list[int]:" in code_text
     assert ".batched(rows)" in code_text  # adaptive batching across requests
+
+
+def _score_registered(home: Path, name: str, number: str) -> list:
+    """Load the registered MLflow model in a fresh interpreter and score three rows."""
+    import subprocess
+    import sys
+
+    tracking = f"sqlite:///{home / 'mlflow.db'}"
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({tracking!r})\n"
+        f"model = mlflow.pyfunc.load_model('models:/{name}/{number}')\n"
+        "rows = pd.DataFrame([[0.9, 0.1, 0.1, 0.1], [0.1, 0.9, 0.9, 0.9], [0.8, 0, 0, 0]])\n"
+        "print(json.dumps(list(model.predict(rows))))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_redeploy_of_an_unchanged_function_does_not_rebuild(kernel, deploy_home, cli):
