@@ -166,6 +166,10 @@ def test_a_failing_new_version_leaves_the_old_one_serving(kernel, deploy_home, c
     assert deployment["status"] == "serving" and deployment["live_version"] == 1
     assert deployment["url"] == url
     assert post(url + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
+    # The log shows why the new version failed, then the restarted version's.
+    logs = cli("logs", "predict", "--tail", "400").out
+    assert "v2: the start that failed" in logs and "cannot be loaded in a service" in logs
+    assert "v1: serving now" in logs
 
 
 def test_rollback_serves_the_previous_version(kernel, deploy_home, cli):

@@ -430,10 +430,23 @@ def stop(name: str, store: StateStore | None = None) -> Deployment:
 
 
 def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[str]:
+    """The last lines of the deployment's current server log; after a start that failed (and
+    the previous version was started again), that failed start's log first."""
     deployments = DeploymentStore(store or default_store())
     deployments.get(name)
-    server = deployments.last_server(name)
-    return tail(Path(server.log_path), lines) if server else []
+    recent = deployments.recent_servers(name, 2)
+    if not recent:
+        return []
+    newest = recent[0]
+    failed = recent[1] if len(recent) > 1 and recent[1].role == FAILED_START else None
+    if failed is None or newest.role == FAILED_START:
+        return tail(Path(newest.log_path), lines)
+    return [
+        f"---- v{failed.version}: the start that failed ----",
+        *tail(Path(failed.log_path), lines),
+        f"---- v{newest.version}: serving now ----",
+        *tail(Path(newest.log_path), lines),
+    ]
 
 
 def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:

@@ -290,6 +290,18 @@ class DeploymentStore:
         )
         return [self._server(row) for row in rows]
 
+    def recent_servers(self, name: str, count: int) -> list[Server]:
+        """The deployment's last ``count`` servers, newest first."""
+        rows = (
+            self.store.connection()
+            .execute(
+                "SELECT * FROM servers WHERE deployment = ? ORDER BY id DESC LIMIT ?",
+                (name, count),
+            )
+            .fetchall()
+        )
+        return [self._server(row) for row in rows]
+
     def last_server(self, name: str) -> Server | None:
         row = (
             self.store.connection()
