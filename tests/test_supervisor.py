@@ -351,3 +351,22 @@ def test_an_interrupt_while_waiting_leaves_nothing_behind(
         assert not probe(f"http://127.0.0.1:{port}/readyz")
     finally:
         kill_marked(str(log))  # the server itself, should the test fail
+
+
+def test_urls_bracket_ipv6_addresses():
+    from nbdeploy.deployment.store import Deployment
+    from nbdeploy.deployment.supervisor import http_url
+
+    assert http_url("::1", 3000) == "http://[::1]:3000"
+    assert http_url("127.0.0.1", 3000) == "http://127.0.0.1:3000"
+    deployment = Deployment(
+        name="x",
+        host="::1",
+        port=3000,
+        strategy="recreate",
+        status="stopped",
+        live_version=None,
+        created_at=0.0,
+        updated_at=0.0,
+    )
+    assert deployment.url == "http://[::1]:3000"

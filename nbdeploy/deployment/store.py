@@ -15,17 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deployment.supervisor import is_running, kill_marked, tail
+from nbdeploy.deployment.supervisor import http_url, is_running, kill_marked, tail
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore
 
 SERVING, STOPPED, FAILED, DEPLOYING = "serving", "stopped", "failed", "deploying"
 READY, STARTING = "ready", "starting"
-
-
-def http_url(host: str, port: int) -> str:
-    """``http://HOST:PORT``, with an IPv6 address in brackets."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class DeploymentNotFoundError(NbdeployError):

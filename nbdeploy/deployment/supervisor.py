@@ -73,8 +73,12 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, with an IPv6 address in brackets (``http://[::1]:3000``)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def free_port(host: str = LOOPBACK) -> int:
