@@ -200,23 +200,36 @@ def _requirements(
     return plan.requirements
 
 
+def run_helper(
+    module: str, directory: Path, *, timeout: float, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """Run ``python -m MODULE DIR``, a helper process that prints one JSON line last, from
+    inside ``DIR``; returns its answer (None when it gave none) and its error output."""
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", module, str(directory)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=directory,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"took longer than {timeout:g} s"
+    try:
+        answer: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return None, completed.stderr
+    return answer, completed.stderr
+
+
 def _probe(directory: Path, example: dict[str, Any]) -> dict[str, Any] | None:
     from nbdeploy.service.probe import EXAMPLE
 
     (directory / EXAMPLE).write_text(json.dumps(example, default=str), encoding="utf-8")
-    try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "nbdeploy.service.probe", str(directory)],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_SECONDS,
-            check=False,
-            cwd=directory,
-        )
-        result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-        return result
-    except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError):
-        return None
+    answer, _ = run_helper("nbdeploy.service.probe", directory, timeout=PROBE_TIMEOUT_SECONDS)
+    return answer
 
 
 def _write(plan: Any, staging: Path, name: str) -> Path:
@@ -255,28 +268,13 @@ def build_bento(version_dir: Path) -> tuple[str, bool]:
         **bentoml_environment(),
         config.MLFLOW_URI_ENV: config.mlflow_tracking_uri(),
     }
-    try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "nbdeploy.service.builder", str(version_dir)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=BUILD_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BuildError(
-            f"building the service took longer than {BUILD_TIMEOUT_SECONDS} s"
-        ) from None
-    lines = completed.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise BuildError(
-            "building the service failed:\n"
-            + "\n".join(completed.stderr.strip().splitlines()[-15:])
-        ) from None
+    result, errors = run_helper(
+        "nbdeploy.service.builder", version_dir, timeout=BUILD_TIMEOUT_SECONDS, env=env
+    )
+    if result is None:
+        last = "\n".join(errors.strip().splitlines()[-15:])
+        raise BuildError(f"building the service failed: {last}")
     if not result.get("ok"):
-        detail = "\n".join(completed.stderr.strip().splitlines()[-10:])
+        detail = "\n".join(errors.strip().splitlines()[-10:])
         raise BuildError(f"building the service failed: {result.get('error')}\n{detail}".rstrip())
     return str(result["bento_tag"]), not result.get("reused", False)
