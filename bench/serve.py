@@ -188,11 +188,11 @@ class Nbdeploy(Server):
         self.deployment = f"bench-{key}-{'b' if self.batch else 'n'}"
         result = core.deploy_function(
             namespace["predict"],
-            name=self.deployment,
             namespace=namespace,
             history=["import numpy as np", source],
-            batch=None if self.batch else False,
-            track_mlflow=False,
+            options=core.DeployOptions(
+                name=self.deployment, batch=None if self.batch else False, mlflow=False
+            ),
         )
         return result.url + "/predict", {"rows": [ROW]}
 

@@ -2,7 +2,9 @@
 
 Types come from annotations (``n_estimators: int = 100  # trees in the forest``), else from
 the literal default. Values given as text (``-p alpha 0.5``) are converted to the declared
-type; values from YAML or Python are checked against it. Every failure is a
+type; values from YAML or Python are checked against it. Dictionary keys are converted too
+(JSON keys are always text: ``'{"1": 0.5}'`` for ``dict[int, float]`` gives ``{1: 0.5}``), and
+``Path`` parameters become :class:`pathlib.Path` objects. Every failure is a
 :class:`ParameterError` naming the notebook, the parameter, the expected type and the value.
 """
 
@@ -13,6 +15,8 @@ import datetime as dt
 import difflib
 import io
 import json
+import os
+import pathlib
 import tokenize
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +44,10 @@ _SIMPLE_TYPES = {
     "NoneType": "none",
     "Any": "any",
     "object": "any",
-    "Path": "str",
+    "Path": "path",
+    "PurePath": "path",
+    "PosixPath": "path",
+    "WindowsPath": "path",
 }
 _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
@@ -68,7 +75,7 @@ class TypeSpec:
             return f"{self.kind}[{self.args[0]}, ...]"
         if self.args:
             return f"{self.kind}[{', '.join(str(arg) for arg in self.args)}]"
-        return "None" if self.kind == "none" else self.kind
+        return {"none": "None", "path": "Path"}.get(self.kind, self.kind)
 
 
 ANY = TypeSpec("any")
@@ -96,7 +103,7 @@ class Parameter:
         return {
             "name": self.name,
             "type": self.type_name,
-            "default": _json_safe(default),
+            "default": json_safe(default),
             "help": self.help,
         }
 
@@ -254,6 +261,10 @@ def convert_text(spec: TypeSpec, text: str) -> Any:
     stripped = text.strip()
     if kind == "str":
         return text
+    if kind == "path":
+        if not text:
+            raise _Mismatch("give a file or folder path")
+        return pathlib.Path(text)
     if kind == "int":
         try:
             return int(stripped)
@@ -350,6 +361,12 @@ def check_value(spec: TypeSpec, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise _Mismatch("quote it to pass it as text" if not isinstance(value, list | dict) else "")
+    if kind == "path":
+        if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+            text = os.fspath(value)
+            if isinstance(text, str) and text:
+                return pathlib.Path(text)
+        raise _Mismatch("give a file or folder path as text")
     if kind == "date":
         if isinstance(value, dt.datetime):
             raise _Mismatch("a date has no time of day")
@@ -387,7 +404,7 @@ def check_value(spec: TypeSpec, value: Any) -> Any:
             raise _Mismatch()
         key_spec = spec.args[0] if len(spec.args) == 2 else ANY
         value_spec = spec.args[1] if len(spec.args) == 2 else ANY
-        return {check_value(key_spec, k): check_value(value_spec, v) for k, v in value.items()}
+        return {_check_key(key_spec, k): check_value(value_spec, v) for k, v in value.items()}
     if kind == "union":
         for arg in spec.args:
             try:
@@ -401,6 +418,22 @@ def check_value(spec: TypeSpec, value: Any) -> Any:
             return value
         raise _Mismatch("choose one of " + ", ".join(repr(c) for c in spec.choices))
     return value
+
+
+def _check_key(spec: TypeSpec, key: Any) -> Any:
+    """A dictionary key checked against ``spec``; a text key (JSON and YAML mappings from
+    text have them) is converted as command-line text would be: ``"1"`` for an int key."""
+    try:
+        return check_value(spec, key)
+    except _Mismatch:
+        if not isinstance(key, str):
+            raise
+    converted = convert_text(spec, key)
+    try:
+        hash(converted)
+    except TypeError:
+        raise _Mismatch(f"the key {key!r} does not make a valid dictionary key") from None
+    return converted
 
 
 def resolve_parameters(
@@ -468,17 +501,31 @@ def _example(parameter: Parameter) -> str:
         if isinstance(value, list | dict):
             return "'" + json.dumps(value) + "'"
         return str(value)
-    examples = {"int": "10", "float": "0.5", "bool": "true", "str": "text", "date": "2024-01-31"}
+    examples = {
+        "int": "10",
+        "float": "0.5",
+        "bool": "true",
+        "str": "text",
+        "date": "2024-01-31",
+        "path": "data/input.csv",
+    }
     return examples.get(parameter.type.kind, "VALUE")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Values as they are stored and shown: dates as ISO strings, paths as text, tuples as
+    lists, dictionary keys as text."""
     if isinstance(value, dt.date):
         return value.isoformat()
-    if isinstance(value, tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {_json_key(k): json_safe(v) for k, v in value.items()}
     return value
+
+
+def _json_key(key: Any) -> str:
+    safe = json_safe(key)
+    return safe if isinstance(safe, str) else str(key)

@@ -55,19 +55,28 @@ def _notice(kind: str) -> None:
 
 
 def log_metric(name: str, value: float, step: int = 0) -> None:
-    """Record a numeric result (accuracy, loss, ...) of the current run."""
+    """Record a numeric result (accuracy, loss, ...) of the current run.
+
+    NaN and infinities are no result to compare runs by: the metric is recorded as missing
+    (null), with a one-line warning, and the run goes on."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"log_metric: the name must be a non-empty string, got {name!r}")
     if isinstance(value, bool):
         value = int(value)
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(
             f"log_metric({name!r}, ...): the value must be a number, got {value!r}"
         ) from None
-    if math.isinf(number):
-        raise ValueError(f"log_metric({name!r}, ...): the value is infinite")
+    if not math.isfinite(number):
+        print(
+            f"nbdeploy: warning: metric {name!r} is {number!r}, not a finite number: "
+            "recorded as missing",
+            file=sys.stderr,
+        )
+        _record("metric", name=name, value=None, step=int(step), invalid=repr(number))
+        return
     _record("metric", name=name, value=number, step=int(step))
 
 
@@ -95,21 +104,39 @@ def log_artifact(path: str | os.PathLike[str]) -> None:
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
-    """What a run logged: ``metrics`` [(name, value, step)], ``params`` {}, ``artifacts`` []."""
-    metrics: list[tuple[str, float, int]] = []
+    """What a run logged: ``metrics`` [(name, value, step)], ``params`` {}, ``artifacts`` [],
+    and ``missing`` {name: what was logged} for metrics logged as NaN or infinity (their
+    value is None in ``metrics``). A malformed line is skipped, never fatal."""
+    metrics: list[tuple[str, float | None, int]] = []
+    missing: dict[str, str] = {}
     params: dict[str, Any] = {}
     artifacts: list[str] = []
     results = run_dir / RESULTS_FILE
     if results.exists():
-        for line in results.read_text(encoding="utf-8").splitlines():
+        for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed kernel
-            if entry.get("kind") == "metric":
-                metrics.append((entry["name"], float(entry["value"]), int(entry.get("step", 0))))
-            elif entry.get("kind") == "param":
-                params[entry["name"]] = entry["value"]
-            elif entry.get("kind") == "artifact" and entry["path"] not in artifacts:
-                artifacts.append(entry["path"])
-    return {"metrics": metrics, "params": params, "artifacts": artifacts}
+                kind = entry.get("kind")
+                if kind == "metric":
+                    name, raw = str(entry["name"]), entry.get("value")
+                    value = _finite(raw)
+                    if value is None:
+                        missing[name] = str(entry.get("invalid", raw))
+                    metrics.append((name, value, int(entry.get("step", 0))))
+                elif kind == "param":
+                    params[entry["name"]] = entry["value"]
+                elif kind == "artifact" and entry["path"] not in artifacts:
+                    artifacts.append(entry["path"])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # a line cut short by a killed kernel, or written by hand
+    return {"metrics": metrics, "params": params, "artifacts": artifacts, "missing": missing}
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from nbdeploy.pipeline.runner import (
     Notify,
     PreparedRun,
     RunOutcome,
+    RunPool,
     _ignore,
     execute_run,
     file_digest,
@@ -284,8 +285,8 @@ def run_pipeline(
         if on_event:
             on_event(result)
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, parallel), thread_name_prefix="nbdeploy-step"
+    with RunPool(
+        records, group.id, max_workers=max(1, parallel), thread_name_prefix="nbdeploy-step"
     ) as pool:
         while pending or running:
             for name, step in list(pending.items()):

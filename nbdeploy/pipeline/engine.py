@@ -3,18 +3,21 @@
 On top of papermill's nbclient engine it adds: cells tagged ``nbdeploy:skip`` are left out
 and marked in the output; progress and live output go to a :class:`Progress`; one deadline
 bounds the whole run; output is saved at most every few seconds rather than twice per
-cell; a kernel started beforehand (overlapping this module's import) can be handed in.
-Importing it registers papermill's ``nbdeploy`` engine in this process.
+cell; a kernel started beforehand (overlapping this module's import) can be handed in;
+Ctrl-C during a cell ends the run as interrupted, with the output notebook saved up to
+that cell. Importing it registers papermill's ``nbdeploy`` engine in this process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import nbformat
@@ -24,11 +27,13 @@ from papermill.engines import Engine, NotebookExecutionManager, papermill_engine
 from papermill.translators import PythonTranslator, papermill_translators
 from papermill.utils import find_first_tagged_cell_index
 
+from nbdeploy.notebook.parameters import json_safe
 from nbdeploy.notebook.reader import INJECTED_TAG, PARAMETERS_TAG, SKIP_TAG, first_line
 from nbdeploy.pipeline.progress import NullProgress, Progress
 
 SKIPPED_NOTE = "nbdeploy: cell skipped (tagged nbdeploy:skip)\n"
 AUTOSAVE_SECONDS = 5.0
+INTERRUPTED_NOTE = "interrupted (Ctrl-C) while this cell was running"
 
 
 @dataclass
@@ -39,11 +44,11 @@ class CellFailure:
     first_line: str
     ename: str
     evalue: str
-    kind: str = "error"  # error | timeout | kernel_died
+    kind: str = "error"  # error | timeout | kernel_died | interrupted
 
     def describe(self, notebook_name: str) -> str:
         where = f"{notebook_name}, cell {self.cell} ({self.first_line})"
-        if self.kind == "timeout":
+        if self.kind in ("timeout", "interrupted"):
             return f"{where}: {self.evalue}"
         if self.kind == "kernel_died":
             return f"{where}: the kernel died while running this cell ({self.evalue})"
@@ -60,10 +65,16 @@ class CellFailure:
 
 
 class NbdeployPythonTranslator(PythonTranslator):
-    """papermill's Python translator, plus dates, date-times and tuples."""
+    """papermill's Python translator, plus dates, date-times, paths and tuples, and dictionary
+    keys of any of these types (papermill renders every key as a string).
+
+    Values needing a class are built with ``__import__('module')`` so the injected cell
+    neither needs an import nor rebinds a name of the user's (``Path``, ``datetime``)."""
 
     @classmethod
     def translate(cls, val: Any) -> str:
+        if isinstance(val, PurePath):
+            return f"__import__('pathlib').Path({cls.translate_str(str(val))})"
         if isinstance(val, dt.datetime):
             return f"__import__('datetime').datetime.fromisoformat({val.isoformat()!r})"
         if isinstance(val, dt.date):
@@ -72,6 +83,11 @@ class NbdeployPythonTranslator(PythonTranslator):
             items = ", ".join(cls.translate(item) for item in val)
             return f"({items},)" if len(val) == 1 else f"({items})"
         return str(super().translate(val))
+
+    @classmethod
+    def translate_dict(cls, val: dict[Any, Any]) -> str:
+        items = ", ".join(f"{cls.translate(k)}: {cls.translate(v)}" for k, v in val.items())
+        return f"{{{items}}}"
 
 
 def inject_parameters(
@@ -96,10 +112,7 @@ def inject_parameters(
     else:
         index = int(find_first_tagged_cell_index(nb, PARAMETERS_TAG)) + 1
         nb.cells.insert(index, cell)
-    nb.metadata.setdefault("papermill", {})["parameters"] = {
-        name: value.isoformat() if isinstance(value, dt.date) else value
-        for name, value in values.items()
-    }
+    nb.metadata.setdefault("papermill", {})["parameters"] = json_safe(values)
     return index
 
 
@@ -190,6 +203,8 @@ class RunNotebookClient(PapermillNotebookClient):
         except CellExecutionError as error:
             self.nb_man.cell_exception(cell, cell_index=index, exception=error)
             self.failure = self._failure_from_outputs(cell, index)
+        except KeyboardInterrupt:
+            self._interrupted(cell, index, index + 1)
         finally:
             self.nb_man.cell_complete(cell, cell_index=index)
         text = "".join(
@@ -253,8 +268,28 @@ class RunNotebookClient(PapermillNotebookClient):
                     number, first_line(cell), "DeadKernelError", str(error), "kernel_died"
                 )
                 break
+            except KeyboardInterrupt:
+                self._interrupted(cells[index], index, number)
+                break
             finally:
                 self.nb_man.cell_complete(cells[index], cell_index=index)
+
+    def _interrupted(self, cell: nbformat.NotebookNode, index: int, number: int) -> None:
+        """Ctrl-C while ``cell`` ran: mark it in the output and end the run as interrupted
+        (the caller kills the kernel: it may still be busy in the cell)."""
+        _cancel_leftover_tasks()
+        cell.setdefault("outputs", []).append(
+            nbformat.v4.new_output(
+                "error",
+                ename="KeyboardInterrupt",
+                evalue=INTERRUPTED_NOTE,
+                traceback=[f"KeyboardInterrupt: {INTERRUPTED_NOTE}"],
+            )
+        )
+        self.nb_man.cell_exception(cell, cell_index=index)
+        self.failure = CellFailure(
+            number, first_line(cell), "KeyboardInterrupt", INTERRUPTED_NOTE, "interrupted"
+        )
 
     def _failure_from_outputs(self, cell: nbformat.NotebookNode, number: int) -> CellFailure:
         for output in cell.get("outputs", []):
@@ -272,6 +307,25 @@ class RunNotebookClient(PapermillNotebookClient):
             elif "text/plain" in output.get("data", {}):
                 self.progress.output("".join(output["data"]["text/plain"]), "stdout")
         return output
+
+
+def _cancel_leftover_tasks() -> None:
+    """Ctrl-C stops this thread's event loop in the middle of a cell: cancel the tasks it
+    left pending (waiting for the kernel's reply), so none lingers or is reported later."""
+    from jupyter_core.utils import ensure_event_loop
+
+    with contextlib.suppress(Exception):
+        loop = ensure_event_loop()
+        if loop.is_running():
+            return
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=2))
+        for task in tasks:  # nbclient turns the cancellation into DeadKernelError: retrieve it
+            if task.done() and not task.cancelled():
+                task.exception()
 
 
 def _assignments(source: str, width: int = 60) -> str:

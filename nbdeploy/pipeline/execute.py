@@ -5,7 +5,8 @@ first (jupyter_client is cheap to import) and papermill, nbclient and nbformat a
 while it boots; and the kernel's exit is awaited in the background
 (:meth:`ExecutionResult.wait_closed`). Kernels talk over IPC sockets in a private
 directory (no TCP ports), and their own stderr goes to ``kernel.log`` in the run directory
-instead of the user's terminal.
+instead of the user's terminal. A run that is interrupted (Ctrl-C) or does not end
+normally kills its kernel at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +59,14 @@ def execute_notebook(
     progress: Progress | None = None,
     start_timeout: int = 60,
     epilogue: str | None = None,
+    on_kernel: Callable[[Callable[[], None]], None] | None = None,
 ) -> ExecutionResult:
     """Run ``notebook`` with ``values`` injected; the output notebook is written even when a
     cell fails. ``epilogue`` is code run in the same kernel after the last cell (as
     ``nbdeploy deploy`` does); its printed output is ``ExecutionResult.epilogue_output``.
-    Never raises for failures inside the notebook: see ``ExecutionResult``."""
+    ``on_kernel`` gets, once the kernel has started, a function that kills it (from any
+    thread: the run then ends with the kernel dead). Never raises for failures inside the
+    notebook: see ``ExecutionResult``."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
@@ -81,10 +86,18 @@ def execute_notebook(
             shutil.rmtree(socket_dir, ignore_errors=True)
             result.message = f"kernel {kernel!r} failed to start: {exc}"
             return result
+        except BaseException:  # Ctrl-C while it starts
+            _close_kernel(km, run_sync, socket_dir, immediate=True)
+            raise
+    if on_kernel is not None:
+        on_kernel(lambda: _kill_kernel(km))
+    ended = False
     try:
         _execute_in(km, notebook, values, result, timeout, progress, start_timeout, epilogue)
+        ended = True
     finally:
-        immediate = bool(result.failure and result.failure.get("kind") != "error")
+        # A kernel that timed out, died, was interrupted or whose run raised is killed.
+        immediate = not ended or bool(result.failure and result.failure.get("kind") != "error")
         result.closing = _close_kernel(km, run_sync, socket_dir, immediate)
     return result
 
@@ -135,6 +148,13 @@ def _execute_in(
         return
     result.epilogue_output = nb.metadata.get("nbdeploy", {}).get("epilogue_output")
     result.ok = True
+
+
+def _kill_kernel(km: Any) -> None:
+    process = getattr(km.provisioner, "process", None) if km.has_kernel else None
+    if process is not None:
+        with contextlib.suppress(OSError):
+            process.kill()
 
 
 def _close_kernel(km: Any, run_sync: Any, socket_dir: str, immediate: bool) -> threading.Thread:

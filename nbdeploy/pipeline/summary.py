@@ -31,9 +31,14 @@ def format_value(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    """``loss=0.4, acc=-``: a metric logged as NaN or infinity is missing (``-``)."""
     return (
-        ", ".join(f"{name}={format_value(value)}" for name, value in sorted(metrics.items())) or "-"
+        ", ".join(
+            f"{name}={'-' if value is None else format_value(value)}"
+            for name, value in sorted(metrics.items())
+        )
+        or "-"
     )
 
 
@@ -72,7 +77,7 @@ def sweep_table(swept: list[str], records: list[RunRecord]) -> str:
                 record.status,
                 format_seconds(record.duration_s),
                 *(
-                    format_value(record.metrics[m]) if m in record.metrics else "-"
+                    format_value(record.metrics[m]) if record.metrics.get(m) is not None else "-"
                     for m in metric_names
                 ),
                 record.id,

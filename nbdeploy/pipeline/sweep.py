@@ -10,7 +10,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from nbdeploy.pipeline.progress import NullProgress, Progress
 from nbdeploy.pipeline.runner import (
     Notify,
     RunOutcome,
+    RunPool,
     _ignore,
     execute_run,
     json_safe,
@@ -155,8 +156,8 @@ def run_sweep(
             warn=warn,
         )
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, parallel), thread_name_prefix="nbdeploy-sweep"
+    with RunPool(
+        records, group.id, max_workers=max(1, parallel), thread_name_prefix="nbdeploy-sweep"
     ) as pool:
         futures = {pool.submit(one, index): index for index in range(len(prepared))}
         for future in as_completed(futures):

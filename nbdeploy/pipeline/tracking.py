@@ -4,18 +4,20 @@ MLflow costs seconds to import and to open a SQLite tracking store. That work ha
 one helper process per nbdeploy process (:mod:`nbdeploy.pipeline.tracking_worker`), started
 when the first run starts, so it runs on another core while the notebook executes, and is
 shared by every run of a sweep or pipeline. Tracking never fails a run: a tracking error
-becomes a warning.
+becomes a warning. Metrics logged as missing (NaN, infinity) are left out of MLflow.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
 from typing import Any
 
@@ -128,34 +130,68 @@ class MlflowTracker:
         *,
         succeeded: bool,
         parameters: dict[str, Any],
-        metrics: list[tuple[str, float, int]],
+        metrics: list[tuple[str, float | None, int]],
         artifacts: list[Path],
         warn: Callable[[str], None],
+        status: str | None = None,
+        timeout: float | None = None,
     ) -> str | None:
-        """Log the results and close the MLflow run; returns its id (None on failure)."""
+        """Log the results and close the MLflow run with ``status`` (default FINISHED or
+        FAILED, by ``succeeded``), waiting at most ``timeout`` seconds for each reply;
+        returns its id (None on failure). Never raises: a tracking problem is a warning.
+        Metrics without a value are not sent."""
+        wait = REPLY_TIMEOUT_SECONDS if timeout is None else timeout
+        try:
+            return self._finish(succeeded, parameters, metrics, artifacts, warn, status, wait)
+        except FutureTimeoutError:
+            warn(
+                f"MLflow ({self.uri}) did not answer within {wait:g} s: the run is recorded "
+                "there in the background, without its MLflow id in nbdeploy's record"
+            )
+        except Exception as exc:
+            warn(f"the run was not recorded in MLflow ({self.uri}): {type(exc).__name__}: {exc}")
+        return None
+
+    def _finish(
+        self,
+        succeeded: bool,
+        parameters: dict[str, Any],
+        metrics: list[tuple[str, float | None, int]],
+        artifacts: list[Path],
+        warn: Callable[[str], None],
+        status: str | None,
+        wait: float,
+    ) -> str | None:
         self.start()
         assert self._started is not None
-        started = self._started.result(timeout=REPLY_TIMEOUT_SECONDS)
-        if not started.get("ok"):
-            warn(f"the run was not recorded in MLflow ({self.uri}): {started.get('error')}")
-            return None
-        mlflow_run_id = str(started["mlflow_run_id"])
+        # The helper handles requests in order: the run is named by its start request, so
+        # this need not wait for the start's answer (MLflow may still be setting up).
         finished = (
             tracking_worker()
             .request(
                 f"{self.run_id}:finish",
                 op="finish",
                 uri=self.uri,
-                mlflow_run_id=mlflow_run_id,
-                succeeded=succeeded,
+                start_id=f"{self.run_id}:start",
+                status=status or ("FINISHED" if succeeded else "FAILED"),
                 params={name: _param_text(value) for name, value in parameters.items()},
-                metrics=metrics,
+                metrics=[
+                    (name, value, step)
+                    for name, value, step in metrics
+                    if value is not None and math.isfinite(value)
+                ],
                 artifacts=[str(path) for path in artifacts if path.is_file()],
             )
-            .result(timeout=REPLY_TIMEOUT_SECONDS)
+            .result(timeout=wait)
         )
-        if not finished.get("ok"):
-            warn(f"MLflow run {mlflow_run_id} is incomplete: {finished.get('error')}")
+        if finished.get("ok"):
+            return str(finished["mlflow_run_id"])
+        started = self._started.result(timeout=wait)
+        if not started.get("ok"):
+            warn(f"the run was not recorded in MLflow ({self.uri}): {started.get('error')}")
+            return None
+        mlflow_run_id = str(started["mlflow_run_id"])
+        warn(f"MLflow run {mlflow_run_id} is incomplete: {finished.get('error')}")
         return mlflow_run_id
 
 

@@ -1,21 +1,27 @@
 """The MLflow helper process: reads JSON-line requests on stdin, answers on stdout.
 
 ``start``: get or create the experiment and create a run; ``finish``: log params, metrics
-and artifacts and close the run; ``register``: log a deployment version as a pyfunc model
+and artifacts and close the run (named by its ``start`` request, so a run can be finished
+before its start was answered); ``register``: log a deployment version as a pyfunc model
 and register it; ``alias``: point a registered model's alias at a version. It exits when
-its parent closes stdin.
+its parent closes stdin, after handling every request already sent, even when the parent
+has gone meanwhile; it ignores Ctrl-C (which reaches the whole process group), so an
+interrupted run is still closed in MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
 
 _clients: dict[str, Any] = {}
+_started: dict[str, dict[str, Any]] = {}  # the reply to each start request, by its id
 
 
 def _client(uri: str) -> Any:
@@ -50,7 +56,7 @@ def finish(request: dict[str, Any]) -> dict[str, Any]:
     from mlflow.entities import Metric, Param
 
     client = _client(request["uri"])
-    run_id = request["mlflow_run_id"]
+    run_id = request.get("mlflow_run_id") or _started_run(request["start_id"])
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -60,8 +66,18 @@ def finish(request: dict[str, Any]) -> dict[str, Any]:
     for artifact in request["artifacts"]:
         folder = "notebook" if artifact.endswith(".ipynb") else "artifacts"
         client.log_artifact(run_id, artifact, folder)
-    client.set_terminated(run_id, "FINISHED" if request["succeeded"] else "FAILED")
+    status = request.get("status") or ("FINISHED" if request.get("succeeded") else "FAILED")
+    client.set_terminated(run_id, status)
     return {"mlflow_run_id": run_id}
+
+
+def _started_run(start_id: str) -> str:
+    started = _started.get(start_id)
+    if started is None:
+        raise RuntimeError("its MLflow run was never started (the MLflow helper restarted)")
+    if not started.get("ok"):
+        raise RuntimeError(f"its MLflow run could not be created: {started.get('error')}")
+    return str(started["mlflow_run_id"])
 
 
 def register(request: dict[str, Any]) -> dict[str, Any]:
@@ -75,13 +91,13 @@ def register(request: dict[str, Any]) -> dict[str, Any]:
     directory = request["directory"]
     # MLflow imports the model's code while logging it: make this version's module the one
     # found (versions share its name).
-    sys.modules.pop("nbdeploy_function", None)
+    sys.modules.pop("nbdeploy_runtime", None)
     sys.path.insert(0, directory)
     try:
         return _log_model(mlflow, experiment_id, directory, request)
     finally:
         sys.path.remove(directory)
-        sys.modules.pop("nbdeploy_function", None)
+        sys.modules.pop("nbdeploy_runtime", None)
 
 
 def _log_model(
@@ -93,7 +109,7 @@ def _log_model(
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=f"{directory}/mlflow_model.py",
-            code_paths=[f"{directory}/nbdeploy_function.py"],
+            code_paths=request.get("code_paths") or None,
             artifacts=request["artifacts"],
             pip_requirements=request["requirements"],
             registered_model_name=request["model_name"],
@@ -108,6 +124,7 @@ def set_alias(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # jsonschema's IRI format support costs 0.7 s to import and MLflow never needs it.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     for noisy in ("mlflow", "alembic"):  # schema set-up chatter on a new store
@@ -121,9 +138,13 @@ def main() -> None:
             reply = {"id": request["id"], "ok": True, **handlers[request["op"]](request)}
         except Exception as exc:
             reply = {"id": request.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
+        if request.get("op") == "start":
+            _started[str(request.get("id"))] = reply
+        with contextlib.suppress(OSError):  # the parent is gone: still do what it asked
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+    with contextlib.suppress(OSError):
         sys.stdout.flush()
-    sys.stdout.flush()
     os._exit(0)  # MLflow's exit hooks (telemetry, finalizers) add most of a second
 
 

@@ -78,7 +78,7 @@ def save_objects(directory: Path, manifest: dict[str, Any]) -> None:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    prepared = False
+    prepare(directory)  # the notebook's classes and functions, which the objects name
     for spec in manifest["objects"]:
         try:
             bentoml.models.get(spec["tag"])
@@ -89,9 +89,6 @@ def save_objects(directory: Path, manifest: dict[str, Any]) -> None:
         if spec["kind"] != "generic":
             import importlib
 
-            if not prepared:  # the notebook's classes, for the saver to pickle by name
-                prepare(directory)
-                prepared = True
             saver = importlib.import_module(f"bentoml.{spec['kind']}")
             saver.save_model(spec["tag"], load_object(spec, path=source))  # our own file
         else:

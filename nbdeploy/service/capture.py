@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import ast
 import dis
+import functools
 import importlib.metadata as metadata
 import inspect
+import json
+import re
 import sys
 import sysconfig
 import textwrap
+import time
 import types
 import typing
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +139,7 @@ def _walk(captured: Captured, start: list[Any], cells: list[str]) -> None:
     """Follow notebook functions and classes through their globals, closures, defaults,
     wrapped functions, methods and bases; sort what they reach into objects and modules."""
     pending = list(start)
+    entry = inspect.unwrap(captured.function) if captured.function is not None else None
     visited: set[int] = set()
     while pending:
         current = pending.pop()
@@ -144,8 +150,8 @@ def _walk(captured: Captured, start: list[Any], cells: list[str]) -> None:
             if isinstance(value, types.ModuleType):
                 _use_module(captured, value.__name__)
             elif is_notebook_definition(value):
-                if value is not captured.function and name is not None:
-                    target = value.__wrapped__ if _is_lru_wrapper(value) else value
+                target = value.__wrapped__ if _is_lru_wrapper(value) else value
+                if target is not entry and value is not captured.function:
                     source = _source_or_none(target, cells)
                     if source and all(n != target.__name__ for n, _ in captured.helpers):
                         captured.helpers.append((target.__name__, source))
@@ -260,9 +266,41 @@ def local_module_path(name: str) -> Path | None:
     path = Path(file).resolve()
     if any(path.is_relative_to(root) for root in _installed_roots()):
         return None
-    if top in metadata.packages_distributions():
+    if top in installed_top_levels() or _editable_distribution_provides(top, path):
         return None  # an installed (maybe editable) distribution: a requirement instead
     return path.parent if path.name == "__init__.py" else path
+
+
+def installed_top_levels() -> Mapping[str, list[str]]:
+    """Top-level module -> distributions (``packages_distributions``, which scans every
+    installed distribution: cached for a few seconds, the length of a deploy)."""
+    return _packages_distributions(int(time.monotonic() // 30))
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions(_period: int) -> Mapping[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def _editable_distribution_provides(top: str, path: Path) -> bool:
+    """An editable install (PEP 660, as hatchling, pdm and flit make them) whose name is the
+    module's and whose project folder holds it: ``packages_distributions`` cannot see its
+    modules, since its RECORD lists only a .pth file."""
+    wanted = re.sub(r"[-_.]+", "_", top).lower()
+    for distribution in metadata.distributions():
+        name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"] or "").lower()
+        if name != wanted:
+            continue
+        try:
+            info = json.loads(distribution.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        url = str(info.get("url", ""))
+        if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
+            root = Path(urllib.parse.unquote(url[len("file://") :])).resolve()
+            if path.is_relative_to(root):
+                return True
+    return False
 
 
 def _find_local_modules(captured: Captured) -> None:

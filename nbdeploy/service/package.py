@@ -15,6 +15,7 @@ import json
 import keyword
 import re
 import shutil
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ def plan_version(
                 "name": name,
                 "kind": object_kind(value),
                 "file": f"obj{index}.pkl",
-                "attribute": f"obj{index}",
+                "attribute": f"_nbd_obj{index}",
                 "tag": f"nbd-{options.name}-obj{index}:{object_hash[:16]}",
             }
         )
@@ -190,6 +191,10 @@ def plan_version(
     for name in sorted(hashes):
         digest.update(f"object {name} {hashes[name]}\n".encode())
     signature: dict[str, Any] = {}
+    # Only classes and functions met inside the objects are put on __main__ for the
+    # framework savers; the entry function carries its own definitions by value.
+    definitions = reached.definitions
+    reached = serialize.Reached(modules=set(reached.modules))
     if captured.kind == "function":
         references = {id(value): name for name, value in captured.objects.items()}
         function_hash = serialize.content_hash(
@@ -215,7 +220,7 @@ def plan_version(
         source_label=source_label,
         object_specs=specs,
         object_hashes=hashes,
-        definitions=reached.definitions,
+        definitions=definitions,
         rendered={},
         signature=signature,
     )
@@ -251,10 +256,15 @@ def _signature_payload(captured: Captured) -> dict[str, Any]:
     annotations: dict[str, Any] = {}
     defaults: dict[str, Any] = {}
     for name, parameter in signature.parameters.items():
-        if not name.isidentifier() or keyword.iskeyword(name) or name == "self":
+        if (
+            not name.isidentifier()
+            or keyword.iskeyword(name)
+            or name == "self"
+            or name.startswith("_nbd")
+        ):
             raise ServiceDefinitionError(
                 f"parameter {name!r} of {captured.name} cannot be a request field",
-                "rename it (not `self`)",
+                "rename it (not `self`, and not starting with `_nbd`: nbdeploy's own names)",
             )
         annotations[name] = hints.get(name, Any)
         if parameter.default is not inspect.Parameter.empty:
@@ -326,7 +336,7 @@ def _display_source(plan: VersionPlan) -> str:
     lines = [
         f"# The notebook code of {plan.options.name!r}, for reading: the service runs the",
         "# function pickled by value (function.pkl), exactly as it was in the kernel.",
-        f"# Source: {plan.source_label}",
+        f"# Source: {json.dumps(plan.source_label)}",
         "",
     ]
     if captured.kind == "model":
@@ -390,11 +400,17 @@ def write_version(plan: VersionPlan, directory: Path) -> None:
         shutil.rmtree(directory)
     (directory / "objects").mkdir(parents=True)
     captured = plan.captured
+    functions = {
+        id(value)
+        for value in plan.definitions.values()
+        if isinstance(value, types.FunctionType) or serialize._is_lru_wrapper(value)
+    }
     for spec in plan.object_specs:
         serialize.save(
             captured.objects[spec["name"]],
             directory / "objects" / spec["file"],
             label=f"the variable {spec['name']!r}",
+            by_name=functions,
         )
     serialize.save(plan.definitions, directory / runtime.DEFINITIONS, label="notebook classes")
     if captured.kind == "function":

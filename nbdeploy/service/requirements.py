@@ -37,7 +37,9 @@ class Requirements:
 
 def pin_requirements(modules: Iterable[str], extra: Iterable[str] = ()) -> Requirements:
     """Pin the distributions that provide ``modules``; add validated ``extra`` requirements."""
-    providers = metadata.packages_distributions()
+    from nbdeploy.service.capture import installed_top_levels
+
+    providers = installed_top_levels()
     pins: dict[str, str] = {}
     unresolved: list[str] = []
     for module in sorted(set(modules)):

@@ -13,7 +13,6 @@ modules) and ``manifest.json``. Pickles are only ever read from nbdeploy's own s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import math
@@ -201,7 +200,7 @@ def record_model(columns: list[dict[str, Any]], extra: str = "refuse") -> Any:
 
 def records_to_frame(records: Sequence[Any], columns: list[dict[str, Any]]) -> Any:
     """Validated records (pydantic models or dicts) as a DataFrame with exactly the
-    reference's columns, in its order, with its dtypes."""
+    reference's columns: its labels, in its order, with its dtypes."""
     import pandas as pd
 
     names = [column["name"] for column in columns]
@@ -211,23 +210,38 @@ def records_to_frame(records: Sequence[Any], columns: list[dict[str, Any]]) -> A
     ]
     frame = pd.DataFrame.from_records(rows, columns=names)
     for column in columns:
-        name, kind = column["name"], column["kind"]
+        name, kind, dtype = column["name"], column["kind"], column.get("dtype")
         values = frame[name]
-        if kind == "number":
-            frame[name] = pd.to_numeric(values, errors="coerce").astype("float64")
-        elif kind == "integer":
+        if kind in ("number", "integer"):
             numbers = pd.to_numeric(values, errors="coerce")
-            frame[name] = numbers.astype("int64") if not numbers.isna().any() else numbers
+            if kind == "integer" and numbers.isna().any():
+                dtype = "float64"  # a missing value in an integer column
+            frame[name] = _as_dtype(numbers, dtype or "float64")
         elif kind == "boolean":
             frame[name] = values.astype("bool") if not values.isna().any() else values
         elif kind == "category":
-            frame[name] = pd.Categorical(values, categories=column.get("categories") or None)
+            frame[name] = pd.Categorical(
+                values,
+                categories=column.get("categories") or None,
+                ordered=bool(column.get("ordered")),
+            )
         elif kind == "datetime":
-            frame[name] = pd.to_datetime(values)
-        elif column.get("dtype"):
-            with contextlib.suppress(TypeError, ValueError):
-                frame[name] = values.astype(column["dtype"])
+            frame[name] = _as_dtype(pd.to_datetime(values), dtype)
+        elif dtype:
+            frame[name] = _as_dtype(values, dtype)
+    labels = [column.get("label", column["name"]) for column in columns]
+    if labels != names:
+        frame.columns = labels  # e.g. the integer labels of pd.DataFrame(array)
     return frame
+
+
+def _as_dtype(values: Any, dtype: str | None) -> Any:
+    if not dtype:
+        return values
+    try:
+        return values.astype(dtype)
+    except (TypeError, ValueError):
+        return values
 
 
 def to_jsonable(value: Any) -> Any:

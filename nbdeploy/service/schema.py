@@ -46,10 +46,13 @@ def column_kind(series: Any) -> dict[str, Any]:
     import pandas as pd
 
     dtype = series.dtype
-    described: dict[str, Any] = {"name": str(series.name), "dtype": str(dtype)}
+    label = series.name
+    described: dict[str, Any] = {"name": str(label), "dtype": str(dtype)}
+    if not isinstance(label, str):
+        described["label"] = label.item() if hasattr(label, "item") else label
     if isinstance(dtype, pd.CategoricalDtype):
         categories = [c.item() if hasattr(c, "item") else c for c in dtype.categories]
-        described.update(kind="category", categories=categories)
+        described.update(kind="category", categories=categories, ordered=bool(dtype.ordered))
     elif pd.api.types.is_bool_dtype(dtype):
         described["kind"] = "boolean"
     elif pd.api.types.is_integer_dtype(dtype):

@@ -126,12 +126,14 @@ class _Pickler(cloudpickle.Pickler):
         references: dict[int, str] | None = None,
         stable: bool = False,
         buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+        by_name: set[int] | None = None,
     ) -> None:
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
         self.label = label
         self.reached = reached
         self.references = references or {}
         self.stable = stable
+        self.by_name = by_name or set()
 
     def persistent_id(self, obj: Any) -> Any:
         name = self.references.get(id(obj))
@@ -146,6 +148,11 @@ class _Pickler(cloudpickle.Pickler):
                 "it cannot be copied into a service",
                 advice,
             )
+        if id(obj) in self.by_name:
+            # A notebook function inside an object (FunctionTransformer(func=...)): named as
+            # __main__.NAME, the one the version's definitions put there, so that framework
+            # savers, which pickle functions by name, find the very same object.
+            return NotImplemented
         if isinstance(obj, types.ModuleType):
             self.reached.modules.add(obj.__name__.split(".")[0])
         elif isinstance(obj, type | types.FunctionType) or _is_lru_wrapper(obj):
@@ -158,7 +165,7 @@ class _Pickler(cloudpickle.Pickler):
             )
         if self.stable and isinstance(obj, types.CodeType):
             # A cell's code is compiled from a file named after the kernel's process.
-            obj = obj.replace(co_filename="<notebook>")
+            obj = obj.replace(co_filename="<notebook>", co_consts=_ordered(obj.co_consts))
             return _code_reduce(obj)
         reduced = super().reducer_override(obj)
         if self.stable and isinstance(obj, type) and isinstance(reduced, tuple):
@@ -179,6 +186,15 @@ def _code_reduce(code: types.CodeType) -> Any:
     from cloudpickle import cloudpickle as implementation
 
     return implementation._code_reduce(code)
+
+
+def _ordered(constants: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Code constants with frozensets (``x in {"a", "b"}``) in a fixed order: a set of
+    strings iterates in an order that changes with each process's hash seed."""
+    return tuple(
+        ("<frozenset>", *sorted(map(repr, c))) if isinstance(c, frozenset) else c
+        for c in constants
+    )
 
 
 def _without_tracker_id(klass: type, reduced: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -231,10 +247,18 @@ def save(
     label: str,
     reached: Reached | None = None,
     references: dict[int, str] | None = None,
+    by_name: set[int] | None = None,
 ) -> None:
-    """Pickle ``value`` into ``path`` by value, streamed (large buffers are not copied)."""
+    """Pickle ``value`` into ``path`` by value, streamed (large buffers are not copied);
+    the functions in ``by_name`` are pickled by name instead."""
     with open(path, "wb") as handle:
-        pickler = _Pickler(handle, label=label, reached=reached or Reached(), references=references)
+        pickler = _Pickler(
+            handle,
+            label=label,
+            reached=reached or Reached(),
+            references=references,
+            by_name=by_name,
+        )
         _dump(pickler, value, label)
 
 

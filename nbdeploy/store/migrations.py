@@ -134,6 +134,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX servers_by_deployment ON servers(deployment, status)",
         ),
     ),
+    Migration(
+        4,
+        "runs remember the process running them (pid, its creation time and host), so a run "
+        "whose process is gone is no longer shown running; a metric value may be missing "
+        "(a NaN or an infinity was logged)",
+        (
+            "ALTER TABLE runs ADD COLUMN pid INTEGER",
+            "ALTER TABLE runs ADD COLUMN pid_create_time REAL",
+            "ALTER TABLE runs ADD COLUMN host TEXT",
+            "CREATE INDEX runs_by_status ON runs(status)",
+            # SQLite cannot drop a NOT NULL constraint: copy the table (rowids in order: the
+            # last value logged among equal steps is the metric's value).
+            """CREATE TABLE run_metrics_v4 (
+                run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                value REAL,
+                step INTEGER NOT NULL DEFAULT 0,
+                logged_at REAL NOT NULL
+            )""",
+            "INSERT INTO run_metrics_v4 (run_id, name, value, step, logged_at) "
+            "SELECT run_id, name, value, step, logged_at FROM run_metrics ORDER BY rowid",
+            "DROP TABLE run_metrics",
+            "ALTER TABLE run_metrics_v4 RENAME TO run_metrics",
+            "CREATE INDEX run_metrics_by_run ON run_metrics(run_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -2,12 +2,21 @@
 
 Sweeps and pipelines are *groups* of runs. A pipeline step's ``fingerprint`` (notebook
 source, parameters, upstream outputs) is what the step cache looks up.
+
+A run records the process that runs it (pid, the process's creation time, host). When runs
+are read, a run still marked running whose process is gone (killed, crashed, or its pid now
+belongs to another process) is settled as interrupted and saved, so no run stays "running"
+forever. A metric logged as NaN or infinity is stored as missing (NULL).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import secrets
+import socket
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,6 +25,71 @@ from nbdeploy.errors import RunNotFoundError
 from nbdeploy.store import StateStore
 
 RUNNING, SUCCEEDED, FAILED, CACHED = "running", "succeeded", "failed", "cached"
+INTERRUPTED = "interrupted"
+GONE_MESSAGE = "the process running it is gone"
+# Creation times are derived from the boot time, which moves by whole seconds when the
+# clock is corrected: allow some slack (a pid is not reused within seconds of its start).
+START_TOLERANCE_S = 5.0
+
+Metric = tuple[str, float | None, int]  # name, value (None: missing), step
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process running a run: pid, creation time (psutil) and host name."""
+
+    pid: int
+    create_time: float | None
+    host: str
+
+
+_owners: dict[int, Owner] = {}
+
+
+def current_owner() -> Owner:
+    """This process, as recorded in the runs it starts."""
+    pid = os.getpid()  # looked up per pid: a forked child is another owner
+    if pid not in _owners:
+        import psutil
+
+        try:
+            create_time: float | None = psutil.Process(pid).create_time()
+        except psutil.Error:
+            create_time = None
+        _owners[pid] = Owner(pid, create_time, socket.gethostname())
+    return _owners[pid]
+
+
+def owner_is_gone(pid: int | None, create_time: float | None, host: str | None) -> bool:
+    """True when the process that ran a run has exited (a zombie counts as exited) or its
+    pid now belongs to another process. False when it cannot be told: no pid recorded,
+    another host, or a process we may not inspect."""
+    if pid is None or (host and host != socket.gethostname()):
+        return False
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        if create_time is not None:
+            return abs(process.create_time() - create_time) > START_TOLERANCE_S
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return True
+    except psutil.Error:  # AccessDenied: not ours to judge
+        return False
+    return False
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A metric value as stored: a finite float, or None for NaN, infinities and non-numbers."""
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def new_id() -> str:
@@ -40,9 +114,12 @@ class RunRecord:
     step: str | None = None
     fingerprint: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
     logged_params: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
+    pid: int | None = None
+    pid_create_time: float | None = None
+    host: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -86,8 +163,11 @@ class RunStore:
         fingerprint: str | None = None,
         status: str = RUNNING,
         run_id: str | None = None,
+        owner: Owner | None = None,
     ) -> RunRecord:
+        """Record a new run, owned by ``owner`` (default: this process)."""
         now = time.time()
+        owner = owner or current_owner()
         record = RunRecord(
             id=run_id or new_id(),
             notebook=notebook,
@@ -100,12 +180,15 @@ class RunStore:
             group_id=group_id,
             step=step,
             fingerprint=fingerprint,
+            pid=owner.pid,
+            pid_create_time=owner.create_time,
+            host=owner.host,
         )
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (id, notebook, parameters, status, kernel, output_path, "
-                "created_at, started_at, group_id, step, fingerprint) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, started_at, group_id, step, fingerprint, pid, pid_create_time, "
+                "host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     notebook,
@@ -118,6 +201,9 @@ class RunStore:
                     group_id,
                     step,
                     fingerprint,
+                    owner.pid,
+                    owner.create_time,
+                    owner.host,
                 ),
             )
         return record
@@ -128,13 +214,14 @@ class RunStore:
         status: str,
         *,
         error: dict[str, Any] | None = None,
-        metrics: list[tuple[str, float, int]] | None = None,
+        metrics: list[Metric] | None = None,
         logged_params: dict[str, Any] | None = None,
         artifacts: list[str] | None = None,
         outputs: dict[str, Any] | None = None,
         kernel: str | None = None,
     ) -> None:
-        """Record a run's end and everything it logged, in one transaction."""
+        """Record a run's end and everything it logged, in one transaction. A metric value
+        that is not a finite number is stored as missing (NULL)."""
         now = time.time()
         with self.store.transaction() as conn:
             conn.execute(
@@ -152,7 +239,10 @@ class RunStore:
             conn.executemany(
                 "INSERT INTO run_metrics (run_id, name, value, step, logged_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(run_id, name, value, step, now) for name, value, step in metrics or []],
+                [
+                    (run_id, name, finite_or_none(value), step, now)
+                    for name, value, step in metrics or []
+                ],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO run_params (run_id, name, value) VALUES (?, ?, ?)",
@@ -162,6 +252,24 @@ class RunStore:
                 "INSERT OR IGNORE INTO run_artifacts (run_id, path) VALUES (?, ?)",
                 [(run_id, path) for path in artifacts or []],
             )
+
+    def end_if_running(
+        self,
+        run_id: str,
+        status: str,
+        error: dict[str, Any],
+        *,
+        finished_at: float | None = None,
+    ) -> bool:
+        """End a run that stopped abruptly (interrupted, or its runner failed), unless it
+        has already ended; True if it was still running. ``finished_at`` None: unknown."""
+        with self.store.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ? "
+                "WHERE id = ? AND status = ?",
+                (status, _dumps(error), finished_at, run_id, RUNNING),
+            )
+            return cursor.rowcount > 0
 
     def set_mlflow_run(self, run_id: str, mlflow_run_id: str) -> None:
         with self.store.transaction() as conn:
@@ -205,7 +313,7 @@ class RunStore:
             raise RunNotFoundError(
                 f"the id prefix {run_id!r} matches several runs", "give more characters of the id"
             )
-        return self._hydrate([rows[0]])[0]
+        return self._settle(self._hydrate([rows[0]]))[0]
 
     def recent(self, limit: int = 50, group_id: str | None = None) -> list[RunRecord]:
         conn = self.store.connection()
@@ -217,7 +325,33 @@ class RunStore:
             rows = conn.execute(
                 "SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
             ).fetchall()
-        return self._hydrate(rows)
+        return self._settle(self._hydrate(rows))
+
+    def _settle(self, records: list[RunRecord]) -> list[RunRecord]:
+        """Settle runs shown running whose process is gone as interrupted (and save that)."""
+        settled = []
+        for record in records:
+            if record.status == RUNNING and owner_is_gone(
+                record.pid, record.pid_create_time, record.host
+            ):
+                error = {
+                    "kind": INTERRUPTED,
+                    "message": f"{GONE_MESSAGE} (pid {record.pid}: killed or crashed); "
+                    "the output notebook has what was saved until then",
+                }
+                try:
+                    self.end_if_running(record.id, INTERRUPTED, error)
+                except sqlite3.Error:  # a read-only store: show it settled all the same
+                    record.status, record.error = INTERRUPTED, error
+                else:  # read it back: another process may have settled it first
+                    row = (
+                        self.store.connection()
+                        .execute("SELECT * FROM runs WHERE id = ?", (record.id,))
+                        .fetchone()
+                    )
+                    record = self._hydrate([row])[0]
+            settled.append(record)
+        return settled
 
     def latest_success(self, fingerprint: str) -> RunRecord | None:
         """The newest successful run with this fingerprint (the step cache)."""
@@ -238,7 +372,7 @@ class RunStore:
         conn = self.store.connection()
         ids = [row["id"] for row in rows]
         marks = ",".join("?" * len(ids))
-        metrics: dict[str, dict[str, float]] = {run_id: {} for run_id in ids}
+        metrics: dict[str, dict[str, float | None]] = {run_id: {} for run_id in ids}
         # A run's value for a metric is the one logged at the highest step, the last one
         # logged among equal steps (as MLflow shows a metric's latest value).
         for m in conn.execute(
@@ -280,6 +414,9 @@ class RunStore:
                     metrics=metrics[row["id"]],
                     logged_params=params[row["id"]],
                     artifacts=artifacts[row["id"]],
+                    pid=row["pid"] if "pid" in keys else None,
+                    pid_create_time=row["pid_create_time"] if "pid" in keys else None,
+                    host=row["host"] if "pid" in keys else None,
                 )
             )
         return records
