@@ -18,7 +18,7 @@ DEMO_HOME := $(CURDIR)/.demo/home
 help:
 	@echo "make demo   set up .venv; run the example pipeline, deploy its model, serve requests"
 	@echo "make test   set up .venv with test tools and run lint, types and the whole test suite"
-	@echo "make bench  run the benchmarks in quick mode"
+	@echo "make bench  run the benchmarks in quick mode (installs wrk when run as root)"
 
 install: $(STAMP)
 
@@ -66,8 +66,21 @@ unit: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest
 
+# bench/serve.py loads servers with wrk: Debian's package, installed here when running as
+# root; otherwise the message names the command to run.
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing wrk (Debian package) for bench/serve.py"; \
+	    apt-get update -qq && apt-get install -y -qq wrk; \
+	  else \
+	    echo "make bench: bench/serve.py needs wrk; install it (Debian/Ubuntu: sudo apt-get install wrk) and run make bench again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 	$(BIN)/python bench/pipeline.py --quick
+	$(BIN)/python bench/serve.py --quick
+	$(BIN)/python bench/capture.py --quick
 
 clean:
 	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data

@@ -192,8 +192,7 @@ def _ordered(constants: tuple[Any, ...]) -> tuple[Any, ...]:
     """Code constants with frozensets (``x in {"a", "b"}``) in a fixed order: a set of
     strings iterates in an order that changes with each process's hash seed."""
     return tuple(
-        ("<frozenset>", *sorted(map(repr, c))) if isinstance(c, frozenset) else c
-        for c in constants
+        ("<frozenset>", *sorted(map(repr, c))) if isinstance(c, frozenset) else c for c in constants
     )
 
 
