@@ -275,7 +275,8 @@ def test_parse_misc_forms(tmp_path: Path) -> None:
     nb = notebook_with_parameters(tmp_path, source)
     declared = {p.name: p for p in parse_parameters(nb)}
     assert list(declared) == ["path", "text", "bare", "custom", "size", "note"]
-    assert declared["path"].type_name == "str"
+    assert declared["path"].type_name == "Path"
+    assert declared["path"].type.kind == "path"
     assert declared["path"].help == "input file"
     assert declared["text"].type_name == "list[int]"
     assert declared["bare"].type_name == "int"
@@ -721,3 +722,130 @@ def test_dates_datetimes_and_tuples_evaluate_back(translator: Any, value: Any) -
     assert type(result) is type(value)
     if isinstance(value, dt.datetime):
         assert result.tzinfo == value.tzinfo
+
+
+# -- dictionary keys and paths ------------------------------------------------------------
+KEYED_PARAMETERS = """\
+from pathlib import Path
+import datetime
+weights: dict[int, float] = {1: 0.5}
+nested: dict[str, dict[int, list[float]]] = {}
+by_day: dict[datetime.date, int] = {}
+by_pair: dict[tuple[int, int], str] = {}
+either: dict[int | str, int] = {}
+data: Path = "data.csv"
+out: Path | None = None
+"""
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Notebook:
+    return notebook_with_parameters(tmp_path, KEYED_PARAMETERS)
+
+
+def test_text_dict_keys_are_converted_to_the_declared_key_type(keyed: Notebook) -> None:
+    weights = resolve_text(keyed, weights='{"1": 0.5, "2": 1}')["weights"]
+    assert weights == {1: 0.5, 2: 1.0}
+    assert [type(k) for k in weights] == [int, int]
+    assert [type(v) for v in weights.values()] == [float, float]
+    nested = resolve_text(keyed, nested='{"a": {"2": [1, 2.5]}}')["nested"]
+    assert nested == {"a": {2: [1.0, 2.5]}}
+    assert list(nested["a"]) == [2]
+    assert type(next(iter(nested["a"]))) is int
+    assert resolve_text(keyed, by_day='{"2024-02-29": 3}')["by_day"] == {dt.date(2024, 2, 29): 3}
+    assert resolve_text(keyed, by_pair='{"1,2": "x"}')["by_pair"] == {(1, 2): "x"}
+    # A key type that takes text keeps text keys as they are.
+    assert resolve_text(keyed, either='{"1": 1, "b": 2}')["either"] == {"1": 1, "b": 2}
+
+
+def test_typed_dict_keys_from_yaml_are_converted_too(keyed: Notebook) -> None:
+    assert resolve_typed(keyed, weights={"3": 1}) == {"weights": {3: 1.0}}
+    assert list(resolve_typed(keyed, weights={"3": 1})["weights"]) == [3]
+    assert resolve_typed(keyed, weights={4: 2.0}) == {"weights": {4: 2.0}}
+
+
+def test_bad_dict_keys_name_the_parameter_and_type(keyed: Notebook) -> None:
+    with pytest.raises(ParameterError) as info:
+        resolve_text(keyed, weights='{"one": 0.5}')
+    assert info.value.message == (
+        "parameter 'weights' of train.ipynb expects dict[int, float], got {\"one\": 0.5}"
+    )
+    with pytest.raises(ParameterError, match=r"expects dict\[int, float\], got \{True: 1\}"):
+        resolve_typed(keyed, weights={True: 1})
+
+
+def test_path_parameters_become_path_objects(keyed: Notebook) -> None:
+    declared = {p.name: p for p in parse_parameters(keyed)}
+    assert declared["data"].type_name == "Path"
+    assert declared["out"].type_name == "Path | None"
+    text = resolve_text(keyed, data="in/my file.csv", out="results")
+    assert text == {"data": Path("in/my file.csv"), "out": Path("results")}
+    assert isinstance(text["data"], Path)
+    assert isinstance(text["out"], Path)
+    assert resolve_text(keyed, out="none") == {"out": None}
+    typed = resolve_typed(keyed, data="x.csv", out=Path("y"))
+    assert typed == {"data": Path("x.csv"), "out": Path("y")}
+    assert all(isinstance(v, Path) for v in typed.values())
+    with pytest.raises(ParameterError, match=r"expects Path, got 5 \(int\)"):
+        resolve_typed(keyed, data=5)
+    with pytest.raises(ParameterError) as info:
+        resolve_text(keyed, data="")
+    assert info.value.hint == "e.g. -p data data.csv"
+
+
+def test_path_and_keyed_values_are_json_safe_for_the_store() -> None:
+    from nbdeploy.notebook.parameters import json_safe
+
+    value = {"p": Path("a/b"), "d": {1: 0.5, (1, 2): [Path("c")], dt.date(2024, 1, 2): 1}}
+    safe = json_safe(value)
+    assert json.loads(json.dumps(safe)) == {
+        "p": "a/b",
+        "d": {"1": 0.5, "(1, 2)": ["c"], "2024-01-02": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Path("data/in.csv"),
+        Path("/abs/with space/and'quote\"s\\"),
+        {1: 0.5, 2: 1.5},
+        {(1, 2): "pair", 3.5: None, True: [1], None: "none"},
+        {dt.date(2024, 1, 2): {7: Path("x")}},
+        [{1: {2: (3, Path("y"))}}],
+    ],
+)
+def test_paths_and_typed_dict_keys_evaluate_back(translator: Any, value: Any) -> None:
+    rendered = translator.translate(value)
+    result = eval(rendered, {"__builtins__": {"__import__": __import__}})
+    assert result == value
+
+    def shape(item: Any) -> Any:  # types all the way down, dictionary keys included
+        if isinstance(item, dict):
+            return [(shape(k), shape(v)) for k, v in item.items()]
+        if isinstance(item, list | tuple):
+            return (type(item), [shape(i) for i in item])
+        return type(item)
+
+    assert shape(result) == shape(value)
+
+
+@pytest.mark.parametrize("value", [text for text in HOSTILE_STRINGS if text])
+def test_path_rendering_is_injection_safe(translator: Any, value: str) -> None:
+    rendered = translator.translate(Path(value))
+    tree = ast.parse(rendered, mode="eval")
+    call = tree.body
+    assert isinstance(call, ast.Call)
+    assert ast.unparse(call.func) == "__import__('pathlib').Path"
+    assert len(call.args) == 1
+    assert isinstance(call.args[0], ast.Constant)
+    assert call.args[0].value == str(Path(value))
+
+
+def test_codify_with_a_path_binds_no_other_name(translator: Any) -> None:
+    code = translator.codify({"data": Path("x.csv"), "w": {1: 0.5}}, comment="injected")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "<injected>", "exec"), namespace)
+    assert set(namespace) - {"__builtins__"} == {"data", "w"}
+    assert namespace["data"] == Path("x.csv")
+    assert list(namespace["w"]) == [1]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from nbdeploy.store import StateStore
@@ -299,3 +305,341 @@ def test_cli_help_is_fast_and_imports_nothing_heavy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out.replace("'", '"')) == []
+
+
+def test_path_and_typed_dict_key_parameters_arrive_with_their_types(make_notebook, cli, tmp_path):
+    nb = make_notebook(
+        "paths.ipynb",
+        [
+            "from pathlib import Path\npathlib = 'a user variable'\nPathAlias = Path",
+            (
+                "data: Path = 'in.csv'  # input\n"
+                "weights: dict[int, float] = {}  # per class\n"
+                "nested: dict[str, dict[int, list[float]]] = {}\n"
+                "pair_keys: dict[tuple[int, int], str] = {}",
+                ["parameters"],
+            ),
+            "assert isinstance(data, Path), type(data)\n"
+            "assert data == Path('folder/my data.csv')\n"
+            "assert list(weights) == [1, 2], weights\n"
+            "assert weights == {1: 0.5, 2: 2.0}\n"
+            "assert list(nested['a']) == [3] and nested['a'][3] == [1.0]\n"
+            "assert pair_keys == {(1, 2): 'x'}\n"
+            "assert pathlib == 'a user variable' and Path is PathAlias\n"
+            "import nbdeploy\n"
+            "nbdeploy.log_param('is_path', isinstance(data, Path))",
+        ],
+    )
+    result = cli(
+        "run",
+        str(nb),
+        "--no-mlflow",
+        "--json",
+        "-p",
+        "data",
+        "folder/my data.csv",
+        "-p",
+        "weights",
+        '{"1": 0.5, "2": 2}',
+        "-p",
+        "nested",
+        '{"a": {"3": [1]}}',
+        "-p",
+        "pair_keys",
+        '{"1,2": "x"}',
+    )
+    assert result.code == 0, result
+    assert result.json["status"] == "succeeded"
+    assert result.json["logged_params"] == {"is_path": True}
+    assert result.json["parameters"]["data"] == "folder/my data.csv"
+    assert result.json["parameters"]["weights"] == {"1": 0.5, "2": 2.0}
+    output = nbformat.read(result.json["output_path"], as_version=4)
+    assert output.metadata["papermill"]["parameters"]["data"] == "folder/my data.csv"
+
+
+# -- runs that do not end normally ---------------------------------------------------------
+SLOW_CELLS = [
+    "import nbdeploy\nnbdeploy.log_metric('early', 1.0)\nprint('first cell done')",
+    "import pathlib, time\npathlib.Path('second-cell-started').touch()\ntime.sleep(120)",
+    "print('never')",
+]
+
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """``nbdeploy ARGS`` in a session of its own (a terminal's Ctrl-C reaches the whole
+    foreground process group), with SIGINT handled even if this test runner ignores it."""
+    return subprocess.Popen(
+        [str(VENV_BIN / "nbdeploy"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_for_second_cell(home: Path, notebook: Path, process: subprocess.Popen[str]) -> str:
+    """The id of the run once it is recorded and its second cell is running."""
+    marker = notebook.parent / "second-cell-started"  # the kernel runs in the notebook's folder
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached its second cell"
+        time.sleep(0.1)
+    [record] = store_runs(home)
+    assert record.status == "running"
+    return record.id
+
+
+def processes_of_run(run_id: str) -> list[psutil.Process]:
+    """Processes (the kernel) started for a run: their environment names it."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get("NBDEPLOY_RUN_ID") == run_id:
+                found.append(process)
+    return found
+
+
+def mlflow_helpers(home: Path) -> list[psutil.Process]:
+    """MLflow helper processes of nbdeploy commands using ``home``."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if "nbdeploy.pipeline.tracking_worker" in process.cmdline() and (
+                process.environ().get("NBDEPLOY_HOME") == str(home)
+            ):
+                found.append(process)
+    return found
+
+
+def test_ctrl_c_ends_the_run_as_interrupted_and_keeps_the_partial_output(make_notebook, cli, home):
+    from mlflow.tracking import MlflowClient
+
+    nb = make_notebook("slow.ipynb", SLOW_CELLS)
+    process = start_cli("run", str(nb))
+    run_id = wait_for_second_cell(home, nb, process)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == "nbdeploy: error: interrupted"
+
+    [record] = store_runs(home)
+    assert (record.id, record.status) == (run_id, "interrupted")
+    assert record.finished_at is not None
+    assert record.error["kind"] == "interrupted"
+    assert record.error["message"] == (
+        "slow.ipynb, cell 2 (import pathlib, time): interrupted (Ctrl-C) while this cell was "
+        "running"
+    )
+    assert record.metrics == {"early": 1.0}  # what it logged before Ctrl-C is kept
+    output = nbformat.read(record.output_path, as_version=4)  # the partial output
+    assert output.cells[0].outputs[0]["text"] == "first cell done\n"
+    assert [o.get("ename") for o in output.cells[1].outputs] == ["KeyboardInterrupt"]
+    assert output.cells[1].metadata["papermill"]["status"] == "failed"
+    assert output.cells[2].outputs == []
+    shown = cli("runs", run_id, "--json")
+    assert shown.code == 0 and shown.json["status"] == "interrupted"
+    # The kernel does not outlive the interrupted run; the MLflow helper ignores the Ctrl-C
+    # sent to the group, closes the run as KILLED (even if nbdeploy stopped waiting for it)
+    # and exits.
+    deadline = time.monotonic() + 90
+    while processes_of_run(run_id) or mlflow_helpers(home):
+        assert time.monotonic() < deadline, (processes_of_run(run_id), mlflow_helpers(home))
+        time.sleep(0.2)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    [mlflow_run] = client.search_runs(
+        [client.get_experiment_by_name("slow").experiment_id],
+        filter_string=f"tags.`nbdeploy.run_id` = '{run_id}'",
+    )
+    assert mlflow_run.info.status == "KILLED"
+    assert mlflow_run.data.metrics == {"early": 1.0}
+    assert record.mlflow_run_id in (None, mlflow_run.info.run_id)
+
+
+def test_a_killed_run_is_shown_interrupted_not_running(make_notebook, cli, home):
+    nb = make_notebook("slow.ipynb", SLOW_CELLS)
+    process = start_cli("run", str(nb), "--no-mlflow")
+    run_id = wait_for_second_cell(home, nb, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    listed = cli("runs", "--json")
+    assert listed.code == 0, listed
+    [run] = listed.json
+    assert run["id"] == run_id
+    assert run["status"] == "interrupted"
+    assert "the process running it is gone" in run["error"]["message"]
+    assert run["pid"] == process.pid
+    assert Path(run["output_path"]).is_file()
+    # Saved in the store, and shown the same way everywhere.
+    [record] = store_runs(home)
+    assert record.status == "interrupted"
+    shown = cli("runs", run_id)
+    assert "status     interrupted" in shown.out
+    assert "the process running it is gone" in shown.out
+    # Its kernel notices that its parent is gone and exits.
+    deadline = time.monotonic() + 30
+    while processes_of_run(run_id):
+        assert time.monotonic() < deadline, processes_of_run(run_id)
+        time.sleep(0.2)
+
+
+# -- metrics that are not numbers ------------------------------------------------------------
+def test_nan_and_infinite_metrics_are_recorded_as_missing_with_a_warning(make_notebook, cli, home):
+    from mlflow.tracking import MlflowClient
+
+    nb = make_notebook(
+        "nan.ipynb",
+        [
+            "import nbdeploy\n"
+            "nbdeploy.log_metric('accuracy', 0.75)\n"
+            "nbdeploy.log_metric('loss', float('nan'))\n"
+            "nbdeploy.log_metric('gain', float('inf'))\n"
+            "nbdeploy.log_metric('drop', -float('inf'))\n"
+            "nbdeploy.log_param('after', 'the cell went on')",
+        ],
+    )
+    result = cli("run", str(nb), "--json")
+    assert result.code == 0, result
+    run = result.json
+    assert run["status"] == "succeeded"
+    assert run["metrics"] == {"accuracy": 0.75, "loss": None, "gain": None, "drop": None}
+    assert run["logged_params"] == {"after": "the cell went on"}
+    warnings = [line for line in result.err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"nbdeploy: warning: nan.ipynb: metric {name!r} was logged as {value}, "
+        "not a finite number: recorded as missing"
+        for name, value in (("loss", "nan"), ("gain", "inf"), ("drop", "-inf"))
+    ]
+    shown = cli("runs", run["id"], "--json")
+    assert shown.code == 0
+    assert json.loads(shown.out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))[
+        "metrics"
+    ] == {"accuracy": 0.75, "loss": None, "gain": None, "drop": None}
+    listing = cli("runs")
+    assert "accuracy=0.75, drop=-, gain=-, loss=-" in listing.out
+    # MLflow gets the numbers, and the run is complete there.
+    mlflow_run = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").get_run(
+        run["mlflow_run_id"]
+    )
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.metrics == {"accuracy": 0.75}
+    # The notebook itself shows a one-line warning where the metric was logged.
+    output = nbformat.read(run["output_path"], as_version=4)
+    stderr = "".join(o["text"] for o in output.cells[0].outputs if o.get("name") == "stderr")
+    assert stderr.splitlines() == [
+        "nbdeploy: warning: metric 'loss' is nan, not a finite number: recorded as missing",
+        "nbdeploy: warning: metric 'gain' is inf, not a finite number: recorded as missing",
+        "nbdeploy: warning: metric 'drop' is -inf, not a finite number: recorded as missing",
+    ]
+
+
+def test_results_with_missing_or_malformed_metric_lines_are_read(tmp_path, monkeypatch, capsys):
+    from nbdeploy.pipeline import context
+
+    monkeypatch.setenv(context.RUN_DIR_ENV, str(tmp_path))
+    context.log_metric("ok", 2)
+    context.log_metric("bad", float("nan"), step=3)
+    assert "metric 'bad' is nan" in capsys.readouterr().err
+    with open(tmp_path / context.RESULTS_FILE, "a", encoding="utf-8") as results:
+        results.write('{"kind": "metric", "name": "legacy", "value": NaN, "step": 0}\n')
+        results.write('{"kind": "metric", "name": "text", "value": "abc"}\n')
+        results.write('{"kind": "metric", "value": 1}\n')  # no name: skipped
+        results.write('{"kind": "metric", "name": "cut", "val')  # a line cut short
+    logged = context.read_results(tmp_path)
+    assert logged["metrics"] == [
+        ("ok", 2.0, 0),
+        ("bad", None, 3),
+        ("legacy", None, 0),
+        ("text", None, 0),
+    ]
+    assert logged["missing"] == {"bad": "nan", "legacy": "nan", "text": "abc"}
+
+
+def test_ctrl_c_stops_a_sweep_and_its_running_runs_end_interrupted(make_notebook, home):
+    nb = make_notebook(
+        "sweep.ipynb",
+        [
+            ("n: int = 0", ["parameters"]),
+            "import pathlib, time\npathlib.Path(f'started-{n}').touch()\ntime.sleep(120)",
+        ],
+    )
+    process = start_cli("run", str(nb), "--sweep", "n=1,2,3", "--parallel", "2", "--no-mlflow")
+    deadline = time.monotonic() + 120
+    while len(list(nb.parent.glob("started-*"))) < 2:  # two runs busy, one waiting
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the sweep never started two runs"
+        time.sleep(0.1)
+    stopped_at = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (out, err)
+    assert time.monotonic() - stopped_at < 30  # not after the runs' two minutes
+    assert "Traceback" not in out + err
+    records = store_runs(home)
+    assert len(records) == 2  # the third run never started
+    for record in records:
+        assert record.status == "interrupted"
+        assert record.error["message"] == (
+            "sweep.ipynb, cell 2 (import pathlib, time): interrupted (Ctrl-C) while this cell "
+            "was running"
+        )
+        assert Path(record.output_path).is_file()
+    store = RunStore(StateStore(home / "state.db"))
+    [group] = store.store.connection().execute("SELECT status FROM run_groups").fetchall()
+    assert group["status"] == "interrupted"
+    assert not list(nb.parent.glob("started-3"))
+
+
+def test_mlflow_helper_closes_a_run_even_after_its_parent_is_gone(home):
+    """After Ctrl-C nbdeploy waits for MLflow only briefly: the helper still creates and
+    closes the run (named by its start request) once nobody reads its answers."""
+    from mlflow.tracking import MlflowClient
+
+    home.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    requests = [
+        {
+            "id": "r1:start",
+            "op": "start",
+            "uri": uri,
+            "experiment": "exp",
+            "artifact_location": str(home / "artifacts"),
+            "run_name": "r1",
+            "tags": {"nbdeploy.run_id": "r1"},
+        },
+        {
+            "id": "r1:finish",
+            "op": "finish",
+            "uri": uri,
+            "start_id": "r1:start",
+            "status": "KILLED",
+            "params": {"alpha": "0.5"},
+            "metrics": [["early", 1.0, 0]],
+            "artifacts": [],
+        },
+    ]
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "nbdeploy.pipeline.tracking_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert helper.stdin is not None and helper.stdout is not None
+    helper.stdin.write("".join(json.dumps(request) + "\n" for request in requests))
+    helper.stdin.close()
+    helper.stdout.close()  # the parent is gone: nobody reads the answers
+    assert helper.wait(timeout=120) == 0
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert run.info.status == "KILLED"
+    assert run.data.metrics == {"early": 1.0}
+    assert run.data.params == {"alpha": "0.5"}
+    assert run.data.tags["nbdeploy.run_id"] == "r1"

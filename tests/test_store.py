@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +19,18 @@ from nbdeploy.errors import RunNotFoundError, StoreError
 from nbdeploy.store import StateStore, default_store
 from nbdeploy.store import migrations as migrations_module
 from nbdeploy.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
-from nbdeploy.store.runs import CACHED, FAILED, RUNNING, SUCCEEDED, RunStore, new_id
+from nbdeploy.store.runs import (
+    CACHED,
+    FAILED,
+    GONE_MESSAGE,
+    INTERRUPTED,
+    RUNNING,
+    SUCCEEDED,
+    Owner,
+    RunStore,
+    current_owner,
+    new_id,
+)
 
 V2_RUN_COLUMNS = {"group_id", "step", "fingerprint", "outputs"}
 
@@ -566,8 +580,8 @@ def test_failed_transaction_leaves_no_partial_rows(store: StateStore, runs: RunS
 
 def test_finish_failing_half_way_changes_nothing(runs: RunStore) -> None:
     runs.create("a.ipynb", {}, run_id="r")
-    with pytest.raises(sqlite3.IntegrityError):  # NOT NULL on run_metrics.value
-        runs.finish("r", SUCCEEDED, metrics=[("ok", 1.0, 0), ("bad", None, 0)])  # type: ignore[list-item]
+    with pytest.raises(sqlite3.IntegrityError):  # NOT NULL on run_metrics.name
+        runs.finish("r", SUCCEEDED, metrics=[("ok", 1.0, 0), (None, 1.0, 0)])  # type: ignore[list-item]
     record = runs.get("r")
     assert record.status == RUNNING
     assert record.finished_at is None
@@ -685,3 +699,175 @@ def test_opening_a_new_store_waits_for_another_writer(tmp_path: Path) -> None:
         release.join()
         store.close()
         other.close()
+
+
+# -- missing metric values (NaN, infinity) --------------------------------------------------
+def test_non_finite_metrics_are_stored_as_missing_and_the_run_is_kept(
+    store: StateStore, runs: RunStore
+) -> None:
+    runs.create("a.ipynb", {}, run_id="r")
+    runs.finish(
+        "r",
+        SUCCEEDED,
+        metrics=[
+            ("acc", 0.5, 0),
+            ("loss", float("nan"), 0),
+            ("up", float("inf"), 0),
+            ("down", float("-inf"), 0),
+            ("gone", None, 0),
+        ],
+        logged_params={"model": "forest"},
+    )
+    loaded = runs.get("r")
+    assert loaded.status == SUCCEEDED
+    assert loaded.metrics == {"acc": 0.5, "loss": None, "up": None, "down": None, "gone": None}
+    assert loaded.logged_params == {"model": "forest"}
+    rows = store.connection().execute(
+        "SELECT name, value FROM run_metrics WHERE run_id = 'r' ORDER BY rowid"
+    )
+    assert [tuple(row) for row in rows] == [
+        ("acc", 0.5),
+        ("loss", None),
+        ("up", None),
+        ("down", None),
+        ("gone", None),
+    ]
+    assert json.loads(json.dumps(loaded.to_dict(), allow_nan=False))["metrics"]["loss"] is None
+
+
+def test_a_missing_value_logged_last_is_the_metric_value(runs: RunStore) -> None:
+    runs.create("a.ipynb", {}, run_id="r")
+    runs.finish("r", SUCCEEDED, metrics=[("loss", 0.5, 0), ("loss", float("nan"), 1)])
+    assert runs.get("r").metrics == {"loss": None}
+
+
+def _v3_store_with_runs(path: Path) -> None:
+    old = StateStore(path, target_version=3)
+    with old.transaction() as conn:
+        for run_id, status in (("old-running", RUNNING), ("old-done", SUCCEEDED)):
+            conn.execute(
+                "INSERT INTO runs (id, notebook, parameters, status, created_at) "
+                "VALUES (?, 'nb.ipynb', '{}', ?, 1000.0)",
+                (run_id, status),
+            )
+        conn.executemany(
+            "INSERT INTO run_metrics (run_id, name, value, step, logged_at) VALUES (?,?,?,?,?)",
+            [("old-done", "acc", value, 0, 1.0) for value in (0.1, 0.3, 0.2)],
+        )
+    old.close()
+
+
+def test_migration_4_keeps_metrics_in_order_and_allows_missing_values(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    _v3_store_with_runs(path)
+    store = StateStore(path)
+    try:
+        assert store.schema_version == LATEST_VERSION >= 4
+        conn = store.connection()
+        assert {"pid", "pid_create_time", "host"} <= columns(conn, "runs")
+        notnull = {row[1]: row[3] for row in conn.execute("PRAGMA table_info(run_metrics)")}
+        assert notnull["value"] == 0 and notnull["name"] == 1
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(run_metrics)")}
+        assert "run_metrics_by_run" in indexes
+        runs = RunStore(store)
+        assert runs.get("old-done").metrics == {"acc": 0.2}  # the last one logged, as before
+        # A run recorded before runs had an owner cannot be judged: it is left as it was.
+        old = runs.get("old-running")
+        assert (old.status, old.pid, old.pid_create_time, old.host) == (RUNNING, None, None, None)
+        runs.finish("old-done", SUCCEEDED, metrics=[("nan", float("nan"), 0)])
+        assert runs.get("old-done").metrics["nan"] is None
+    finally:
+        store.close()
+    assert len(list(tmp_path.glob("state.db.v3-*.bak"))) == 1
+
+
+# -- runs whose process is gone -------------------------------------------------------------
+def _dead_pid() -> tuple[int, float]:
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    create_time = psutil.Process(child.pid).create_time()
+    child.wait()
+    return child.pid, create_time
+
+
+def test_runs_record_the_process_running_them(runs: RunStore) -> None:
+    import psutil
+
+    record = runs.create("a.ipynb", {}, run_id="r")
+    loaded = runs.get("r")
+    assert (loaded.pid, loaded.host) == (os.getpid(), socket.gethostname())
+    assert loaded.pid_create_time == psutil.Process(os.getpid()).create_time()
+    assert (record.pid, record.pid_create_time) == (loaded.pid, loaded.pid_create_time)
+    assert loaded.to_dict()["pid"] == os.getpid()
+    assert current_owner() == Owner(os.getpid(), loaded.pid_create_time, socket.gethostname())
+
+
+def test_a_running_run_of_a_live_process_stays_running(runs: RunStore) -> None:
+    runs.create("a.ipynb", {}, run_id="mine")  # owned by this (live) process
+    assert runs.get("mine").status == RUNNING
+    assert [r.status for r in runs.recent()] == [RUNNING]
+
+
+def test_a_running_run_whose_process_is_gone_is_settled_as_interrupted(
+    store: StateStore, runs: RunStore
+) -> None:
+    pid, create_time = _dead_pid()
+    runs.create("a.ipynb", {}, run_id="dead", owner=Owner(pid, create_time, socket.gethostname()))
+    [listed] = runs.recent()
+    assert listed.status == INTERRUPTED
+    assert listed.error is not None and listed.error["kind"] == INTERRUPTED
+    assert GONE_MESSAGE in listed.error["message"] and str(pid) in listed.error["message"]
+    assert listed.finished_at is None  # when it stopped is unknown
+    # Saved, not just shown: a plain read of the row sees it.
+    row = store.connection().execute("SELECT status, error FROM runs WHERE id = 'dead'").fetchone()
+    assert row["status"] == INTERRUPTED and GONE_MESSAGE in json.loads(row["error"])["message"]
+    assert runs.get("dead").status == INTERRUPTED
+
+
+def test_a_run_whose_pid_was_reused_is_settled_by_get(runs: RunStore) -> None:
+    import psutil
+
+    started = psutil.Process(os.getpid()).create_time()
+    # This process's pid, but a process that started long before: the pid was reused.
+    runs.create("a.ipynb", {}, run_id="reused", owner=Owner(os.getpid(), started - 3600, ""))
+    loaded = runs.get("reus")
+    assert loaded.status == INTERRUPTED
+    assert GONE_MESSAGE in loaded.error["message"]
+
+
+def test_a_zombie_process_counts_as_gone(runs: RunStore) -> None:
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        process = psutil.Process(child.pid)
+        owner = Owner(child.pid, process.create_time(), socket.gethostname())
+        deadline = time.monotonic() + 30
+        while process.status() != psutil.STATUS_ZOMBIE:  # exited, not reaped yet
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        runs.create("a.ipynb", {}, run_id="zombie", owner=owner)
+        assert runs.get("zombie").status == INTERRUPTED
+    finally:
+        child.wait()
+
+
+def test_runs_of_other_hosts_and_ended_runs_are_left_alone(runs: RunStore) -> None:
+    pid, create_time = _dead_pid()
+    runs.create("a.ipynb", {}, run_id="elsewhere", owner=Owner(pid, create_time, "other-host"))
+    runs.create("a.ipynb", {}, run_id="done", owner=Owner(pid, create_time, ""))
+    runs.finish("done", FAILED, error={"message": "bad"})
+    assert runs.get("elsewhere").status == RUNNING
+    done = runs.get("done")
+    assert (done.status, done.error) == (FAILED, {"message": "bad"})
+
+
+def test_end_if_running_ends_a_run_once(runs: RunStore) -> None:
+    runs.create("a.ipynb", {}, run_id="r")
+    error = {"kind": INTERRUPTED, "message": "a.ipynb: interrupted (Ctrl-C)"}
+    assert runs.end_if_running("r", INTERRUPTED, error, finished_at=time.time()) is True
+    assert runs.end_if_running("r", FAILED, {"message": "later"}) is False
+    loaded = runs.get("r")
+    assert (loaded.status, loaded.error) == (INTERRUPTED, error)
+    assert loaded.duration_s is not None
