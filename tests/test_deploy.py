@@ -328,6 +328,8 @@ def test_deploy_an_mlflow_registered_model_without_a_notebook(deploy_home, cli, 
     assert result.json["name"] == "churn" and result.json["status"] == "serving"
     code, body = post(result.json["endpoint"], {"rows": [[0.9, 0.2, 0.2], [0.1, 0.7, 0.7]]})
     assert (code, json.loads(body)) == (200, [1, 0])
+    shown = cli("show", "churn", "--code")
+    assert shown.code == 0 and "Serves the MLflow model" in shown.out, shown
     bad = cli("deploy", "--from-mlflow", "models:/churn@nope")
     assert bad.code == 1 and "MLflow has no model 'models:/churn@nope'" in bad.err
     assert cli("deploy", "--from-mlflow", "/etc/passwd").code == 1

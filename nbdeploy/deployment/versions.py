@@ -88,7 +88,11 @@ def prepare_version(
             f"the notebook ran `{line}`: its packages are included only if the function uses them"
         )
     staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
+    kinds = sorted({spec["kind"] for spec in plan.object_specs} - {"generic"})
+    builder: WarmBuilder | None = None
     try:
+        if will_probe(plan, example):  # new code: a build will follow
+            builder = WarmBuilder(kinds)
         requirements = _requirements(plan, options, example, staging, notices)
         for notice in notices:
             notify(notice)
@@ -97,12 +101,15 @@ def prepare_version(
         if existing is not None and Path(existing.service_dir).is_dir():
             notify(f"unchanged since version {existing.version}: reusing its build")
             return PreparedVersion(existing, False, requirements, notices, example)
+        builder = builder or WarmBuilder(kinds)
         version_dir = _write(plan, staging, name)
+        reference_path = _save_reference(reference, version_dir)
+        notify(f"building {name} (offline, pinned requirements)")
+        bento_tag, built = builder.build(version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    reference_path = _save_reference(reference, version_dir)
-    notify(f"building {name} (offline, pinned requirements)")
-    bento_tag, built = build_bento(version_dir)
+        if builder is not None:
+            builder.close()
     schema = {
         **plan.schema.to_dict(),
         "route": plan.routes[0],
@@ -160,6 +167,17 @@ def _runtime_modules(plan: Any) -> set[str]:
     return modules
 
 
+def _probe_cache(plan: Any) -> Path:
+    return deployments_dir() / plan.name / "probes" / f"{plan.base_hash[:16]}.json"
+
+
+def will_probe(plan: Any, example: dict[str, Any] | None) -> bool:
+    """An example call in a fresh interpreter is due: new code with an example to call."""
+    return (
+        example is not None and plan.captured.kind == "function" and not _probe_cache(plan).exists()
+    )
+
+
 def _requirements(
     plan: Any, options: Any, example: dict[str, Any] | None, staging: Path, notices: list[str]
 ) -> list[str]:
@@ -170,11 +188,11 @@ def _requirements(
 
     modules = set(plan.captured.modules) | _runtime_modules(plan)
     modules -= set(plan.captured.local_modules)
-    cache = deployments_dir() / plan.name / "probes" / f"{plan.base_hash[:16]}.json"
+    cache = _probe_cache(plan)
     probed: dict[str, Any] | None = None
     if cache.exists():
         probed = json.loads(cache.read_text(encoding="utf-8"))
-    elif example is not None and plan.captured.kind == "function":
+    elif example is not None and will_probe(plan, example):
         pinned = pin_requirements(modules, options.requirements)
         set_requirements(plan, pinned.pinned)
         write_version(plan, staging)
@@ -259,18 +277,17 @@ def _save_reference(reference: Any, version_dir: Path) -> str | None:
     return str(path)
 
 
-def build_bento(version_dir: Path) -> tuple[str, bool]:
-    """Build (or reuse) the bento of a written version in a separate process."""
+def _builder_environment() -> dict[str, str]:
     from nbdeploy.service.builder import bentoml_environment
 
-    env = {
+    return {
         **os.environ,
         **bentoml_environment(),
         config.MLFLOW_URI_ENV: config.mlflow_tracking_uri(),
     }
-    result, errors = run_helper(
-        "nbdeploy.service.builder", version_dir, timeout=BUILD_TIMEOUT_SECONDS, env=env
-    )
+
+
+def _build_answer(result: dict[str, Any] | None, errors: str) -> tuple[str, bool]:
     if result is None:
         last = "\n".join(errors.strip().splitlines()[-15:])
         raise BuildError(f"building the service failed: {last}")
@@ -278,3 +295,54 @@ def build_bento(version_dir: Path) -> tuple[str, bool]:
         detail = "\n".join(errors.strip().splitlines()[-10:])
         raise BuildError(f"building the service failed: {result.get('error')}\n{detail}".rstrip())
     return str(result["bento_tag"]), not result.get("reused", False)
+
+
+def build_bento(version_dir: Path) -> tuple[str, bool]:
+    """Build (or reuse) the bento of a written version in a separate process."""
+    result, errors = run_helper(
+        "nbdeploy.service.builder",
+        version_dir,
+        timeout=BUILD_TIMEOUT_SECONDS,
+        env=_builder_environment(),
+    )
+    return _build_answer(result, errors)
+
+
+class WarmBuilder:
+    """A builder process started before it is needed: its imports (BentoML, the framework
+    savers: seconds) overlap the example call and the writing of the version."""
+
+    def __init__(self, kinds: list[str]) -> None:
+        from nbdeploy.service.builder import WAIT
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nbdeploy.service.builder", WAIT, *kinds],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_builder_environment(),
+        )
+
+    def build(self, version_dir: Path) -> tuple[str, bool]:
+        try:
+            out, errors = self.process.communicate(
+                f"{version_dir}\n", timeout=BUILD_TIMEOUT_SECONDS
+            )
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise BuildError(
+                f"building the service took longer than {BUILD_TIMEOUT_SECONDS} s"
+            ) from None
+        try:
+            result: dict[str, Any] | None = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            result = None
+        return _build_answer(result, errors)
+
+    def close(self) -> None:
+        """End the process if no build was asked of it (also on errors and interrupts)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()

@@ -104,11 +104,28 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+WAIT = "--wait"  # start now (imports overlap the caller's work), build the folder read later
+
+
 def main() -> None:
+    """``builder DIR`` builds DIR; ``builder --wait [KIND...]`` imports BentoML (and the
+    framework savers of KIND) at once, then builds the folder named on its standard input."""
     os.environ.update({k: v for k, v in bentoml_environment().items() if k not in os.environ})
     # A safety net: BentoML must never install anything (such as uv) while building.
     os.environ["PIP_NO_INDEX"] = "1"
-    directory = Path(sys.argv[1]).resolve()
+    if sys.argv[1] == WAIT:
+        import importlib
+
+        import bentoml  # noqa: F401  (the point: loaded while the caller is busy)
+
+        for kind in sys.argv[2:]:
+            importlib.import_module(f"bentoml.{kind}")
+        line = sys.stdin.readline().strip()
+        if not line:  # the caller did not need a build after all
+            os._exit(0)
+        directory = Path(line).resolve()
+    else:
+        directory = Path(sys.argv[1]).resolve()
     os.chdir(directory)  # BentoML reads build files relative to the working directory only
     try:
         result = {"ok": True, **build(directory)}
