@@ -19,7 +19,7 @@ from nbdeploy.deployment.supervisor import http_url, is_running, kill_marked, ta
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore
 
-SERVING, STOPPED, FAILED, DEPLOYING = "serving", "stopped", "failed", "deploying"
+SERVING, STOPPED, FAILED = "serving", "stopped", "failed"
 READY, STARTING = "ready", "starting"
 
 
