@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nbdeploy.numbers import finite_or_none
+
 RUN_DIR_ENV = "NBDEPLOY_RUN_DIR"
 RUN_ID_ENV = "NBDEPLOY_RUN_ID"
 RESULTS_FILE = "results.jsonl"
@@ -119,7 +121,7 @@ def read_results(run_dir: Path) -> dict[str, Any]:
                 kind = entry.get("kind")
                 if kind == "metric":
                     name, raw = str(entry["name"]), entry.get("value")
-                    value = _finite(raw)
+                    value = finite_or_none(raw)
                     if value is None:
                         missing[name] = str(entry.get("invalid", raw))
                     metrics.append((name, value, int(entry.get("step", 0))))
@@ -130,13 +132,3 @@ def read_results(run_dir: Path) -> dict[str, Any]:
             except (ValueError, TypeError, KeyError, AttributeError):
                 continue  # a line cut short by a killed kernel, or written by hand
     return {"metrics": metrics, "params": params, "artifacts": artifacts, "missing": missing}
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, str):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None

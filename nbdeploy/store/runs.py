@@ -12,7 +12,6 @@ forever. A metric logged as NaN or infinity is stored as missing (NULL).
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import socket
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nbdeploy.errors import RunNotFoundError
+from nbdeploy.numbers import finite_or_none
 from nbdeploy.store import StateStore
 
 RUNNING, SUCCEEDED, FAILED, CACHED = "running", "succeeded", "failed", "cached"
@@ -79,17 +79,6 @@ def owner_is_gone(pid: int | None, create_time: float | None, host: str | None) 
     except psutil.Error:  # AccessDenied: not ours to judge
         return False
     return False
-
-
-def finite_or_none(value: Any) -> float | None:
-    """A metric value as stored: a finite float, or None for NaN, infinities and non-numbers."""
-    if value is None or isinstance(value, str):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def new_id() -> str:
