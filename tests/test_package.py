@@ -427,3 +427,30 @@ def test_a_model_version_serves_predict_and_predict_proba(shell, tmp_path):
     answer = runtime.load_version(tmp_path / "version")
     rows = np.random.default_rng(3).random((5, 4))
     assert answer(rows).tolist() == model.predict(rows).tolist()
+
+
+def test_notebook_source_shows_the_classes_inside_saved_objects(shell):
+    define(
+        shell,
+        """
+        import numpy as np
+        from sklearn.base import BaseEstimator, TransformerMixin
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        class ShownClip(BaseEstimator, TransformerMixin):
+            def fit(self, X, y=None):
+                return self
+            def transform(self, X):
+                return np.clip(X, 0.1, None)
+        shown_X = np.random.default_rng(0).random((40, 3))
+        shown_model = make_pipeline(ShownClip(), LogisticRegression()).fit(
+            shown_X, (shown_X[:, 0] > 0.5).astype(int)
+        )
+        def shown(rows: list[list[float]]) -> list[int]:
+            return shown_model.predict(np.asarray(rows)).tolist()
+        """,
+    )
+    text = planned(shell, "shown").rendered["notebook_source.py"]
+    assert "# -- ShownClip, used inside the saved objects" in text
+    assert "class ShownClip(BaseEstimator, TransformerMixin):" in text
+    assert "def shown(rows: list[list[float]]) -> list[int]:" in text

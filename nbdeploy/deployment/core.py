@@ -126,6 +126,7 @@ def deploy_model(
     *,
     variable: str | None = None,
     namespace: Mapping[str, Any] | None = None,
+    history: Iterable[str] = (),
     options: DeployOptions | None = None,
     source: Mapping[str, Any] | None = None,
     store: StateStore | None = None,
@@ -137,13 +138,14 @@ def deploy_model(
 
     options = options or DeployOptions()
     variable = variable or _variable_name(model, namespace or {}) or "model"
-    captured = capture_model(variable, model)
+    cells = list(history)
+    captured = capture_model(variable, model, cells)
     return deploy_captured(
         captured,
         name=options.name or variable,
         options=options,
         reference=_reference_value(options.reference, namespace or {}),
-        history=[],
+        history=cells,
         source=source,
         store=store,
         notify=notify,
@@ -756,7 +758,13 @@ def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> No
         if value is None:
             raise DeployError(f"{notebook} defines no variable {target!r}")
         result = deploy_model(
-            value, variable=target, namespace=namespace, options=options, source=source, notify=say
+            value,
+            variable=target,
+            namespace=namespace,
+            history=list(namespace.get("In", [])),
+            options=options,
+            source=source,
+            notify=say,
         )
     else:
         if value is None or not callable(value):

@@ -56,6 +56,7 @@ class Captured:
     modules: set[str] = field(default_factory=set)  # top-level modules used
     local_modules: dict[str, Path] = field(default_factory=dict)  # name -> file or package dir
     methods: list[str] = field(default_factory=list)  # kind "model": predict, predict_proba
+    cells: list[str] = field(default_factory=list)  # the notebook's executed cells
 
     @property
     def signature(self) -> inspect.Signature:
@@ -108,13 +109,17 @@ def capture_function(
         )
     cells = list(history)
     captured = Captured(
-        name=entry.__name__, kind="function", function=function, source=_source_of(entry, cells)
+        name=entry.__name__,
+        kind="function",
+        function=function,
+        source=_source_of(entry, cells),
+        cells=cells,
     )
     _walk(captured, [function], cells)
     return captured
 
 
-def capture_model(name: str, model: Any) -> Captured:
+def capture_model(name: str, model: Any, history: Iterable[str] = ()) -> Captured:
     """Capture a fitted model held in the variable ``name``: served as /predict (and
     /predict_proba when it has one)."""
     methods = [m for m in PREDICT_METHODS if callable(getattr(model, m, None))]
@@ -129,7 +134,13 @@ def capture_model(name: str, model: Any) -> Captured:
             f"{name} is a class, not a fitted model", f"fit it first: {name}().fit(X, y)"
         )
     captured = Captured(
-        name=name, kind="model", function=None, source="", objects={name: model}, methods=methods
+        name=name,
+        kind="model",
+        function=None,
+        source="",
+        objects={name: model},
+        methods=methods,
+        cells=list(history),
     )
     captured.modules.update(_modules_of_type(model))
     return captured
@@ -152,7 +163,7 @@ def _walk(captured: Captured, start: list[Any], cells: list[str]) -> None:
             elif is_notebook_definition(value):
                 target = value.__wrapped__ if _is_lru_wrapper(value) else value
                 if target is not entry and value is not captured.function:
-                    source = _source_or_none(target, cells)
+                    source = source_or_none(target, cells)
                     if source and all(n != target.__name__ for n, _ in captured.helpers):
                         captured.helpers.append((target.__name__, source))
                 pending.append(value)
@@ -336,7 +347,8 @@ def add_reached_modules(captured: Captured, modules: Iterable[str]) -> None:
 
 
 # -- source, for display --------------------------------------------------------------------
-def _source_or_none(value: Any, cells: list[str]) -> str | None:
+def source_or_none(value: Any, cells: list[str]) -> str | None:
+    """The source of a notebook function or class, or None when it cannot be found."""
     try:
         return _source_of(value, cells)
     except CaptureError:

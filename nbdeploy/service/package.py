@@ -22,7 +22,7 @@ from typing import Any
 
 from nbdeploy.errors import NbdeployError
 from nbdeploy.service import runtime, serialize
-from nbdeploy.service.capture import Captured, add_reached_modules
+from nbdeploy.service.capture import Captured, add_reached_modules, source_or_none
 from nbdeploy.service.schema import InputSchema, function_schema, model_schema, parameter_hints
 
 NAME_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -345,8 +345,14 @@ def _display_source(plan: VersionPlan) -> str:
             f"# Serves the fitted model {captured.name!r} ({type(model).__module__}."
             f"{type(model).__qualname__}): " + ", ".join(f"/{m}" for m in captured.methods)
         )
-    for name, source in captured.helpers:
-        lines += [f"# -- helper {name}", source.rstrip(), ""]
+    for name, helper in captured.helpers:
+        lines += [f"# -- helper {name}", helper.rstrip(), ""]
+    listed = {name for name, _ in captured.helpers}
+    for name, value in sorted(plan.definitions.items()):
+        target = value.__wrapped__ if serialize._is_lru_wrapper(value) else value
+        inside = source_or_none(target, captured.cells)
+        if name not in listed and inside:
+            lines += [f"# -- {name}, used inside the saved objects", inside.rstrip(), ""]
     if captured.source:
         lines += ["# -- the entry function", captured.source.rstrip(), ""]
     if captured.objects:
