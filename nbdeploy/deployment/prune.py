@@ -89,7 +89,9 @@ def _remove(
     kept_tags = {tag for version in kept for tag in _model_tags(version)}
     model_tags = sorted({t for v in doomed for t in _model_tags(v)} - kept_tags)
     bento_tags = sorted({v.bento_tag for v in doomed} - {v.bento_tag for v in kept})
-    report.freed_bytes += _delete_from_bentoml(bento_tags, model_tags, report)
+    freed, errors = delete_from_bentoml(bento_tags, model_tags)
+    report.freed_bytes += freed
+    report.errors.extend(errors)
     for version in doomed:
         folder = Path(version.service_dir)
         if folder.is_dir() and folder.is_relative_to(config.home()):
@@ -120,11 +122,11 @@ def _model_tags(version: Version) -> list[str]:
     return tags
 
 
-def _delete_from_bentoml(bentos: list[str], models: list[str], report: PruneReport) -> int:
+def delete_from_bentoml(bentos: list[str], models: list[str]) -> tuple[int, list[str]]:
     """Delete bentos and models in a BentoML process of its own (BentoML stays out of the
-    caller); returns the bytes freed."""
+    caller); returns the bytes freed and the errors met."""
     if not bentos and not models:
-        return 0
+        return 0, []
     from nbdeploy.service.builder import bentoml_environment
 
     script = (
@@ -159,10 +161,8 @@ def _delete_from_bentoml(bentos: list[str], models: list[str], report: PruneRepo
     try:
         answer = json.loads(completed.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        report.errors.append("BentoML's store was not pruned: " + completed.stderr[-500:])
-        return 0
-    report.errors.extend(answer["errors"])
-    return int(answer["freed"])
+        return 0, ["BentoML's store was not pruned: " + completed.stderr[-500:]]
+    return int(answer["freed"]), list(answer["errors"])
 
 
 def _delete_registry_version(model_name: str, version: str) -> None:

@@ -90,26 +90,44 @@ def prepare_version(
     staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
     kinds = sorted({spec["kind"] for spec in plan.object_specs} - {"generic"})
     builder: WarmBuilder | None = None
+    probe: ProbeProcess | None = None
     try:
-        if will_probe(plan, example):  # new code: a build will follow
+        if example is not None and will_probe(plan, example):
+            # New code: the example call (which may add requirements) runs in a fresh
+            # interpreter while the version is built; a rare addition rebuilds it.
+            _pin(plan, options, None, [])
             builder = WarmBuilder(kinds)
-        requirements = _requirements(plan, options, example, staging, notices)
-        for notice in notices:
-            notify(notice)
-        notify("requirements: " + (", ".join(requirements) or "none"))
-        existing = deployments.version_with_hash(name, plan.content_hash)
-        if existing is not None and Path(existing.service_dir).is_dir():
-            notify(f"unchanged since version {existing.version}: reusing its build")
-            return PreparedVersion(existing, False, requirements, notices, example)
-        builder = builder or WarmBuilder(kinds)
-        version_dir = _write(plan, staging, name)
+            version_dir = _write(plan, staging, name)
+            probe = ProbeProcess(version_dir, example)
+            notify(f"building {name} (offline, pinned requirements)")
+            bento_tag, built = builder.build(version_dir)
+            probed = probe.result(_probe_cache(plan))
+            first_hash = plan.content_hash
+            requirements = _pin(plan, options, probed, notices)
+            _tell(notices, requirements, notify)
+            if plan.content_hash != first_hash:
+                version_dir = _rehome(plan, version_dir, name)
+                obsolete, (bento_tag, built) = bento_tag, build_bento(version_dir)
+                _discard_bento(obsolete)
+        else:
+            cache = _probe_cache(plan)
+            probed = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else None
+            requirements = _pin(plan, options, probed, notices)
+            _tell(notices, requirements, notify)
+            existing = deployments.version_with_hash(name, plan.content_hash)
+            if existing is not None and Path(existing.service_dir).is_dir():
+                notify(f"unchanged since version {existing.version}: reusing its build")
+                return PreparedVersion(existing, False, requirements, notices, example)
+            builder = WarmBuilder(kinds)  # its imports overlap the writing of the version
+            version_dir = _write(plan, staging, name)
+            notify(f"building {name} (offline, pinned requirements)")
+            bento_tag, built = builder.build(version_dir)
         reference_path = _save_reference(reference, version_dir)
-        notify(f"building {name} (offline, pinned requirements)")
-        bento_tag, built = builder.build(version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if builder is not None:
-            builder.close()
+        for helper in (builder, probe):
+            if helper is not None:
+                helper.close()
     schema = {
         **plan.schema.to_dict(),
         "route": plan.routes[0],
@@ -178,28 +196,14 @@ def will_probe(plan: Any, example: dict[str, Any] | None) -> bool:
     )
 
 
-def _requirements(
-    plan: Any, options: Any, example: dict[str, Any] | None, staging: Path, notices: list[str]
-) -> list[str]:
-    """Pinned requirements: what the capture uses, what the service needs, what an example
-    call imports in a fresh interpreter (cached by the version's code), and the user's."""
-    from nbdeploy.service.package import set_requirements, write_version
+def _pin(plan: Any, options: Any, probed: dict[str, Any] | None, notices: list[str]) -> list[str]:
+    """Pinned requirements: what the capture uses, what the service needs, what the example
+    call imported in a fresh interpreter (``probed``), and the user's."""
+    from nbdeploy.service.package import set_requirements
     from nbdeploy.service.requirements import pin_requirements
 
     modules = set(plan.captured.modules) | _runtime_modules(plan)
     modules -= set(plan.captured.local_modules)
-    cache = _probe_cache(plan)
-    probed: dict[str, Any] | None = None
-    if cache.exists():
-        probed = json.loads(cache.read_text(encoding="utf-8"))
-    elif example is not None and will_probe(plan, example):
-        pinned = pin_requirements(modules, options.requirements)
-        set_requirements(plan, pinned.pinned)
-        write_version(plan, staging)
-        probed = _probe(staging, example)
-        if probed is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(probed))
     if probed is not None:
         if probed.get("error"):
             notices.append(f"the example call fails in a fresh interpreter: {probed['error']}")
@@ -216,6 +220,12 @@ def _requirements(
         )
     set_requirements(plan, pinned.pinned)
     return plan.requirements
+
+
+def _tell(notices: list[str], requirements: list[str], notify: Notify) -> None:
+    for notice in notices:
+        notify(notice)
+    notify("requirements: " + (", ".join(requirements) or "none"))
 
 
 def run_helper(
@@ -242,29 +252,77 @@ def run_helper(
     return answer, completed.stderr
 
 
-def _probe(directory: Path, example: dict[str, Any]) -> dict[str, Any] | None:
-    from nbdeploy.service.probe import EXAMPLE
+class ProbeProcess:
+    """The example call in a fresh interpreter (:mod:`nbdeploy.service.probe`), running
+    beside the build."""
 
-    (directory / EXAMPLE).write_text(json.dumps(example, default=str), encoding="utf-8")
-    answer, _ = run_helper("nbdeploy.service.probe", directory, timeout=PROBE_TIMEOUT_SECONDS)
-    return answer
+    def __init__(self, directory: Path, example: dict[str, Any]) -> None:
+        from nbdeploy.service.probe import EXAMPLE
+
+        self.example_path = directory / EXAMPLE
+        self.example_path.write_text(json.dumps(example, default=str), encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nbdeploy.service.probe", str(directory)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=directory,
+        )
+
+    def result(self, cache: Path) -> dict[str, Any] | None:
+        """Its answer (kept in ``cache``, by the version's code), or None when it gave none."""
+        try:
+            out, _ = self.process.communicate(timeout=PROBE_TIMEOUT_SECONDS)
+            answer: dict[str, Any] | None = json.loads(out.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError):
+            answer = None
+        finally:
+            self.close()
+        if answer is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(answer), encoding="utf-8")
+        return answer
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+        self.example_path.unlink(missing_ok=True)
 
 
 def _write(plan: Any, staging: Path, name: str) -> Path:
-    """Write the version (unless the probe already did) and move it into place."""
-    from nbdeploy.service.package import write_manifest, write_version
+    """Write the version and move it into place, named by its content hash."""
+    from nbdeploy.service.package import write_version
 
-    if (staging / "manifest.json").exists():
-        write_manifest(plan, staging)  # the requirements may have grown
-        (staging / "example.json").unlink(missing_ok=True)
-    else:
-        write_version(plan, staging)
-    version_dir = deployments_dir() / name / "versions" / plan.content_hash[:16]
-    if version_dir.exists():
-        shutil.rmtree(version_dir)  # a leftover of an interrupted deploy: replace it
-    version_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(version_dir)
-    return version_dir
+    write_version(plan, staging)
+    return _move(staging, _version_dir(plan, name))
+
+
+def _rehome(plan: Any, version_dir: Path, name: str) -> Path:
+    """The requirements grew after the version was written: rename it by its new hash."""
+    from nbdeploy.service.package import write_manifest
+
+    write_manifest(plan, version_dir)
+    return _move(version_dir, _version_dir(plan, name))
+
+
+def _version_dir(plan: Any, name: str) -> Path:
+    return deployments_dir() / name / "versions" / plan.content_hash[:16]
+
+
+def _move(source: Path, target: Path) -> Path:
+    if target.exists():
+        shutil.rmtree(target)  # a leftover of an interrupted deploy: replace it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    return target
+
+
+def _discard_bento(tag: str) -> None:
+    """A bento built with the requirements known before the example call ran."""
+    from nbdeploy.deployment.prune import delete_from_bentoml
+
+    delete_from_bentoml([tag], [])
 
 
 def _save_reference(reference: Any, version_dir: Path) -> str | None:
