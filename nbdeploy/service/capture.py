@@ -361,25 +361,48 @@ def _source_of(value: Any, cells: list[str]) -> str:
         return textwrap.dedent(inspect.getsource(value))
     except (OSError, TypeError):
         pass
-    for cell in reversed(cells):  # newest definition wins, as in the kernel
-        try:
-            tree = ast.parse(cell)
-        except SyntaxError:
-            continue
-        for node in reversed(tree.body):
-            if (
-                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-                and node.name == name
-            ):
-                segment = ast.get_source_segment(cell, node, padded=False)
-                if segment:
-                    decorators = "".join(
-                        f"@{ast.get_source_segment(cell, d)}\n" for d in node.decorator_list
-                    )
-                    return decorators + segment
+    # A class's own cell first (its methods' code names it, and IPython keeps the text in
+    # linecache), so that a later redefinition of the name is not shown; then the newest
+    # definition in the history, as in the kernel.
+    own = _defining_cells(value) if isinstance(value, type) else []
+    for cell in [*own, *reversed(cells)]:
+        found = _definition_in(cell, name)
+        if found:
+            return found
     if isinstance(value, types.FunctionType):
         return f"# the source of {name} is not available (defined with exec?)\n"
     raise CaptureError(f"the source of {name} cannot be found")
+
+
+def _defining_cells(klass: type) -> list[str]:
+    import linecache
+
+    cells = []
+    for attribute in vars(klass).values():
+        function = getattr(attribute, "__func__", attribute)
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            lines = linecache.getlines(code.co_filename)
+            if lines:
+                cells.append("".join(lines))
+    return cells
+
+
+def _definition_in(cell: str, name: str) -> str | None:
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError:
+        return None
+    for node in reversed(tree.body):
+        definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+        if isinstance(node, definition) and node.name == name:
+            segment = ast.get_source_segment(cell, node, padded=False)
+            if segment:
+                decorators = "".join(
+                    f"@{ast.get_source_segment(cell, d)}\n" for d in node.decorator_list
+                )
+                return decorators + segment
+    return None
 
 
 def _definition_rank(name: str, cells: list[str]) -> int:

@@ -226,7 +226,8 @@ def plan_version(
     )
     plan.rendered = _render(plan)
     for file_name, text in sorted(plan.rendered.items()):
-        digest.update(f"file {file_name}\n{text}\n".encode())
+        if file_name != SOURCE_FILE:  # for reading only: what runs is hashed above
+            digest.update(f"file {file_name}\n{text}\n".encode())
     digest.update(json.dumps(schema.to_dict(), sort_keys=True, default=str).encode())
     plan.base_hash = digest.hexdigest()
     set_requirements(plan, [])
