@@ -357,3 +357,23 @@ def test_prune_keeps_the_live_version_and_the_rollback_target(kernel, safety_hom
     assert answer(url + "/scaled", {"values": [1]}) == (200, [4.0])
     assert cli("rollback", "scaled").code == 0  # the rollback target survived the prune
     assert answer(url + "/scaled", {"values": [1]}) == (200, [3.0])
+
+
+def test_an_mlflow_pyfunc_in_the_kernel_deploys_directly(kernel, cli, tmp_path):
+    _, kc = kernel
+    execute(
+        kc,
+        "import warnings, mlflow, mlflow.sklearn\n"
+        f"mlflow.set_tracking_uri('sqlite:///{tmp_path / 'pyfunc.db'}')\n"
+        "with warnings.catch_warnings(), mlflow.start_run():\n"
+        "    warnings.simplefilter('ignore')\n"
+        "    logged = mlflow.sklearn.log_model(clf, name='m', pip_requirements=['scikit-learn'])\n"
+        "pyfunc_model = mlflow.pyfunc.load_model(logged.model_uri)\n"
+        "mlflow.set_tracking_uri('')\n",
+    )
+    execute(kc, "%deploy pyfunc_model --reference X --no-mlflow")
+    url = url_of(cli, "pyfunc-model")
+    code, body = post(url + "/predict", {"rows": [[0.9, 0.1, 0.1], [0.1, 0.1, 0.1]]})
+    assert (code, json.loads(body)) == (200, [1, 0])
+    code, body = post(url + "/predict", {"rows": [[0.9]]})
+    assert code == 400 and "expects 3" in body
