@@ -156,7 +156,7 @@ class DeployMagics(Magics):
                 history=list(namespace.get("In", [])),
                 source={"notebook": notebook, "target": target},
                 notify=lambda message: print(f"nbdeploy: {message}", flush=True),
-                **{k: v for k, v in vars(options).items()},
+                **vars(options),
             )
         except KeyboardInterrupt:
             raise NbdeployError(

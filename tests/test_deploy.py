@@ -354,6 +354,10 @@ def test_requirements_include_packages_a_model_imports_lazily(kernel, deploy_hom
     assert any(line.startswith("PyYAML==") for line in version.requirements)
     requirements_file = Path(version.service_dir) / "requirements.txt"
     assert "PyYAML==" in requirements_file.read_text()
+    # Built once with the requirements known before the example call, then again with
+    # PyYAML: only the final bento is kept.
+    bentos = deploy_home / "bentoml" / "bentos" / "nbd-lazy"
+    assert [p.name for p in bentos.iterdir() if p.is_dir()] == [version.bento_tag.split(":")[1]]
     url = cli("status", "lazy", "--json").json[0]["url"]
     code, body = post(url + "/lazy_predict", {"rows": [[0.5, 0.5, 0.5, 0.5]]})
     assert code == 200 and json.loads(body)[0] in (0, 1)

@@ -111,7 +111,6 @@ def deploy_function(
     captured = capture_function(function, scope, cells)
     return deploy_captured(
         captured,
-        name=options.name or captured.name,
         options=options,
         reference=_reference_value(options.reference, scope),
         history=cells,
@@ -142,7 +141,6 @@ def deploy_model(
     captured = capture_model(variable, model, cells)
     return deploy_captured(
         captured,
-        name=options.name or variable,
         options=options,
         reference=_reference_value(options.reference, namespace or {}),
         history=cells,
@@ -156,9 +154,9 @@ def is_model(value: Any) -> bool:
     """A fitted model to serve directly (not a function to call)."""
     import types
 
-    from nbdeploy.service.serialize import _is_lru_wrapper
+    from nbdeploy.service.serialize import is_lru_wrapper
 
-    if isinstance(value, types.FunctionType | types.MethodType | type) or _is_lru_wrapper(value):
+    if isinstance(value, types.FunctionType | types.MethodType | type) or is_lru_wrapper(value):
         return False
     return callable(getattr(value, "predict", None))
 
@@ -184,7 +182,6 @@ def _reference_value(reference: str | None, scope: Mapping[str, Any]) -> Any:
 def deploy_captured(
     captured: Any,
     *,
-    name: str,
     options: DeployOptions,
     reference: Any,
     history: list[str],
@@ -197,7 +194,7 @@ def deploy_captured(
     from nbdeploy.service.package import deployment_name
 
     started = time.monotonic()
-    name = deployment_name(name)
+    name = deployment_name(options.name or captured.name)  # the function's, or the model's
     if options.workers < 1:
         raise DeployError("--workers must be at least 1")
     _check_host(options.host)
@@ -381,8 +378,8 @@ def switch_to(
             raise
         if restored is not None:
             raise DeployError(
-                f"{name} v{version.version} did not start; v{previous.version if previous else '?'}"
-                f" is serving again at {current.url}. {reason}"
+                f"{name} v{version.version} did not start; v{restored.live_version} is serving "
+                f"again at {restored.url}. {reason}"
             ) from None
         raise DeployError(f"{name} v{version.version} did not start. {reason}") from None
     deployments.set_state(

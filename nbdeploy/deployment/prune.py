@@ -127,40 +127,20 @@ def delete_from_bentoml(bentos: list[str], models: list[str]) -> tuple[int, list
     caller); returns the bytes freed and the errors met."""
     if not bentos and not models:
         return 0, []
-    from nbdeploy.service.builder import bentoml_environment
+    from nbdeploy.deployment.versions import last_json
+    from nbdeploy.service.builder import DELETE, bentoml_environment
 
-    script = (
-        "import json, sys, bentoml\n"
-        "from bentoml.exceptions import NotFound\n"
-        "request = json.loads(sys.argv[1])\n"
-        "freed, errors = 0, []\n"
-        "def size(path):\n"
-        "    import os\n"
-        "    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)"
-        " for f in fs)\n"
-        "for kind, tags in (('bentos', request['bentos']), ('models', request['models'])):\n"
-        "    store = getattr(bentoml, kind)\n"
-        "    for tag in tags:\n"
-        "        try:\n"
-        "            freed += size(store.get(tag).path)\n"
-        "            store.delete(tag)\n"
-        "        except NotFound:\n"
-        "            pass\n"
-        "        except Exception as error:\n"
-        "            errors.append(f'{tag}: {error}')\n"
-        "print(json.dumps({'freed': freed, 'errors': errors}))\n"
-    )
+    request = json.dumps({"bentos": bentos, "models": models})
     completed = subprocess.run(
-        [sys.executable, "-c", script, json.dumps({"bentos": bentos, "models": models})],
+        [sys.executable, "-m", "nbdeploy.service.builder", DELETE, request],
         capture_output=True,
         text=True,
         env={**os.environ, **bentoml_environment()},
         timeout=300,
         check=False,
     )
-    try:
-        answer = json.loads(completed.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
+    answer = last_json(completed.stdout)
+    if answer is None:
         return 0, ["BentoML's store was not pruned: " + completed.stderr[-500:]]
     return int(answer["freed"]), list(answer["errors"])
 

@@ -297,14 +297,6 @@ class DeploymentStore:
         )
         return [self._server(row) for row in rows]
 
-    def last_server(self, name: str) -> Server | None:
-        row = (
-            self.store.connection()
-            .execute("SELECT * FROM servers WHERE deployment = ? ORDER BY id DESC LIMIT 1", (name,))
-            .fetchone()
-        )
-        return self._server(row) if row else None
-
     def reconcile(self, name: str) -> Deployment:
         """Mark servers whose process is gone as failed (with their last log lines) and the
         deployment as failed when its live server is gone."""

@@ -88,27 +88,9 @@ def prepare_version(
             f"the notebook ran `{line}`: its packages are included only if the function uses them"
         )
     staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
-    kinds = sorted({spec["kind"] for spec in plan.object_specs} - {"generic"})
-    builder: WarmBuilder | None = None
-    probe: ProbeProcess | None = None
     try:
         if example is not None and will_probe(plan, example):
-            # New code: the example call (which may add requirements) runs in a fresh
-            # interpreter while the version is built; a rare addition rebuilds it.
-            _pin(plan, options, None, [])
-            builder = WarmBuilder(kinds)
-            version_dir = _write(plan, staging, name)
-            probe = ProbeProcess(version_dir, example)
-            notify(f"building {name} (offline, pinned requirements)")
-            bento_tag, built = builder.build(version_dir)
-            probed = probe.result(_probe_cache(plan))
-            first_hash = plan.content_hash
-            requirements = _pin(plan, options, probed, notices)
-            _tell(notices, requirements, notify)
-            if plan.content_hash != first_hash:
-                version_dir = _rehome(plan, version_dir, name)
-                obsolete, (bento_tag, built) = bento_tag, build_bento(version_dir)
-                _discard_bento(obsolete)
+            built_version = _build_beside_probe(plan, options, example, staging, notices, notify)
         else:
             cache = _probe_cache(plan)
             probed = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else None
@@ -118,24 +100,11 @@ def prepare_version(
             if existing is not None and Path(existing.service_dir).is_dir():
                 notify(f"unchanged since version {existing.version}: reusing its build")
                 return PreparedVersion(existing, False, requirements, notices, example)
-            builder = WarmBuilder(kinds)  # its imports overlap the writing of the version
-            version_dir = _write(plan, staging, name)
-            notify(f"building {name} (offline, pinned requirements)")
-            bento_tag, built = builder.build(version_dir)
+            built_version = _build(plan, staging, notify)
+        version_dir, bento_tag, built = built_version
         reference_path = _save_reference(reference, version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        for helper in (builder, probe):
-            if helper is not None:
-                helper.close()
-    schema = {
-        **plan.schema.to_dict(),
-        "route": plan.routes[0],
-        "routes": plan.routes,
-        "inputs": plan.inputs(),
-        "example": example,
-        "kind": captured.kind,
-    }
     if deployments.find(name) is None:  # created only once a version exists
         deployments.ensure(name, options.host, options.port or free_port(options.host))
     version = deployments.add_version(
@@ -148,13 +117,69 @@ def prepare_version(
             service_dir=str(version_dir),
             created_at=time.time(),
             source=dict(source),
-            requirements=requirements,
-            schema=schema,
+            requirements=plan.requirements,
+            schema={
+                **plan.schema.to_dict(),
+                "route": plan.routes[0],
+                "routes": plan.routes,
+                "inputs": plan.inputs(),
+                "example": example,
+                "kind": captured.kind,
+            },
             options={"workers": options.workers, "batch": plan.batch},
             reference_path=reference_path,
         )
     )
-    return PreparedVersion(version, built, requirements, notices, example, new=True)
+    return PreparedVersion(version, built, plan.requirements, notices, example, new=True)
+
+
+def _object_kinds(plan: Any) -> list[str]:
+    """The framework savers the build will use (their imports can start early)."""
+    return sorted({spec["kind"] for spec in plan.object_specs} - {"generic"})
+
+
+def _build(plan: Any, staging: Path, notify: Notify) -> tuple[Path, str, bool]:
+    """Write and build a version whose requirements are known: (folder, bento tag, built)."""
+    builder = WarmBuilder(_object_kinds(plan))  # its imports overlap the writing
+    try:
+        version_dir = _write(plan, staging, plan.name)
+        notify(f"building {plan.name} (offline, pinned requirements)")
+        return (version_dir, *builder.build(version_dir))
+    finally:
+        builder.close()
+
+
+def _build_beside_probe(
+    plan: Any,
+    options: Any,
+    example: dict[str, Any],
+    staging: Path,
+    notices: list[str],
+    notify: Notify,
+) -> tuple[Path, str, bool]:
+    """New code: the example call (which may add requirements) runs in a fresh interpreter
+    while the version is built with the requirements known so far; a rare addition renames
+    the version and builds it again."""
+    _pin(plan, options, None, [])
+    builder = WarmBuilder(_object_kinds(plan))
+    probe: ProbeProcess | None = None
+    try:
+        version_dir = _write(plan, staging, plan.name)
+        probe = ProbeProcess(version_dir, example)
+        notify(f"building {plan.name} (offline, pinned requirements)")
+        bento_tag, built = builder.build(version_dir)
+        probed = probe.result(_probe_cache(plan))
+    finally:
+        builder.close()
+        if probe is not None:
+            probe.close()
+    first_hash = plan.content_hash
+    _tell(notices, _pin(plan, options, probed, notices), notify)
+    if plan.content_hash != first_hash:
+        version_dir = _rehome(plan, version_dir, plan.name)
+        obsolete, (bento_tag, built) = bento_tag, build_bento(version_dir)
+        _discard_bento(obsolete)
+    return version_dir, bento_tag, built
 
 
 def example_request(plan: Any, reference: Any) -> dict[str, Any] | None:
@@ -228,28 +253,13 @@ def _tell(notices: list[str], requirements: list[str], notify: Notify) -> None:
     notify("requirements: " + (", ".join(requirements) or "none"))
 
 
-def run_helper(
-    module: str, directory: Path, *, timeout: float, env: dict[str, str] | None = None
-) -> tuple[dict[str, Any] | None, str]:
-    """Run ``python -m MODULE DIR``, a helper process that prints one JSON line last, from
-    inside ``DIR``; returns its answer (None when it gave none) and its error output."""
+def last_json(output: str) -> dict[str, Any] | None:
+    """The one JSON object a helper process prints last, or None when it printed none."""
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", module, str(directory)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=directory,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"took longer than {timeout:g} s"
-    try:
-        answer: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+        answer: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        return None, completed.stderr
-    return answer, completed.stderr
+        return None
+    return answer
 
 
 class ProbeProcess:
@@ -273,8 +283,8 @@ class ProbeProcess:
         """Its answer (kept in ``cache``, by the version's code), or None when it gave none."""
         try:
             out, _ = self.process.communicate(timeout=PROBE_TIMEOUT_SECONDS)
-            answer: dict[str, Any] | None = json.loads(out.strip().splitlines()[-1])
-        except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError):
+            answer = last_json(out)
+        except subprocess.TimeoutExpired:
             answer = None
         finally:
             self.close()
@@ -357,13 +367,11 @@ def _build_answer(result: dict[str, Any] | None, errors: str) -> tuple[str, bool
 
 def build_bento(version_dir: Path) -> tuple[str, bool]:
     """Build (or reuse) the bento of a written version in a separate process."""
-    result, errors = run_helper(
-        "nbdeploy.service.builder",
-        version_dir,
-        timeout=BUILD_TIMEOUT_SECONDS,
-        env=_builder_environment(),
-    )
-    return _build_answer(result, errors)
+    builder = WarmBuilder([])
+    try:
+        return builder.build(version_dir)
+    finally:
+        builder.close()
 
 
 class WarmBuilder:
@@ -371,10 +379,8 @@ class WarmBuilder:
     savers: seconds) overlap the example call and the writing of the version."""
 
     def __init__(self, kinds: list[str]) -> None:
-        from nbdeploy.service.builder import WAIT
-
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nbdeploy.service.builder", WAIT, *kinds],
+            [sys.executable, "-m", "nbdeploy.service.builder", *kinds],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -393,11 +399,7 @@ class WarmBuilder:
             raise BuildError(
                 f"building the service took longer than {BUILD_TIMEOUT_SECONDS} s"
             ) from None
-        try:
-            result: dict[str, Any] | None = json.loads(out.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            result = None
-        return _build_answer(result, errors)
+        return _build_answer(last_json(out), errors)
 
     def close(self) -> None:
         """End the process if no build was asked of it (also on errors and interrupts)."""

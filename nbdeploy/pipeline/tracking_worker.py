@@ -109,7 +109,6 @@ def _log_model(
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=f"{directory}/mlflow_model.py",
-            code_paths=request.get("code_paths") or None,
             artifacts=request["artifacts"],
             pip_requirements=request["requirements"],
             registered_model_name=request["model_name"],

@@ -1,10 +1,11 @@
 """Build a bento from a service source directory, in a process of its own.
 
-``python -m nbdeploy.service.builder DIR`` saves the notebook's objects into nbdeploy's
-BentoML model store (``$NBDEPLOY_HOME/bentoml``), builds the bento named by the content hash
-(reusing it when it exists) and prints one JSON line. A separate process keeps BentoML's
-import cost and global state out of the user's kernel, and sets the build offline:
-requirements are the pinned ones, never resolved or locked against an index.
+``python -m nbdeploy.service.builder``, given a version folder on its standard input, saves
+the notebook's objects into nbdeploy's BentoML model store (``$NBDEPLOY_HOME/bentoml``),
+builds the bento named by the content hash (reusing it when it exists) and prints one JSON
+line. A separate process keeps BentoML's import cost and global state out of the user's
+kernel, and sets the build offline: requirements are the pinned ones, never resolved or
+locked against an index. ``--delete`` removes bentos and models (``nbdeploy prune``).
 """
 
 from __future__ import annotations
@@ -104,33 +105,55 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-WAIT = "--wait"  # start now (imports overlap the caller's work), build the folder read later
+DELETE = "--delete"
+
+
+def delete(bentos: list[str], models: list[str]) -> dict[str, Any]:
+    """Delete bentos and models from nbdeploy's BentoML store: the bytes freed and errors."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    freed, errors = 0, []
+    for store, tags in ((bentoml.bentos, bentos), (bentoml.models, models)):
+        for tag in tags:
+            try:
+                path = Path(store.get(tag).path)
+                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                store.delete(tag)
+            except NotFound:
+                continue
+            except Exception as error:
+                errors.append(f"{tag}: {error}")
+    return {"ok": True, "freed": freed, "errors": errors}
 
 
 def main() -> None:
-    """``builder DIR`` builds DIR; ``builder --wait [KIND...]`` imports BentoML (and the
-    framework savers of KIND) at once, then builds the folder named on its standard input."""
+    """``builder [KIND...]`` imports BentoML (and the framework savers of KIND) at once, so
+    that the imports overlap the caller's work, then builds the folder named on its standard
+    input; ``builder --delete JSON`` deletes {"bentos": [...], "models": [...]}. Either
+    prints one JSON line."""
     os.environ.update({k: v for k, v in bentoml_environment().items() if k not in os.environ})
     # A safety net: BentoML must never install anything (such as uv) while building.
     os.environ["PIP_NO_INDEX"] = "1"
-    if sys.argv[1] == WAIT:
+    if sys.argv[1:2] == [DELETE]:
+        request = json.loads(sys.argv[2])
+        result = delete(request["bentos"], request["models"])
+    else:
         import importlib
 
         import bentoml  # noqa: F401  (the point: loaded while the caller is busy)
 
-        for kind in sys.argv[2:]:
+        for kind in sys.argv[1:]:
             importlib.import_module(f"bentoml.{kind}")
         line = sys.stdin.readline().strip()
         if not line:  # the caller did not need a build after all
             os._exit(0)
         directory = Path(line).resolve()
-    else:
-        directory = Path(sys.argv[1]).resolve()
-    os.chdir(directory)  # BentoML reads build files relative to the working directory only
-    try:
-        result = {"ok": True, **build(directory)}
-    except Exception as exc:
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        os.chdir(directory)  # BentoML reads build files relative to the working directory
+        try:
+            result = {"ok": True, **build(directory)}
+        except Exception as exc:
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     os._exit(0 if result["ok"] else 1)

@@ -17,24 +17,24 @@ from __future__ import annotations
 
 import ast
 import dis
-import functools
-import importlib.metadata as metadata
 import inspect
-import json
-import re
 import sys
 import sysconfig
 import textwrap
-import time
 import types
 import typing
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.service.serialize import NOTEBOOK_MODULES, CaptureError, _is_lru_wrapper
+from nbdeploy.service.requirements import provided_by_distribution
+from nbdeploy.service.serialize import (
+    NOTEBOOK_MODULES,
+    CaptureError,
+    is_lru_wrapper,
+    without_lru_cache,
+)
 
 # Values small and immutable enough to travel inside the function's own pickle.
 _INLINE_TYPES = (int, float, complex, str, bytes, bool, type(None), range, slice)
@@ -79,8 +79,7 @@ def global_names(code: types.CodeType) -> list[str]:
 
 def is_notebook_definition(value: Any) -> bool:
     """A function or class defined in the notebook (pickled by value)."""
-    if _is_lru_wrapper(value):
-        value = value.__wrapped__
+    value = without_lru_cache(value)
     return (
         isinstance(value, types.FunctionType | type)
         and getattr(value, "__module__", None) in NOTEBOOK_MODULES
@@ -91,9 +90,7 @@ def capture_function(
     function: Any, namespace: Mapping[str, Any] | None = None, history: Iterable[str] = ()
 ) -> Captured:
     """Capture ``function`` (defined in the notebook) with everything it reaches."""
-    entry = inspect.unwrap(function) if callable(function) else function
-    if _is_lru_wrapper(function):
-        entry = function.__wrapped__
+    entry = inspect.unwrap(function) if callable(function) else function  # lru_cache too
     if not isinstance(entry, types.FunctionType):
         raise CaptureError(
             f"{function!r} is not a function defined with `def`",
@@ -161,7 +158,7 @@ def _walk(captured: Captured, start: list[Any], cells: list[str]) -> None:
             if isinstance(value, types.ModuleType):
                 _use_module(captured, value.__name__)
             elif is_notebook_definition(value):
-                target = value.__wrapped__ if _is_lru_wrapper(value) else value
+                target = without_lru_cache(value)
                 if target is not entry and value is not captured.function:
                     source = source_or_none(target, cells)
                     if source and all(n != target.__name__ for n, _ in captured.helpers):
@@ -185,7 +182,7 @@ def _walk(captured: Captured, start: list[Any], cells: list[str]) -> None:
 def _references(value: Any) -> list[tuple[str | None, Any]]:
     """(global name or None, value) pairs that a notebook function or class refers to."""
     found: list[tuple[str | None, Any]] = []
-    if _is_lru_wrapper(value):
+    if is_lru_wrapper(value):
         return [(None, value.__wrapped__)]
     if isinstance(value, types.FunctionType):
         scope = value.__globals__
@@ -277,41 +274,9 @@ def local_module_path(name: str) -> Path | None:
     path = Path(file).resolve()
     if any(path.is_relative_to(root) for root in _installed_roots()):
         return None
-    if top in installed_top_levels() or _editable_distribution_provides(top, path):
+    if provided_by_distribution(top, path):
         return None  # an installed (maybe editable) distribution: a requirement instead
     return path.parent if path.name == "__init__.py" else path
-
-
-def installed_top_levels() -> Mapping[str, list[str]]:
-    """Top-level module -> distributions (``packages_distributions``, which scans every
-    installed distribution: cached for a few seconds, the length of a deploy)."""
-    return _packages_distributions(int(time.monotonic() // 30))
-
-
-@functools.lru_cache(maxsize=1)
-def _packages_distributions(_period: int) -> Mapping[str, list[str]]:
-    return metadata.packages_distributions()
-
-
-def _editable_distribution_provides(top: str, path: Path) -> bool:
-    """An editable install (PEP 660, as hatchling, pdm and flit make them) whose name is the
-    module's and whose project folder holds it: ``packages_distributions`` cannot see its
-    modules, since its RECORD lists only a .pth file."""
-    wanted = re.sub(r"[-_.]+", "_", top).lower()
-    for distribution in metadata.distributions():
-        name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"] or "").lower()
-        if name != wanted:
-            continue
-        try:
-            info = json.loads(distribution.read_text("direct_url.json") or "{}")
-        except ValueError:
-            continue
-        url = str(info.get("url", ""))
-        if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
-            root = Path(urllib.parse.unquote(url[len("file://") :])).resolve()
-            if path.is_relative_to(root):
-                return True
-    return False
 
 
 def _find_local_modules(captured: Captured) -> None:

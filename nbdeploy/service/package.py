@@ -350,7 +350,7 @@ def _display_source(plan: VersionPlan) -> str:
         lines += [f"# -- helper {name}", helper.rstrip(), ""]
     listed = {name for name, _ in captured.helpers}
     for name, value in sorted(plan.definitions.items()):
-        target = value.__wrapped__ if serialize._is_lru_wrapper(value) else value
+        target = serialize.without_lru_cache(value)
         inside = source_or_none(target, captured.cells)
         if name not in listed and inside:
             lines += [f"# -- {name}, used inside the saved objects", inside.rstrip(), ""]
@@ -410,7 +410,7 @@ def write_version(plan: VersionPlan, directory: Path) -> None:
     functions = {
         id(value)
         for value in plan.definitions.values()
-        if isinstance(value, types.FunctionType) or serialize._is_lru_wrapper(value)
+        if isinstance(value, types.FunctionType) or serialize.is_lru_wrapper(value)
     }
     for spec in plan.object_specs:
         serialize.save(

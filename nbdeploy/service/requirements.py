@@ -8,11 +8,16 @@ shell text) can reach a requirements file.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as metadata
+import json
 import re
 import sys
-from collections.abc import Iterable
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
@@ -37,8 +42,6 @@ class Requirements:
 
 def pin_requirements(modules: Iterable[str], extra: Iterable[str] = ()) -> Requirements:
     """Pin the distributions that provide ``modules``; add validated ``extra`` requirements."""
-    from nbdeploy.service.capture import installed_top_levels
-
     providers = installed_top_levels()
     pins: dict[str, str] = {}
     unresolved: list[str] = []
@@ -57,6 +60,44 @@ def pin_requirements(modules: Iterable[str], extra: Iterable[str] = ()) -> Requi
         parsed = parse_requirement(requirement)
         pins[_canonical(parsed.name)] = str(parsed)
     return Requirements(pinned=sorted(pins.values(), key=str.lower), unresolved=unresolved)
+
+
+def provided_by_distribution(top: str, path: Path) -> bool:
+    """Whether the module ``top`` (imported from ``path``) comes from an installed
+    distribution, editable ones included: then it is a requirement, not a local module."""
+    return top in installed_top_levels() or _editable_distribution_provides(top, path)
+
+
+def installed_top_levels() -> Mapping[str, list[str]]:
+    """Top-level module -> distributions (``packages_distributions``, which scans every
+    installed distribution: cached for a few seconds, the length of a deploy)."""
+    return _packages_distributions(int(time.monotonic() // 30))
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions(_period: int) -> Mapping[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def _editable_distribution_provides(top: str, path: Path) -> bool:
+    """An editable install (PEP 660, as hatchling, pdm and flit make them) whose name is the
+    module's and whose project folder holds it: ``packages_distributions`` cannot see its
+    modules, since its RECORD lists only a .pth file."""
+    wanted = re.sub(r"[-_.]+", "_", top).lower()
+    for distribution in metadata.distributions():
+        name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"] or "").lower()
+        if name != wanted:
+            continue
+        try:
+            info = json.loads(distribution.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        url = str(info.get("url", ""))
+        if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
+            root = Path(urllib.parse.unquote(url[len("file://") :])).resolve()
+            if path.is_relative_to(root):
+                return True
+    return False
 
 
 def _installed(distribution: str) -> tuple[str, str]:

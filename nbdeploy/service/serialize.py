@@ -109,8 +109,13 @@ class Reached:
     definitions: dict[str, Any] = field(default_factory=dict)
 
 
-def _is_lru_wrapper(value: Any) -> bool:
+def is_lru_wrapper(value: Any) -> bool:
     return isinstance(value, functools._lru_cache_wrapper)
+
+
+def without_lru_cache(value: Any) -> Any:
+    """The function a ``functools.lru_cache`` wrapper caches (other values as they are)."""
+    return value.__wrapped__ if is_lru_wrapper(value) else value
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -155,9 +160,9 @@ class _Pickler(cloudpickle.Pickler):
             return NotImplemented
         if isinstance(obj, types.ModuleType):
             self.reached.modules.add(obj.__name__.split(".")[0])
-        elif isinstance(obj, type | types.FunctionType) or _is_lru_wrapper(obj):
+        elif isinstance(obj, type | types.FunctionType) or is_lru_wrapper(obj):
             self._record(obj)
-        if _is_lru_wrapper(obj) and getattr(obj, "__module__", None) in NOTEBOOK_MODULES:
+        if is_lru_wrapper(obj) and getattr(obj, "__module__", None) in NOTEBOOK_MODULES:
             parameters = obj.cache_parameters()
             return (
                 functools._lru_cache_wrapper,
