@@ -315,3 +315,56 @@ def _ago(seconds: float) -> str:
 
 def register(ipython: Any) -> None:
     ipython.register_magics(DeployMagics)
+    _warm_up()
+    import sys
+
+    if not any(isinstance(finder, _FrameworkWatch) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _FrameworkWatch())
+
+
+def _warm_up() -> None:
+    """Start nbdeploy's launcher in the background, so that the first ``%deploy`` finds
+    BentoML's serving stack (and the frameworks imported so far) loaded. It never delays
+    the notebook: a failure only means the first deploy starts it."""
+    from nbdeploy.deployment import launcher
+
+    if launcher.enabled() and launcher.running(timeout=1.0) is None:
+        try:
+            process = launcher.start(launcher.framework_modules())
+        except OSError:
+            return
+        if process is not None:
+            threading.Thread(target=process.wait, daemon=True).start()  # no zombie
+
+
+class _FrameworkWatch:
+    """An import hook: when the notebook imports a model framework's module
+    (``sklearn.ensemble``, ``lightgbm``, ...) for the first time, the launcher is asked to
+    import it too, at once, so that it loads while the notebook trains. It never finds a
+    module itself and costs a dictionary lookup per first import of a module."""
+
+    def __init__(self) -> None:
+        from nbdeploy.deployment import launcher
+
+        self.launcher = launcher
+        self.busy = False
+        self.pending: set[str] = set()  # seen before the launcher listened
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        # Packages and their direct submodules: importing sklearn.ensemble brings the rest.
+        if (
+            self.busy
+            or name.count(".") > 1
+            or name.partition(".")[0] not in self.launcher.FRAMEWORKS
+        ):
+            return None
+        self.busy = True  # sending must not re-enter through imports of its own
+        try:
+            self.pending.update(self.launcher.framework_modules([name]))
+            if self.launcher.Launcher(self.launcher.socket_path()).preload(self.pending):
+                self.pending.clear()
+        except Exception:  # a hint to a helper process must never break an import
+            pass
+        finally:
+            self.busy = False
+        return None

@@ -25,6 +25,23 @@ def require_component(name: str, available: bool, how: str) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_launchers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Launchers outlive kernels by design: end those of this session's homes with it."""
+    yield
+    import psutil
+
+    base = str(tmp_path_factory.getbasetemp())
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "nbdeploy.deployment.launcher" not in " ".join(process.info["cmdline"] or []):
+                continue
+            if process.environ().get("NBDEPLOY_HOME", "").startswith(base):
+                process.terminate()
+        except psutil.Error:
+            continue
+
+
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test gets its own state directory and MLflow store; no stray session env."""
@@ -39,6 +56,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     ):
         monkeypatch.delenv(name, raising=False)
     yield state
+    from nbdeploy.deployment import launcher
+
+    launcher.shutdown(state)  # the servers it forked were stopped by their tests
 
 
 @pytest.fixture(scope="session")

@@ -258,8 +258,20 @@ def test_a_port_held_by_another_process_is_a_clear_error(kernel, cli):
 def test_an_interrupted_deploy_leaves_the_previous_version_serving(kernel, safety_home, cli):
     km, kc = kernel
     url = url_of(cli, "predict")
+    # A version whose server takes seconds to load (only the server: NBDEPLOY_SERVER is set
+    # in servers alone), so that the interrupt lands while the deploy waits for it.
     execute(
-        kc, "def predict(rows: list[list[float]]) -> list[int]:\n    return [7 for _ in rows]\n"
+        kc,
+        "import os, time\n"
+        "class SlowToLoad:\n"
+        "    def __setstate__(self, state):\n"
+        "        if os.environ.get('NBDEPLOY_SERVER'):\n"
+        "            time.sleep(10)\n"
+        "        self.__dict__.update(state)\n"
+        "slow = SlowToLoad()\n"
+        "slow.state = 'some'  # pickle calls __setstate__ only when there is state\n"
+        "def predict(rows: list[list[float]]) -> list[int]:\n"
+        "    return [7 for _ in rows] if slow else []\n",
     )
     message_id = kc.execute("%deploy predict --no-mlflow")
     logs = safety_home / "deployments" / "predict" / "logs"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -282,30 +282,25 @@ def _check_host(host: str) -> None:
         )
 
 
-def server_command(bento_tag: str, host: str, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        bento_tag,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-
-
 def _start(deployments: DeploymentStore, name: str, version: Version, host: str, port: int) -> Any:
     """Start a server for ``version``; a start that fails is recorded (its log is what
     ``nbdeploy logs`` shows) and re-raised."""
+    from nbdeploy.deployment.serving import spawner
     from nbdeploy.service.builder import bentoml_environment
 
     folder = deployments_dir() / name
     log_path = folder / "logs" / f"v{version.version}-{time.time_ns()}.log"
+    _drop_stale_metrics(folder, {Path(s.log_path).stem for s in deployments.active_servers(name)})
+    spec = {
+        "bento_tag": version.bento_tag,
+        "host": host,
+        "port": port,
+        "workers": int(version.options.get("workers") or 1),
+        "metrics_dir": str(folder / "metrics" / log_path.stem),
+    }
     try:
         server = start_server(
-            server_command(version.bento_tag, host, port),
+            spawner(spec, folder, log_path),
             host=host,
             port=port,
             log_path=log_path,
@@ -339,6 +334,16 @@ def _start(deployments: DeploymentStore, name: str, version: Version, host: str,
         log_path=str(log_path),
         started_at=server.started_at,
     )
+
+
+def _drop_stale_metrics(folder: Path, live: set[str]) -> None:
+    """Prometheus files of servers that no longer run (each server has its own folder,
+    named like its log)."""
+    metrics = folder / "metrics"
+    if metrics.is_dir():
+        for stale in metrics.iterdir():
+            if stale.name not in live:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _stop_all(deployments: DeploymentStore, name: str) -> None:

@@ -3,7 +3,9 @@
 A server runs in its own session (it outlives the notebook or command that started it),
 binds to 127.0.0.1 unless told otherwise, logs to a file, and counts as ready when its
 readiness URL answers 200 *and* a process it started holds the listening socket, so a
-stranger already answering on the port is never taken for the new server.
+stranger already answering on the port is never taken for the new server. A server is
+started here (an argument list) or by a spawner, such as nbdeploy's launcher, which forks it
+and hands over its pid: such an adopted process is watched, never waited for.
 
 Everything process-related goes through psutil, so this works on Linux and macOS. A
 process is identified by pid *and* creation time (see :func:`process_start_ticks`), so a
@@ -23,10 +25,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -132,8 +134,32 @@ def is_running(pid: int | None, start_ticks: int | None) -> bool:
     return _identified(pid, start_ticks) is not None
 
 
+class Spawned(Protocol):
+    """A started server process: a :class:`subprocess.Popen`, or an :class:`AdoptedProcess`."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+
+class AdoptedProcess:
+    """A process that another process started for us (nbdeploy's launcher forks servers):
+    it cannot be waited for, only watched."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start_ticks = process_start_ticks(pid)
+
+    def poll(self) -> int | None:
+        """None while it runs; -1 once it is gone (its exit code went to its parent)."""
+        return None if is_running(self.pid, self.start_ticks) else -1
+
+
+Spawner = Callable[[dict[str, str]], Spawned]
+
+
 def start_server(
-    command: Sequence[str],
+    command: Sequence[str] | Spawner,
     *,
     host: str,
     port: int,
@@ -145,8 +171,9 @@ def start_server(
     fail_markers: Sequence[str] = (),
     token: str | None = None,
 ) -> ServerProcess:
-    """Start ``command`` and wait until ``ready_path`` answers 200 from a process it
-    started; on failure (or an interrupt) everything it started is stopped and
+    """Start ``command`` (an argument list run in a session of its own, or a spawner given
+    the environment) and wait until ``ready_path`` answers 200 from a process it started;
+    on failure (or an interrupt) everything it started is stopped and
     :class:`ServerStartError` carries its last log lines.
 
     Raises ServerStartError before starting anything when ``port`` is already in use on
@@ -160,16 +187,10 @@ def start_server(
         environment.pop(TOKEN_ENV, None)  # never let a server inherit another's token
     else:
         environment[TOKEN_ENV] = token
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            list(command),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=environment,
-            cwd=cwd,
-            start_new_session=True,
-        )
+    if callable(command):
+        process = command(environment)
+    else:
+        process = popen_logged(command, environment, cwd, log_path)
     start_ticks: int | None = None
     try:
         start_ticks = process_start_ticks(process.pid)
@@ -195,11 +216,33 @@ def start_server(
     raise ServerStartError(message, tail(log_path, lines), hint)
 
 
+def popen_logged(
+    command: Sequence[str], environment: dict[str, str], cwd: Path | None, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a session of its own, its output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
 _Failure = tuple[str, int, str | None]  # message, log lines to show, hint
 
 
+def _exited(code: int) -> str:
+    if code == -1:
+        return "the server exited before it was ready"
+    return f"the server exited with code {code} before it was ready"
+
+
 def _wait_until_ready(
-    process: subprocess.Popen[bytes],
+    process: Spawned,
     server: ServerProcess,
     ready_path: str,
     timeout: float,
@@ -209,12 +252,12 @@ def _wait_until_ready(
     while True:
         code = process.poll()
         if code is not None:
-            return f"the server exited with code {code} before it was ready", 20, None
+            return _exited(code), 20, None
         if probe(server.url + ready_path):
             stranger = _answered_by_stranger(server)
             code = process.poll()  # a server that died after answering explains it better
             if code is not None:
-                return f"the server exited with code {code} before it was ready", 20, None
+                return _exited(code), 20, None
             return stranger
         if fail_markers and any(
             m in line for line in tail(server.log_path, 50) for m in fail_markers
@@ -270,7 +313,7 @@ def _answered_by_stranger(server: ServerProcess) -> _Failure | None:
     )
 
 
-def _stop_started(process: subprocess.Popen[bytes], start_ticks: int | None, marker: str) -> None:
+def _stop_started(process: Spawned, start_ticks: int | None, marker: str) -> None:
     try:
         stop_process(process.pid, start_ticks, grace=START_FAILURE_GRACE, marker=marker)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def prepare_version(
     from nbdeploy.service.package import ServiceOptions, plan_version
     from nbdeploy.service.requirements import notebook_pip_installs
 
+    launching = _launcher_soon()  # warm by the time the version is written
     label = str(source.get("notebook") or "an interactive session")
     plan = plan_version(
         captured,
@@ -90,7 +92,9 @@ def prepare_version(
     staging = deployments_dir() / name / f".staging-{os.getpid()}-{time.monotonic_ns()}"
     try:
         if example is not None and will_probe(plan, example):
-            built_version = _build_beside_probe(plan, options, example, staging, notices, notify)
+            built_version = _build_beside_probe(
+                plan, options, example, staging, notices, notify, launching
+            )
         else:
             cache = _probe_cache(plan)
             probed = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else None
@@ -100,7 +104,7 @@ def prepare_version(
             if existing is not None and Path(existing.service_dir).is_dir():
                 notify(f"unchanged since version {existing.version}: reusing its build")
                 return PreparedVersion(existing, False, requirements, notices, example)
-            built_version = _build(plan, staging, notify)
+            built_version = _build(plan, staging, notify, launching)
         version_dir, bento_tag, built = built_version
         reference_path = _save_reference(reference, version_dir)
     finally:
@@ -138,9 +142,27 @@ def _object_kinds(plan: Any) -> list[str]:
     return sorted({spec["kind"] for spec in plan.object_specs} - {"generic"})
 
 
-def _build(plan: Any, staging: Path, notify: Notify) -> tuple[Path, str, bool]:
+def _launcher_soon() -> Any:
+    """The warm launcher (a Future of it, or of None), started in the background now."""
+    from nbdeploy.deployment import launcher
+
+    executor = ThreadPoolExecutor(1, thread_name_prefix="nbdeploy-launcher")
+    future = executor.submit(launcher.ensure, launcher.framework_modules())
+    executor.shutdown(wait=False)
+    return future
+
+
+def _builder(kinds: list[str], launching: Any) -> WarmBuilder | ForkedBuilder:
+    """A build forked from the warm launcher, else a builder process of its own."""
+    running = launching.result() if launching is not None else None
+    if running is not None:
+        return ForkedBuilder(running, kinds)
+    return WarmBuilder(kinds)
+
+
+def _build(plan: Any, staging: Path, notify: Notify, launching: Any) -> tuple[Path, str, bool]:
     """Write and build a version whose requirements are known: (folder, bento tag, built)."""
-    builder = WarmBuilder(_object_kinds(plan))  # its imports overlap the writing
+    builder = _builder(_object_kinds(plan), launching)  # its imports overlap the writing
     try:
         version_dir = _write(plan, staging, plan.name)
         notify(f"building {plan.name} (offline, pinned requirements)")
@@ -156,16 +178,20 @@ def _build_beside_probe(
     staging: Path,
     notices: list[str],
     notify: Notify,
+    launching: Any,
 ) -> tuple[Path, str, bool]:
-    """New code: the example call (which may add requirements) runs in a fresh interpreter
+    """New code: the example call (which may add requirements) runs in a process of its own
     while the version is built with the requirements known so far; a rare addition renames
     the version and builds it again."""
     _pin(plan, options, None, [])
-    builder = WarmBuilder(_object_kinds(plan))
-    probe: ProbeProcess | None = None
+    builder = _builder(_object_kinds(plan), launching)
+    probe: ProbeProcess | ForkedProbe | None = None
     try:
         version_dir = _write(plan, staging, plan.name)
-        probe = ProbeProcess(version_dir, example)
+        if isinstance(builder, ForkedBuilder):
+            probe = ForkedProbe(builder.launcher, version_dir, example)
+        else:
+            probe = ProbeProcess(version_dir, example)
         notify(f"building {plan.name} (offline, pinned requirements)")
         bento_tag, built = builder.build(version_dir)
         probed = probe.result(_probe_cache(plan))
@@ -288,10 +314,7 @@ class ProbeProcess:
             answer = None
         finally:
             self.close()
-        if answer is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(answer), encoding="utf-8")
-        return answer
+        return _save_probe(answer, cache)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -367,11 +390,12 @@ def _build_answer(result: dict[str, Any] | None, errors: str) -> tuple[str, bool
 
 def build_bento(version_dir: Path) -> tuple[str, bool]:
     """Build (or reuse) the bento of a written version in a separate process."""
-    builder = WarmBuilder([])
-    try:
-        return builder.build(version_dir)
-    finally:
-        builder.close()
+    from nbdeploy.deployment import launcher
+
+    running = launcher.running()
+    if running is not None:
+        return ForkedBuilder(running, []).build(version_dir)
+    return build_in_own_process(version_dir)
 
 
 class WarmBuilder:
@@ -406,3 +430,73 @@ class WarmBuilder:
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate()
+
+
+def _save_probe(answer: dict[str, Any] | None, cache: Path) -> dict[str, Any] | None:
+    if answer is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(answer), encoding="utf-8")
+    return answer
+
+
+class ForkedBuilder:
+    """A build forked from the warm launcher (BentoML imported already)."""
+
+    def __init__(self, running: Any, kinds: list[str]) -> None:
+        self.launcher = running
+        running.preload(f"bentoml.{kind}" for kind in kinds)
+
+    def build(self, version_dir: Path) -> tuple[str, bool]:
+        from nbdeploy.deployment.launcher import LauncherError
+
+        try:
+            answer = self.launcher.run(
+                "build", version_dir, _builder_environment(), BUILD_TIMEOUT_SECONDS
+            )
+        except LauncherError:
+            return build_in_own_process(version_dir)
+        return _build_answer(answer, "")
+
+    def close(self) -> None:
+        """Nothing to end: the forked build ended with its answer."""
+
+
+def build_in_own_process(version_dir: Path) -> tuple[str, bool]:
+    builder = WarmBuilder([])
+    try:
+        return builder.build(version_dir)
+    finally:
+        builder.close()
+
+
+class ForkedProbe:
+    """The example call forked from the warm launcher, running beside the build."""
+
+    def __init__(self, running: Any, directory: Path, example: dict[str, Any]) -> None:
+        from nbdeploy.service.probe import EXAMPLE
+
+        self.directory = directory
+        self.example = example
+        self.example_path = directory / EXAMPLE
+        self.example_path.write_text(json.dumps(example, default=str), encoding="utf-8")
+        executor = ThreadPoolExecutor(1, thread_name_prefix="nbdeploy-probe")
+        self.future = executor.submit(
+            running.run, "probe", directory, _builder_environment(), PROBE_TIMEOUT_SECONDS
+        )
+        executor.shutdown(wait=False)
+
+    def result(self, cache: Path) -> dict[str, Any] | None:
+        """Its answer (kept in ``cache``); in a fresh interpreter when the launcher failed."""
+        from nbdeploy.deployment.launcher import LauncherError
+
+        try:
+            answer: dict[str, Any] | None = self.future.result()
+        except LauncherError:
+            return ProbeProcess(self.directory, self.example).result(cache)
+        if answer is not None and not answer.pop("ok", False) and "modules" not in answer:
+            answer = None
+        self.close()
+        return _save_probe(answer, cache)
+
+    def close(self) -> None:
+        self.example_path.unlink(missing_ok=True)

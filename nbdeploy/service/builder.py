@@ -127,14 +127,26 @@ def delete(bentos: list[str], models: list[str]) -> dict[str, Any]:
     return {"ok": True, "freed": freed, "errors": errors}
 
 
+def build_task(directory: Path) -> dict[str, Any]:
+    """Build the version folder ``directory``: {"ok": True, "bento_tag", "reused", "seconds"}
+    or {"ok": False, "error"} (run in a process of its own: it changes directory)."""
+    # A safety net: BentoML must never install anything (such as uv) while building.
+    os.environ["PIP_NO_INDEX"] = "1"
+    directory = directory.resolve()
+    os.chdir(directory)  # BentoML reads build files relative to the working directory
+    try:
+        return {"ok": True, **build(directory)}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def main() -> None:
     """``builder [KIND...]`` imports BentoML (and the framework savers of KIND) at once, so
     that the imports overlap the caller's work, then builds the folder named on its standard
     input; ``builder --delete JSON`` deletes {"bentos": [...], "models": [...]}. Either
     prints one JSON line."""
     os.environ.update({k: v for k, v in bentoml_environment().items() if k not in os.environ})
-    # A safety net: BentoML must never install anything (such as uv) while building.
-    os.environ["PIP_NO_INDEX"] = "1"
+    os.environ["PIP_NO_INDEX"] = "1"  # as in build_task: never install anything
     if sys.argv[1:2] == [DELETE]:
         request = json.loads(sys.argv[2])
         result = delete(request["bentos"], request["models"])
@@ -148,12 +160,7 @@ def main() -> None:
         line = sys.stdin.readline().strip()
         if not line:  # the caller did not need a build after all
             os._exit(0)
-        directory = Path(line).resolve()
-        os.chdir(directory)  # BentoML reads build files relative to the working directory
-        try:
-            result = {"ok": True, **build(directory)}
-        except Exception as exc:
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        result = build_task(Path(line))
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     os._exit(0 if result["ok"] else 1)

@@ -1,0 +1,178 @@
+"""Run one version's server: a leader process binds the port and keeps its workers (BentoML's
+own HTTP worker, one process per ``--workers``) alive.
+
+This is what ``bentoml serve`` does with its circus arbiter, without a second cold start:
+the leader is usually forked from nbdeploy's warm launcher
+(:mod:`nbdeploy.deployment.launcher`), which has BentoML's serving stack and the model's
+framework imported already, so a new version answers in a fraction of a second instead of
+seconds. ``python -m nbdeploy.deployment.serving SPEC_JSON`` runs the same code in a fresh
+interpreter when no launcher is at hand.
+
+The leader is the process nbdeploy records: stopping its process group stops the workers;
+a worker that dies while nobody asked it to stop is started again (a crash loop ends the
+server, so that status shows it failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+# A worker that keeps dying is not helped by more restarts: give up after this many in a
+# window, so that the deployment shows failed instead of flapping.
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
+BACKLOG = 2048
+
+
+def serve(spec: dict[str, Any]) -> NoReturn:
+    """Serve ``spec`` = {"bento_tag", "host", "port", "workers", "metrics_dir"} until
+    SIGTERM or SIGINT. Never returns."""
+    try:
+        listener = _bind(str(spec["host"]), int(spec["port"]))
+    except OSError as error:
+        print(f"nbdeploy: cannot listen on {spec['host']}:{spec['port']}: {error}", flush=True)
+        os._exit(3)
+    metrics = Path(spec["metrics_dir"])
+    metrics.mkdir(parents=True, exist_ok=True)
+    # Each server its own directory: BentoML's default is shared by every server of a
+    # BentoML home and emptied by each start.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    _Leader(listener, spec).run()
+
+
+class _Leader:
+    def __init__(self, listener: socket.socket, spec: dict[str, Any]) -> None:
+        self.listener = listener
+        self.spec = spec
+        self.workers: dict[int, int] = {}  # pid -> worker index (1-based, as circus counts)
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    def run(self) -> NoReturn:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for index in range(1, max(1, int(self.spec.get("workers") or 1)) + 1):
+            self._spawn(index)
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            index = self.workers.pop(pid, 0)
+            if not index or self.stopping:
+                continue
+            print(f"nbdeploy: worker {index} {_ended(status)}", flush=True)
+            if not self._may_restart():
+                print("nbdeploy: workers keep dying; stopping the server", flush=True)
+                self._stop(signal.SIGTERM, None)
+                continue
+            self._spawn(index)
+        os._exit(0 if self.stopping else 1)
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            _worker(self.listener, self.spec, index)
+        self.workers[pid] = index
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_SECONDS] + [now]
+        return len(self.restarts) <= MAX_RESTARTS
+
+    def _stop(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _worker(listener: socket.socket, spec: dict[str, Any], index: int) -> NoReturn:
+    """BentoML's HTTP worker on the leader's socket (the code ``bentoml serve`` runs in
+    each of its workers)."""
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        from _bentoml_impl.worker.service import main
+
+        main(
+            [
+                str(spec["bento_tag"]),
+                "--fd",
+                str(listener.fileno()),
+                "--worker-id",
+                str(index),
+                "--backlog",
+                str(BACKLOG),
+            ],
+            standalone_mode=False,
+        )
+    except BaseException as error:  # the log is where a failing worker explains itself
+        import traceback
+
+        traceback.print_exc()
+        code = 2 if not isinstance(error, SystemExit) else int(error.code or 0)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host.strip("[]"), port))
+    listener.listen(BACKLOG)
+    listener.set_inheritable(True)
+    return listener
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}; restarting it"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}; restarting it"
+
+
+def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
+    """A spawner for :func:`nbdeploy.deployment.supervisor.start_server`: the server forked
+    from the warm launcher (started when it is not running), else in a fresh interpreter."""
+    from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.supervisor import AdoptedProcess, popen_logged
+
+    def spawn(environment: dict[str, str]) -> Any:
+        running = launcher.ensure()
+        if running is not None:
+            try:
+                return AdoptedProcess(running.serve(spec, environment, cwd, log_path))
+            except launcher.LauncherError as error:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(f"nbdeploy: the launcher could not start the server ({error})\n")
+        return popen_logged(
+            [sys.executable, "-m", "nbdeploy.deployment.serving", json.dumps(spec)],
+            environment,
+            cwd,
+            log_path,
+        )
+
+    return spawn
+
+
+def main() -> None:
+    from nbdeploy.deployment.launcher import drop_working_directory_from_path
+
+    drop_working_directory_from_path()
+    serve(json.loads(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
