@@ -41,6 +41,8 @@ _LAZY = {
     "stop": "nbdeploy.api",
     "logs": "nbdeploy.api",
     "rollback": "nbdeploy.api",
+    "promote": "nbdeploy.api",
+    "weights": "nbdeploy.api",
     "prune": "nbdeploy.api",
     "show_code": "nbdeploy.api",
     "log_metric": "nbdeploy.pipeline.context",
@@ -58,6 +60,7 @@ __all__ = [
     "log_param",
     "logs",
     "params",
+    "promote",
     "prune",
     "rollback",
     "run",
@@ -65,6 +68,7 @@ __all__ = [
     "show_code",
     "status",
     "stop",
+    "weights",
 ]
 
 

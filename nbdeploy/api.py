@@ -225,9 +225,59 @@ def logs(name: str, lines: int = 50) -> list[str]:
 
 
 def rollback(name: str, notify: Notify = _ignore) -> Any:
-    from nbdeploy.deployment.core import rollback as rollback_deployment
+    from nbdeploy.deployment.rollouts import rollback as rollback_deployment
 
     return rollback_deployment(name, notify=notify)
+
+
+def promote(name: str, notify: Notify = _ignore) -> Any:
+    """A canary in progress takes all the traffic now."""
+    from nbdeploy.deployment.rollouts import promote as promote_canary
+
+    return promote_canary(name, notify=notify)
+
+
+def weights(name: str, split: dict[str, float]) -> Any:
+    """Split traffic by hand among running versions: ``weights("churn", {"v1": 90, "v2": 10})``."""
+    from nbdeploy.deployment.rollouts import set_weights
+
+    return set_weights(name, split)
+
+
+def key(name: str, rotate: bool = False) -> str:
+    """The API key of ``name``'s router (``--auth key``); ``rotate`` replaces it."""
+    from nbdeploy.deployment import keys
+    from nbdeploy.deployment.core import status as deployment_status
+    from nbdeploy.deployment.rollouts import rotate_key
+    from nbdeploy.errors import DeployError
+
+    deployment_status(name)
+    if rotate:
+        return rotate_key(name)
+    existing = keys.read_key(name)
+    if existing is None:
+        raise DeployError(f"{name} needs no API key", "deploy it with --auth key to require one")
+    return existing
+
+
+def ab_report(name: str, alpha: float = 0.05) -> Any:
+    """The A/B test of ``name``: arms, outcomes and the always-valid decision."""
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.core import status as deployment_status
+    from nbdeploy.monitor.abreport import ab_report as report
+
+    deployment_status(name)  # a clear error for an unknown name
+    return report(traffic.folder(name), alpha=alpha)
+
+
+def shadow_report(name: str) -> Any:
+    """The shadow version of ``name``: agreement, latency difference, errors."""
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.core import status as deployment_status
+    from nbdeploy.monitor.shadow import shadow_report as report
+
+    deployment_status(name)
+    return report(traffic.folder(name))
 
 
 def show_code(name: str, version: int | None = None) -> str:

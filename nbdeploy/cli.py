@@ -82,6 +82,31 @@ def _parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="serve the previous version again")
     rollback.add_argument("name")
     rollback.add_argument("--json", action="store_true")
+    promote = commands.add_parser("promote", help="a canary in progress takes all the traffic now")
+    promote.add_argument("name")
+    promote.add_argument("--json", action="store_true")
+    weights = commands.add_parser(
+        "weights", help="split traffic by hand among running versions: NAME v1=90 v2=10"
+    )
+    weights.add_argument("name")
+    weights.add_argument("split", nargs="+", metavar="vN=PERCENT")
+    weights.add_argument("--json", action="store_true")
+    key = commands.add_parser(
+        "key", help="print a deployment's API key (for Authorization: Bearer KEY)"
+    )
+    key.add_argument("name")
+    key.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    ab = commands.add_parser(
+        "ab", help="an A/B test's arms and its decision (an always-valid sequential test)"
+    )
+    ab.add_argument("name")
+    ab.add_argument("--alpha", type=float, default=0.05, help="false-positive rate (0.05)")
+    ab.add_argument("--json", action="store_true")
+    shadow = commands.add_parser(
+        "shadow", help="a shadow version's agreement with the live one, latency and errors"
+    )
+    shadow.add_argument("name")
+    shadow.add_argument("--json", action="store_true")
     show = commands.add_parser("show", help="a deployment's versions, or its generated code")
     show.add_argument("name")
     show.add_argument("--code", action="store_true", help="print the generated service.py")
@@ -134,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stop": cmd_stop,
             "logs": cmd_logs,
             "rollback": cmd_rollback,
+            "promote": cmd_promote,
+            "ab": cmd_ab,
+            "key": cmd_key,
+            "shadow": cmd_shadow,
+            "weights": cmd_weights,
             "show": cmd_show,
             "prune": cmd_prune,
         }[args.command]
@@ -236,8 +266,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from nbdeploy.deployment.core import deploy_mlflow_model, deploy_notebook
-    from nbdeploy.deployment.report import curl_example
+    from nbdeploy.deployment.core import deploy_notebook
+    from nbdeploy.deployment.from_mlflow import deploy_mlflow_model
+    from nbdeploy.deployment.report import curl_example, needs_key
     from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
 
     if bool(args.notebook) == bool(args.from_mlflow):
@@ -282,11 +313,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         verb = "built and deployed" if result["built"] else "deployed"
         print(f"✓ {result['name']} v{result['version']} {verb}: {result['endpoint']}")
         schema = {"route": result["endpoint"][len(result["url"]) :], "inputs": result["inputs"]}
-        print("  try: " + curl_example(result["url"], schema, result.get("example")))
+        key_of = result["name"] if needs_key(result["name"]) else None
+        print("  try: " + curl_example(result["url"], schema, result.get("example"), key_of))
         if result.get("example"):
+            from nbdeploy.deployment.keys import read_key
             from nbdeploy.widgets.deployment import call_endpoint
 
-            status, answer = call_endpoint(result["endpoint"], result["example"])
+            key = read_key(result["name"])
+            status, answer = call_endpoint(result["endpoint"], result["example"], key)
             print(f"  example call: {status} {answer[:200]}")
         print(f"  run: {result['run_id']}; logs: nbdeploy logs {result['name']}")
     return 0
@@ -356,11 +390,70 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from nbdeploy import api
 
-    deployment = api.rollback(args.name, notify=_notice)
+    return _serving_now(args, api.rollback(args.name, notify=_notice))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    return _serving_now(args, api.promote(args.name, notify=_notice))
+
+
+def _serving_now(args: argparse.Namespace, deployment: Any) -> int:
     if args.json:
         _print_json(deployment.to_dict())
     else:
         print(f"{deployment.name} is serving v{deployment.live_version} at {deployment.url}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.errors import NbdeployError
+
+    split: dict[str, float] = {}
+    for item in args.split:
+        key, _, value = item.partition("=")
+        try:
+            split[key.strip()] = float(value)
+        except ValueError:
+            raise NbdeployError(f"{item!r}: write VERSION=PERCENT, such as v2=10") from None
+    deployment = api.weights(args.name, split)
+    if args.json:
+        _print_json(deployment.to_dict())
+    else:
+        shares = ", ".join(f"{k} {v:g}%" for k, v in split.items())
+        print(f"{deployment.name}: {shares} at {deployment.url}")
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    print(api.key(args.name, rotate=args.rotate))
+    return 0
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.monitor.abreport import format_ab_report
+
+    return _report(args, api.ab_report(args.name, alpha=args.alpha), format_ab_report)
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.monitor.shadow import format_shadow_report
+
+    report = api.shadow_report(args.name)
+    return _report(args, report, lambda r: format_shadow_report(args.name, r))
+
+
+def _report(args: argparse.Namespace, report: Any, formatted: Any) -> int:
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(formatted(report))
     return 0
 
 

@@ -48,3 +48,9 @@ class RunFailedError(NbdeployError):
     """A notebook run ended in a failed cell or a timeout (exit code 1)."""
 
     exit_code = 1
+
+
+class DeployError(NbdeployError):
+    """A deploy did not complete; the previous version (if any) is still serving."""
+
+    exit_code = 1

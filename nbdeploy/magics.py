@@ -26,7 +26,7 @@ USAGE = """\
 %deploy FUNCTION|MODEL [--name NAME] [--port N] [--workers N] [--batch|--no-batch]
                  [--reference VAR] [--extra-columns refuse|drop] [--requirements REQ ...]
                                       deploy a function, or a fitted model, of this notebook
-%deploy status [NAME] | stop NAME | logs NAME | rollback NAME | show NAME
+%deploy status [NAME] | stop NAME | logs NAME | rollback NAME | promote NAME | show NAME
 %deploy run [NOTEBOOK] [-p NAME VALUE]... [-f FILE] [--sweep NAME=V1,V2]... [--parallel N]
             [--output-dir DIR] [--kernel NAME] [--timeout S] [--log-output] [--no-mlflow]
 %deploy params [NOTEBOOK]
@@ -89,6 +89,7 @@ class DeployMagics(Magics):
             "stop": self._stop,
             "logs": self._logs,
             "rollback": self._rollback,
+            "promote": self._promote,
             "show": self._show,
         }
         handler = handlers.get(command)
@@ -155,7 +156,7 @@ class DeployMagics(Magics):
                 namespace=namespace,
                 history=list(namespace.get("In", [])),
                 source={"notebook": notebook, "target": target},
-                notify=lambda message: print(f"nbdeploy: {message}", flush=True),
+                notify=_note,
                 **vars(options),
             )
         except KeyboardInterrupt:
@@ -199,9 +200,18 @@ class DeployMagics(Magics):
     def _rollback(self, words: list[str]) -> None:
         from nbdeploy import api
 
-        parser = _MagicParser(prog="%deploy rollback")
+        self._switch("rollback", api.rollback, words)
+
+    def _promote(self, words: list[str]) -> None:
+        from nbdeploy import api
+
+        self._switch("promote", api.promote, words)
+
+    @staticmethod
+    def _switch(verb: str, action: Any, words: list[str]) -> None:
+        parser = _MagicParser(prog=f"%deploy {verb}")
         parser.add_argument("name")
-        deployment = api.rollback(parser.parse_args(words).name)
+        deployment = action(parser.parse_args(words).name, notify=_note)
         print(f"{deployment.name} is serving v{deployment.live_version} at {deployment.url}")
 
     def _show(self, words: list[str]) -> None:
@@ -253,7 +263,7 @@ class DeployMagics(Magics):
                     **request,
                     progress=progress,
                     on_done=lambda *event: print(summary.event_line(*event), flush=True),
-                    notify=lambda message: print(f"nbdeploy: {message}", flush=True),
+                    notify=_note,
                     warn=lambda message: print(f"nbdeploy: warning: {message}", flush=True),
                 )
             except BaseException as exc:
@@ -311,6 +321,10 @@ def _ago(seconds: float) -> str:
     if seconds < 5400:
         return f"{int(seconds // 60)} min ago"
     return f"{seconds / 3600:.1f} h ago"
+
+
+def _note(message: str) -> None:
+    print(f"nbdeploy: {message}", flush=True)
 
 
 def register(ipython: Any) -> None:

@@ -30,7 +30,8 @@ def scale(values: list[float]) -> list[float]:
     return [SCALE * v for v in values]
 
 result = nbdeploy.deploy(scale, name="scale", mlflow=False)
-print(json.dumps({"url": result.deployment.url, "pid": result.deployment.servers[-1].pid}))
+[live] = [s for s in result.deployment.servers if s.role == "live"]
+print(json.dumps({"url": result.deployment.url, "pid": live.pid}))
 """
 
 
@@ -93,12 +94,18 @@ def test_a_worker_that_dies_is_started_again(tmp_path, home, cli):
     leader = psutil.Process(int(first["pid"]))  # type: ignore[call-overload]
     (worker,) = leader.children()
     worker.send_signal(signal.SIGKILL)
-    wait_for(lambda: len(leader.children()) == 1 and leader.children()[0].pid != worker.pid)
+
+    def replaced() -> bool:
+        children = leader.children()
+        return len(children) == 1 and children[0].pid != worker.pid
+
+    wait_for(replaced)
     wait_for(lambda: scaled(first, [5]) == [10.0])
     status = cli("status", "scale", "--json").json[0]
-    assert status["status"] == "serving" and status["servers"][-1]["pid"] == leader.pid
-    log = Path(status["servers"][-1]["log_path"]).read_text(encoding="utf-8")
-    assert "worker 1 was killed by signal 9; restarting it" in log
+    [live] = [s for s in status["servers"] if s["role"] == "live"]
+    assert status["status"] == "serving" and live["pid"] == leader.pid
+    log = Path(live["log_path"]).read_text(encoding="utf-8")
+    assert "worker 1 was killed by signal 9" in log and "restarting worker 1" in log
     stop(cli)
     wait_for(lambda: not leader.is_running() or leader.status() == psutil.STATUS_ZOMBIE)
 

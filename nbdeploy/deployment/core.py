@@ -2,30 +2,31 @@
 ``%deploy``, ``nbdeploy deploy`` and ``nbdeploy.deploy``.
 
 A deploy captures the function (or model), makes its version (see
-:mod:`nbdeploy.deployment.versions`: content-addressed, built once), and switches the
-deployment's address to it, all under the deployment's lock. The strategy here is
-*recreate*: the old server stops and the new one starts on the deployment's port; if the
-new one does not become ready (or the deploy is interrupted), the old version is started
-again and the error says why.
+:mod:`nbdeploy.deployment.versions`: content-addressed, built once), and rolls it out
+behind the deployment's router with a strategy (:mod:`nbdeploy.deployment.strategies`:
+blue-green by default, recreate, canary, A/B, shadow), all under the deployment's lock.
+A version that does not take over (or a deploy that is interrupted) leaves what served
+before serving, and the error says why. The other verbs (status, stop, logs, rollback,
+promote, weights, show) are here too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy import config
 from nbdeploy.deployment.locks import deployment_lock
-from nbdeploy.deployment.options import DeployOptions
-from nbdeploy.deployment.registry import register_version
+from nbdeploy.deployment.options import DeployOptions, parse_sticky
+from nbdeploy.deployment.registry import record_live, register_version
+from nbdeploy.deployment.rollouts import switch_to
 from nbdeploy.deployment.store import (
-    FAILED,
+    FAILED_START,
+    ROUTER,
     SERVING,
     STOPPED,
     Deployment,
@@ -34,26 +35,14 @@ from nbdeploy.deployment.store import (
 )
 from nbdeploy.deployment.supervisor import (
     LOOPBACK,
-    ServerStartError,
-    free_port,
-    start_server,
     stop_process,
     tail,
 )
-from nbdeploy.deployment.versions import build_bento, deployments_dir, prepare_version
-from nbdeploy.errors import NbdeployError
+from nbdeploy.deployment.versions import prepare_version
+from nbdeploy.errors import DeployError
 from nbdeploy.store import StateStore, default_store
 
 Notify = Callable[[str], None]
-READY_TIMEOUT_SECONDS = 120
-FAILED_START = "failed-start"  # the role of a server that never became ready
-STARTUP_FAILURE_MARKERS = ("Application startup failed",)
-
-
-class DeployError(NbdeployError):
-    """A deploy did not complete; the previous version (if any) is still serving."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -197,7 +186,11 @@ def deploy_captured(
     name = deployment_name(options.name or captured.name)  # the function's, or the model's
     if options.workers < 1:
         raise DeployError("--workers must be at least 1")
-    _check_host(options.host)
+    try:
+        parse_sticky(options.sticky)
+    except ValueError as error:
+        raise DeployError(str(error)) from None
+    check_host(options.host)
     deployments = DeploymentStore(store or default_store())
     with deployment_lock(name, notify):
         prepared = prepare_version(
@@ -227,11 +220,19 @@ def deploy_captured(
             deployment = current
         else:
             deployment = switch_to(
-                deployments, name, version, host=options.host, port=options.port, notify=notify
+                deployments,
+                name,
+                version,
+                host=options.host,
+                port=options.port,
+                strategy=options.strategy,
+                keep_warm=options.keep_warm,
+                options=options,
+                notify=notify,
             )
     notices = list(prepared.notices)
     if options.mlflow and not unchanged:
-        version = _record_in_registry(deployments, version, registration, notices, notify)
+        version = record_live(deployments, version, registration, notices, notify)
     return DeployResult(
         deployment,
         version,
@@ -243,37 +244,7 @@ def deploy_captured(
     )
 
 
-def _record_in_registry(
-    deployments: DeploymentStore,
-    version: Version,
-    registration: Any,
-    notices: list[str],
-    notify: Notify,
-) -> Version:
-    """Wait for the version's MLflow registration and point the alias ``live`` at it."""
-    from nbdeploy.deployment.registry import REPLY_TIMEOUT_SECONDS, set_live
-
-    try:
-        if registration is not None:
-            reply = registration.result(timeout=REPLY_TIMEOUT_SECONDS)
-            if not reply.get("ok"):
-                raise RuntimeError(reply.get("error"))
-            deployments.set_mlflow_version(
-                version.deployment, version.version, reply["model_version"]
-            )
-            version = deployments.version(version.deployment, version.version)
-        if version.mlflow_version:
-            answer = set_live(version.deployment, version.mlflow_version)
-            if not answer.get("ok"):
-                raise RuntimeError(answer.get("error"))
-    except Exception as error:  # the service serves; only the registry record is missing
-        message = f"MLflow registry not updated: {error}"
-        notices.append(message)
-        notify(message)
-    return version
-
-
-def _check_host(host: str) -> None:
+def check_host(host: str) -> None:
     if host not in (LOOPBACK, "localhost", "::1") and not os.environ.get("NBDEPLOY_ALLOW_REMOTE"):
         raise DeployError(
             f"--host {host}: services listen on 127.0.0.1 unless you opt in",
@@ -282,139 +253,11 @@ def _check_host(host: str) -> None:
         )
 
 
-def _start(deployments: DeploymentStore, name: str, version: Version, host: str, port: int) -> Any:
-    """Start a server for ``version``; a start that fails is recorded (its log is what
-    ``nbdeploy logs`` shows) and re-raised."""
-    from nbdeploy.deployment.serving import spawner
-    from nbdeploy.service.builder import bentoml_environment
-
-    folder = deployments_dir() / name
-    log_path = folder / "logs" / f"v{version.version}-{time.time_ns()}.log"
-    _drop_stale_metrics(folder, {Path(s.log_path).stem for s in deployments.active_servers(name)})
-    spec = {
-        "bento_tag": version.bento_tag,
-        "host": host,
-        "port": port,
-        "workers": int(version.options.get("workers") or 1),
-        "metrics_dir": str(folder / "metrics" / log_path.stem),
-    }
-    try:
-        server = start_server(
-            spawner(spec, folder, log_path),
-            host=host,
-            port=port,
-            log_path=log_path,
-            env={**os.environ, **bentoml_environment()},
-            # Never the caller's folder: a version carries everything it runs.
-            cwd=folder,
-            timeout=READY_TIMEOUT_SECONDS,
-            fail_markers=STARTUP_FAILURE_MARKERS,
-        )
-    except BaseException as error:
-        failed = deployments.add_server(
-            name,
-            version.version,
-            pid=0,
-            start_ticks=None,
-            host=host,
-            port=port,
-            log_path=str(log_path),
-            role=FAILED_START,
-            status=FAILED,
-        )
-        deployments.end_server(failed.id, FAILED, str(error) or type(error).__name__)
-        raise
-    return deployments.add_server(
-        name,
-        version.version,
-        pid=server.pid,
-        start_ticks=server.start_ticks,
-        host=host,
-        port=port,
-        log_path=str(log_path),
-        started_at=server.started_at,
-    )
-
-
-def _drop_stale_metrics(folder: Path, live: set[str]) -> None:
-    """Prometheus files of servers that no longer run (each server has its own folder,
-    named like its log)."""
-    metrics = folder / "metrics"
-    if metrics.is_dir():
-        for stale in metrics.iterdir():
-            if stale.name not in live:
-                shutil.rmtree(stale, ignore_errors=True)
-
-
 def _stop_all(deployments: DeploymentStore, name: str) -> None:
     for server in deployments.active_servers(name):
         if server.pid:
             stop_process(server.pid, server.start_ticks, marker=server.log_path)
         deployments.end_server(server.id, STOPPED)
-
-
-def switch_to(
-    deployments: DeploymentStore,
-    name: str,
-    version: Version,
-    *,
-    host: str = LOOPBACK,
-    port: int | None = None,
-    notify: Notify = _ignore,
-) -> Deployment:
-    """Recreate: stop what serves ``name``, start ``version`` on its port. When the new
-    version does not start, or the deploy is interrupted, the previous live version is
-    started again and the deployment's record is left as it was."""
-    current = deployments.find(name)
-    if current is None:
-        current = deployments.ensure(name, host, port or free_port(host))
-    target_port = port or current.port
-    previous = deployments.version(name, current.live_version) if current.live_version else None
-    was_serving = current.status == SERVING and bool(deployments.active_servers(name))
-    _stop_all(deployments, name)
-    notify(f"starting {name} v{version.version} on {host}:{target_port}")
-    try:
-        _start(deployments, name, version, host, target_port)
-    except BaseException as error:
-        interrupted = not isinstance(error, ServerStartError | OSError)
-        reason = "the deploy was interrupted" if interrupted else str(error)
-        restored = _restore(deployments, current, previous, was_serving, notify)
-        if interrupted:
-            raise
-        if restored is not None:
-            raise DeployError(
-                f"{name} v{version.version} did not start; v{restored.live_version} is serving "
-                f"again at {restored.url}. {reason}"
-            ) from None
-        raise DeployError(f"{name} v{version.version} did not start. {reason}") from None
-    deployments.set_state(
-        name, status=SERVING, live_version=version.version, host=host, port=target_port
-    )
-    return deployments.get(name)
-
-
-def _restore(
-    deployments: DeploymentStore,
-    current: Deployment,
-    previous: Version | None,
-    was_serving: bool,
-    notify: Notify,
-) -> Deployment | None:
-    """Put the deployment back as it was before a failed switch; the restarted deployment,
-    or None when nothing was serving (or it could not start again)."""
-    if previous is not None and was_serving:
-        notify(f"starting v{previous.version} again")
-        try:
-            _start(deployments, current.name, previous, current.host, current.port)
-        except (ServerStartError, OSError) as again:
-            notify(f"restarting v{previous.version} failed too: {again}")
-            deployments.set_state(current.name, status=FAILED, live_version=previous.version)
-            return None
-        deployments.set_state(current.name, status=SERVING, live_version=previous.version)
-        return deployments.get(current.name)
-    status = current.status if current.status != SERVING else FAILED
-    deployments.set_state(current.name, status=status, live_version=current.live_version)
-    return None
 
 
 # -- the other verbs -------------------------------------------------------------------
@@ -426,64 +269,35 @@ def status(name: str | None = None, store: StateStore | None = None) -> list[Dep
 
 
 def stop(name: str, store: StateStore | None = None) -> Deployment:
+    """Stop the deployment's router and versions (and a canary in progress)."""
+    from nbdeploy.deployment.strategies import canary
+
     deployments = DeploymentStore(store or default_store())
     current = deployments.get(name)
+    canary.stop_controller(name)
     _stop_all(deployments, name)
     deployments.set_state(name, status=STOPPED, live_version=current.live_version)
     return deployments.get(name)
 
 
 def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[str]:
-    """The last lines of the deployment's current server log; after a start that failed (and
-    the previous version was started again), that failed start's log first."""
+    """The last lines of the log of the deployment's newest version server (not its
+    router's); after a start that failed, that failed start's log first."""
     deployments = DeploymentStore(store or default_store())
     deployments.get(name)
-    recent = deployments.recent_servers(name, 2)
-    if not recent:
+    servers = [s for s in deployments.recent_servers(name, 50) if s.role != ROUTER]
+    if not servers:
         return []
-    newest = recent[0]
-    failed = recent[1] if len(recent) > 1 and recent[1].role == FAILED_START else None
-    if failed is None or newest.role == FAILED_START:
-        return tail(Path(newest.log_path), lines)
+    failed = servers[0] if servers[0].role == FAILED_START else None
+    serving = next((s for s in servers if s.role != FAILED_START), None)
+    if failed is None or serving is None:
+        return tail(Path(servers[0].log_path), lines)
     return [
         f"---- v{failed.version}: the start that failed ----",
         *tail(Path(failed.log_path), lines),
-        f"---- v{newest.version}: serving now ----",
-        *tail(Path(newest.log_path), lines),
+        f"---- v{serving.version}: serving now ----",
+        *tail(Path(serving.log_path), lines),
     ]
-
-
-def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
-    """Serve the version that was live before the current one (no rebuild)."""
-    deployments = DeploymentStore(store or default_store())
-    current = deployments.get(name)
-    target = previous_version(deployments, name, current.live_version)
-    if target is None:
-        raise DeployError(f"{name} has no earlier version to roll back to")
-    version = deployments.version(name, target)
-    with deployment_lock(name, notify):
-        deployment = switch_to(
-            deployments, name, version, host=current.host, port=current.port, notify=notify
-        )
-    if version.mlflow_version:
-        _record_in_registry(deployments, version, None, [], notify)
-    return deployment
-
-
-def previous_version(deployments: DeploymentStore, name: str, live: int | None) -> int | None:
-    rows = (
-        deployments.store.connection()
-        .execute(
-            "SELECT version FROM servers WHERE deployment = ? AND version != ? AND role != ? "
-            "ORDER BY id DESC LIMIT 1",
-            (name, live or -1, FAILED_START),
-        )
-        .fetchone()
-    )
-    if rows:
-        return int(rows[0])
-    earlier = [v.version for v in deployments.versions(name) if live is None or v.version < live]
-    return max(earlier) if earlier else None
 
 
 def versions_of(name: str, store: StateStore | None = None) -> list[Version]:
@@ -512,155 +326,6 @@ def show_code(name: str, version: int | None = None, store: StateStore | None = 
         parts.append(f"# ---- {label} " + "-" * max(4, 80 - len(label)) + "\n")
         parts.append(path.read_text(encoding="utf-8"))
     return "".join(parts)
-
-
-# -- from the MLflow registry (nbdeploy deploy --from-mlflow URI) ---------------------------
-def deploy_mlflow_model(
-    model_uri: str,
-    *,
-    name: str | None = None,
-    host: str = LOOPBACK,
-    port: int | None = None,
-    workers: int = 1,
-    store: StateStore | None = None,
-    notify: Notify = _ignore,
-) -> DeployResult:
-    """Serve an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
-    ``runs:/ID/PATH``) without a notebook: POST /predict {"rows": [...]}."""
-    import hashlib
-
-    from nbdeploy.service.package import deployment_name
-    from nbdeploy.templating import render
-
-    started = time.monotonic()
-    _check_host(host)
-    resolved, registered_name, columns, requirements = _resolve_mlflow_model(model_uri)
-    name = deployment_name(name or registered_name)
-    deployments = DeploymentStore(store or default_store())
-    content = hashlib.sha256(f"{resolved}\n{columns}\n{workers}".encode()).hexdigest()
-    model_tag = f"nbd-{name}-mlflow:{content[:16]}"
-    code = render(
-        "mlflow_service.py.j2",
-        deployment=name,
-        model_uri=resolved,
-        columns=columns,
-        service_name=f"nbd-{name}",
-        workers=int(workers),
-        timeout=60,
-        model_tag=model_tag,
-        max_batch_size=100,
-        max_latency_ms=1000,
-    )
-    content = hashlib.sha256((content + code).encode()).hexdigest()
-    version_dir = deployments_dir() / name / "versions" / content[:16]
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / "service.py").write_text(code, encoding="utf-8")
-    (version_dir / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
-    schema = {
-        "route": "/predict",
-        "inputs": [{"name": "rows", "type": "list[Any]"}],
-        "output": "list[Any]",
-    }
-    manifest = {
-        "name": name,
-        "function": "predict",
-        "batch": True,
-        "objects": [],
-        "content_hash": content,
-        "requirements": requirements,
-        "schema": schema,
-        "mlflow_model_uri": resolved,
-        "model_tag": model_tag,
-    }
-    (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    version = deployments.version_with_hash(name, content)
-    built = False
-    if version is None:
-        notify(f"importing {resolved} and building {name}")
-        bento_tag, built = build_bento(version_dir)
-        if deployments.find(name) is None:  # created only once a version exists
-            deployments.ensure(name, host, port or free_port(host))
-        version = deployments.add_version(
-            Version(
-                deployment=name,
-                version=0,
-                content_hash=content,
-                bento_tag=bento_tag,
-                function="predict",
-                service_dir=str(version_dir),
-                created_at=time.time(),
-                source={"mlflow_model_uri": resolved, "asked": model_uri},
-                requirements=requirements,
-                schema=schema,
-                options={"workers": workers, "batch": True},
-                mlflow_version=None,
-            )
-        )
-    with deployment_lock(name, notify):
-        deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
-    return DeployResult(deployment, version, built, requirements, [], time.monotonic() - started)
-
-
-def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str]]:
-    """(a URI that names one version, the model's name, input column names, requirements)."""
-    import re
-
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w.-]+)|/(\d+))", model_uri.strip())
-    if not match and not model_uri.startswith("runs:/"):
-        raise DeployError(
-            f"--from-mlflow {model_uri!r} is not a registered model URI",
-            "use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH",
-        )
-    import logging
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-    client = MlflowClient(tracking_uri=config.mlflow_tracking_uri())
-    try:
-        if match:
-            model_name, alias, number = match.groups()
-            found = (
-                client.get_model_version_by_alias(model_name, alias)
-                if alias
-                else client.get_model_version(model_name, number)
-            )
-            resolved = f"models:/{model_name}/{found.version}"
-        else:
-            model_name = model_uri.split("/")[-1] or "model"
-            resolved = model_uri
-        import mlflow.models
-
-        info = mlflow.models.get_model_info(_with_tracking(resolved))
-    except MlflowException as error:
-        raise DeployError(f"MLflow has no model {model_uri!r}: {error.message}") from None
-    columns = []
-    if info.signature is not None and info.signature.inputs is not None:
-        columns = [name for name in info.signature.inputs.input_names() if isinstance(name, str)]
-    return resolved, model_name, columns, _mlflow_requirements(resolved)
-
-
-def _with_tracking(uri: str) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(config.mlflow_tracking_uri())
-    return uri
-
-
-def _mlflow_requirements(model_uri: str) -> list[str]:
-    """The requirements MLflow recorded with the model (pinned when it was logged)."""
-    import mlflow.pyfunc
-
-    try:
-        path = mlflow.pyfunc.get_model_dependencies(model_uri)
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except Exception:  # no recorded requirements: the service uses this environment's
-        from nbdeploy.service.requirements import pin_requirements
-
-        return pin_requirements({"mlflow", "pandas", "numpy"}).pinned
-    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-"))]
 
 
 # -- from a notebook file (nbdeploy deploy NOTEBOOK) --------------------------------------

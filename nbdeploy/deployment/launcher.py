@@ -367,7 +367,10 @@ def _child(connection: socket.socket, request: dict[str, Any]) -> NoReturn:
         os.environ.update({str(k): str(v) for k, v in request["env"].items()})
         os.chdir(request["cwd"])
         if request["op"] == "serve":
-            _redirect(Path(request["log"]))
+            log_path = Path(request["log"])
+            # Where a caller interrupted before our answer finds whom to stop.
+            log_path.with_suffix(".pid").write_text(str(os.getpid()), encoding="utf-8")
+            _redirect(log_path)
             _answer(connection, {"ok": True, "pid": os.getpid()})
             connection.close()
             from nbdeploy.deployment.serving import serve

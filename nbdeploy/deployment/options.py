@@ -10,6 +10,10 @@ from typing import Any
 
 LOOPBACK = "127.0.0.1"
 EXTRA_COLUMNS = ("refuse", "drop")
+STRATEGIES = ("blue-green", "recreate", "canary", "ab", "shadow")
+DEFAULT_KEEP_WARM_SECONDS = 600.0
+DEFAULT_CANARY_STEPS = (10, 25, 50, 100)
+DEFAULT_INTERVAL_SECONDS = 30.0
 
 
 @dataclass
@@ -25,6 +29,14 @@ class DeployOptions:
     requirements: list[str] = field(default_factory=list)  # extra PEP 508 requirements
     extra_columns: str = "refuse"  # records with unknown columns: refuse (400) or drop
     mlflow: bool = True  # register the version in the MLflow model registry
+    strategy: str = "blue-green"  # how the new version takes over (see STRATEGIES)
+    keep_warm: float = DEFAULT_KEEP_WARM_SECONDS  # the previous version, for rollback
+    steps: list[float] | None = None  # canary: percentages of traffic, in order
+    weight: float | None = None  # canary: the first step's percentage
+    interval: float = DEFAULT_INTERVAL_SECONDS  # canary: seconds between steps
+    wait: bool = False  # canary: return when it is promoted or rolled back
+    sticky: str | None = None  # A/B: "header:NAME" or "field:NAME"
+    auth: str | None = None  # "key": the router needs an API key; "none"; None: as before
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployOptions:
@@ -82,3 +94,83 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-mlflow", action="store_true", help="do not register the version in MLflow"
     )
+    parser.add_argument(
+        "--auth",
+        choices=("key", "none"),
+        help="key: the router answers only requests with Authorization: Bearer KEY (the "
+        "key is shown once; nbdeploy key NAME prints it); none: no key. Default: as the "
+        "deployment was; a --host other than loopback always needs a key",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="blue-green (default): start the new version beside the live one, check it, "
+        "switch all traffic at once, keep the old one warm for rollback; recreate: stop the "
+        "old version first (a moment without service); canary: a growing share while it "
+        "answers as well as the live one; ab: split traffic and compare outcomes; shadow: "
+        "mirror requests to it, return only the live answers",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_percentages,
+        metavar="P,P,...",
+        help="canary: the share of traffic at each step, in percent (default "
+        + ",".join(map(str, DEFAULT_CANARY_STEPS))
+        + ")",
+    )
+    parser.add_argument(
+        "--weight",
+        type=float,
+        metavar="P",
+        help="the new version's share in percent: canary's first step, A/B (default 50), "
+        "shadow (the share of requests mirrored, default 100)",
+    )
+    parser.add_argument(
+        "--sticky",
+        metavar="header:NAME|field:NAME",
+        help="A/B: the same key (a header, or a field of the JSON body) always reaches the "
+        "same version",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help=f"canary: seconds between steps, each one analysed (default "
+        f"{DEFAULT_INTERVAL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        default=None,
+        help="canary: return only when it is promoted or rolled back (default: it goes on "
+        "in the background; nbdeploy status NAME shows it)",
+    )
+    parser.add_argument(
+        "--keep-warm",
+        type=float,
+        metavar="SECONDS",
+        help=f"keep the previous version running this long after a switch, so that "
+        f"rollback is instant (default {DEFAULT_KEEP_WARM_SECONDS:g})",
+    )
+
+
+def _percentages(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: percentages such as 10,25,50,100") from None
+    if not values or any(not 0 < v <= 100 for v in values) or values != sorted(values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: increasing percentages between 0 (excluded) and 100"
+        )
+    return values
+
+
+def parse_sticky(text: str | None) -> dict[str, str] | None:
+    """``header:X-User`` or ``field:user_id`` as the router's configuration has it."""
+    if not text:
+        return None
+    kind, _, name = text.partition(":")
+    if kind not in ("header", "field") or not name.strip() or len(name) > 100:
+        raise ValueError(f"--sticky {text!r}: write header:NAME or field:NAME")
+    return {kind: name.strip()}

@@ -54,7 +54,7 @@ def prune(
     store: StateStore | None = None,
 ) -> list[PruneReport]:
     """Remove all but the newest ``keep`` versions of one deployment (or of each)."""
-    from nbdeploy.deployment.core import previous_version
+    from nbdeploy.deployment.rollouts import previous_version
 
     if keep < 1:
         raise NbdeployError("--keep must be at least 1", "keep at least the newest version")

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbdeploy import config
+
+if TYPE_CHECKING:
+    from nbdeploy.deployment.store import DeploymentStore, Version
 
 LIVE_ALIAS = "live"
 EXPERIMENT = "nbdeploy-deployments"
@@ -62,3 +66,34 @@ def set_live(model_name: str, model_version: str) -> dict[str, Any]:
         )
         .result(timeout=REPLY_TIMEOUT_SECONDS)
     )
+
+
+Notify = Callable[[str], None]
+
+
+def record_live(
+    deployments: DeploymentStore,
+    version: Version,
+    registration: Any,
+    notices: list[str],
+    notify: Notify,
+) -> Version:
+    """Wait for the version's MLflow registration and point the alias ``live`` at it."""
+    try:
+        if registration is not None:
+            reply = registration.result(timeout=REPLY_TIMEOUT_SECONDS)
+            if not reply.get("ok"):
+                raise RuntimeError(reply.get("error"))
+            deployments.set_mlflow_version(
+                version.deployment, version.version, reply["model_version"]
+            )
+            version = deployments.version(version.deployment, version.version)
+        if version.mlflow_version:
+            answer = set_live(version.deployment, version.mlflow_version)
+            if not answer.get("ok"):
+                raise RuntimeError(answer.get("error"))
+    except Exception as error:  # the service serves; only the registry record is missing
+        message = f"MLflow registry not updated: {error}"
+        notices.append(message)
+        notify(message)
+    return version

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from nbdeploy.deployment.store import SERVING, Deployment
+from nbdeploy.deployment.traffic import describe_split
 from nbdeploy.pipeline.summary import FAIL_MARK, OK_MARK, table
 
 
@@ -51,12 +52,26 @@ def describe_input(schema: dict[str, Any]) -> str:
     return ", ".join(f"{i['name']}: {i['type']}" for i in schema.get("inputs", []))
 
 
-def curl_example(url: str, schema: dict[str, Any], example: dict[str, Any] | None = None) -> str:
+def curl_example(
+    url: str,
+    schema: dict[str, Any],
+    example: dict[str, Any] | None = None,
+    key_of: str | None = None,
+) -> str:
+    """A curl line for the endpoint; ``key_of`` names a deployment whose router needs its
+    API key: the line reads it with ``$(nbdeploy key NAME)``, never shows it."""
     body = json.dumps(example_body(schema, example))
+    auth = f'-H "Authorization: Bearer $(nbdeploy key {key_of})" ' if key_of else ""
     return (
-        f"curl -X POST {shlex.quote(url + schema.get('route', '/'))} "
+        f"curl -X POST {shlex.quote(url + schema.get('route', '/'))} {auth}"
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
+
+
+def needs_key(name: str) -> bool:
+    from nbdeploy.deployment import traffic
+
+    return bool(traffic.read_config(name).get("key_sha256"))
 
 
 def describe_deploy(result: Any) -> str:
@@ -64,7 +79,10 @@ def describe_deploy(result: Any) -> str:
     verb = "built and deployed" if data["built"] else "deployed"
     lines = [f"{OK_MARK} {data['name']} v{data['version']} {verb}: {data['endpoint']}"]
     lines.append("  input: " + describe_input(result.version.schema))
-    lines.append("  try: " + curl_example(data["url"], result.version.schema, data.get("example")))
+    key_of = data["name"] if needs_key(data["name"]) else None
+    lines.append(
+        "  try: " + curl_example(data["url"], result.version.schema, data.get("example"), key_of)
+    )
     lines.append("  requirements: " + (", ".join(data["requirements"]) or "none"))
     lines.append(f"  took {data['seconds']:.1f}s; logs: nbdeploy logs {data['name']}")
     return "\n".join(lines)
@@ -83,15 +101,15 @@ def status_table(deployments: list[Deployment]) -> str:
             else "-"
         )
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(deployment.updated_at))
-        pids = ",".join(str(s.pid) for s in deployment.servers) or "-"
+        serving = deployment.status == SERVING
         rows.append(
             [
                 f"{mark} {deployment.name}",
                 deployment.status,
                 f"v{deployment.live_version}" if deployment.live_version else "-",
-                deployment.url if deployment.status == SERVING else "-",
-                pids,
+                deployment.url if serving else "-",
+                describe_split(deployment.name) if serving else "-",
                 since,
             ]
         )
-    return table(["name", "status", "version", "url", "pid", "since"], rows)
+    return table(["name", "status", "version", "url", "traffic", "since"], rows)

@@ -29,6 +29,8 @@ from typing import Any, NoReturn
 # window, so that the deployment shows failed instead of flapping.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 60.0
+# A worker that dies this soon after its first start never loaded its version: no retry.
+STARTUP_SECONDS = 10.0
 BACKLOG = 2048
 
 
@@ -55,6 +57,8 @@ class _Leader:
         self.workers: dict[int, int] = {}  # pid -> worker index (1-based, as circus counts)
         self.stopping = False
         self.restarts: list[float] = []
+        self.spawned: dict[int, float] = {}  # worker index -> when it was last started
+        self.restarted: set[int] = set()
 
     def run(self) -> NoReturn:
         signal.signal(signal.SIGTERM, self._stop)
@@ -70,14 +74,27 @@ class _Leader:
             if not index or self.stopping:
                 continue
             print(f"nbdeploy: worker {index} {_ended(status)}", flush=True)
+            if (
+                os.WIFEXITED(status)
+                and time.monotonic() - self.spawned[index] < STARTUP_SECONDS
+                and index not in self.restarted
+            ):
+                # It gave up on its own while starting: a version that cannot load is not
+                # helped by retries (a worker killed by a signal, or later, is restarted).
+                print("nbdeploy: the worker failed while starting; stopping the server", flush=True)
+                self._stop(signal.SIGTERM, None)
+                continue
+            self.restarted.add(index)
             if not self._may_restart():
                 print("nbdeploy: workers keep dying; stopping the server", flush=True)
                 self._stop(signal.SIGTERM, None)
                 continue
+            print(f"nbdeploy: restarting worker {index}", flush=True)
             self._spawn(index)
         os._exit(0 if self.stopping else 1)
 
     def _spawn(self, index: int) -> None:
+        self.spawned[index] = time.monotonic()
         pid = os.fork()
         if pid == 0:
             _worker(self.listener, self.spec, index)
@@ -139,8 +156,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _ended(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"was killed by signal {os.WTERMSIG(status)}; restarting it"
-    return f"exited with code {os.waitstatus_to_exitcode(status)}; restarting it"
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
 def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
@@ -154,6 +171,9 @@ def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
         if running is not None:
             try:
                 return AdoptedProcess(running.serve(spec, environment, cwd, log_path))
+            except KeyboardInterrupt:
+                _stop_unanswered(log_path)
+                raise
             except launcher.LauncherError as error:
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(f"nbdeploy: the launcher could not start the server ({error})\n")
@@ -165,6 +185,21 @@ def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
         )
 
     return spawn
+
+
+def _stop_unanswered(log_path: Path) -> None:
+    """Interrupted while the launcher forked the server: stop it by the pid it wrote."""
+    from nbdeploy.deployment.supervisor import stop_process
+
+    pid_file = log_path.with_suffix(".pid")
+    deadline = time.monotonic() + 2.0
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    stop_process(pid, None, grace=0)
 
 
 def main() -> None:

@@ -21,6 +21,11 @@ from nbdeploy.store import StateStore
 
 SERVING, STOPPED, FAILED = "serving", "stopped", "failed"
 READY, STARTING = "ready", "starting"
+# Roles of a deployment's servers: its router (the stable address; version 0), the version
+# taking traffic, the one before it kept warm for an instant rollback, one started but not
+# yet routed, and a start that failed.
+ROUTER, LIVE, STANDBY, CANDIDATE = "router", "live", "standby", "candidate"
+FAILED_START = "failed-start"
 
 
 class DeploymentNotFoundError(NbdeployError):
@@ -146,12 +151,14 @@ class DeploymentStore:
         live_version: int | None,
         host: str | None = None,
         port: int | None = None,
+        strategy: str | None = None,
     ) -> None:
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE deployments SET status = ?, live_version = ?, host = COALESCE(?, host), "
-                "port = COALESCE(?, port), updated_at = ? WHERE name = ?",
-                (status, live_version, host, port, time.time(), name),
+                "port = COALESCE(?, port), strategy = COALESCE(?, strategy), updated_at = ? "
+                "WHERE name = ?",
+                (status, live_version, host, port, strategy, time.time(), name),
             )
 
     # -- versions ----------------------------------------------------------------------
@@ -266,6 +273,30 @@ class DeploymentStore:
         )
         return self._server(row)
 
+    def add_event(self, name: str, kind: str, **detail: Any) -> None:
+        """Record what happened to deployment ``name`` (a switch, a rollback and why)."""
+        with self.store.transaction() as connection:
+            connection.execute(
+                "INSERT INTO events (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
+                (time.time(), kind, f"deployment:{name}", json.dumps(detail, default=str)),
+            )
+
+    def events(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The deployment's latest events, newest first."""
+        rows = (
+            self.store.connection()
+            .execute(
+                "SELECT at, kind, detail FROM events WHERE subject = ? ORDER BY id DESC LIMIT ?",
+                (f"deployment:{name}", limit),
+            )
+            .fetchall()
+        )
+        return [{"at": r["at"], "kind": r["kind"], **json.loads(r["detail"])} for r in rows]
+
+    def set_role(self, server_id: int, role: str) -> None:
+        with self.store.transaction() as connection:
+            connection.execute("UPDATE servers SET role = ? WHERE id = ?", (role, server_id))
+
     def end_server(self, server_id: int, status: str, error: str | None = None) -> None:
         with self.store.transaction() as conn:
             conn.execute(
@@ -300,15 +331,22 @@ class DeploymentStore:
     def reconcile(self, name: str) -> Deployment:
         """Mark servers whose process is gone as failed (with their last log lines) and the
         deployment as failed when its live server is gone."""
+        router_died = False
         for server in self.active_servers(name):
-            if not is_running(server.pid, server.start_ticks):
-                kill_marked(server.log_path)  # workers the dead process manager left behind
-                last_lines = "\n".join(tail(Path(server.log_path), 20))
-                self.end_server(
-                    server.id, FAILED, f"the server process {server.pid} is gone\n{last_lines}"
-                )
+            if is_running(server.pid, server.start_ticks):
+                continue
+            kill_marked(server.log_path)  # workers the dead process manager left behind
+            if server.role == STANDBY:  # its keep-warm time was over: the router retired it
+                self.end_server(server.id, STOPPED)
+                continue
+            router_died = router_died or server.role == ROUTER
+            last_lines = "\n".join(tail(Path(server.log_path), 20))
+            self.end_server(
+                server.id, FAILED, f"the server process {server.pid} is gone\n{last_lines}"
+            )
         deployment = self.get(name)
-        if deployment.status == SERVING and not self.active_servers(name):
+        live = [s for s in self.active_servers(name) if s.role == LIVE]
+        if deployment.status == SERVING and (router_died or not live):
             self.set_state(name, status=FAILED, live_version=deployment.live_version)
             deployment = self.get(name)
         return deployment

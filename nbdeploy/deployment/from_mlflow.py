@@ -1,0 +1,174 @@
+"""Serving a model from the MLflow registry without a notebook (``nbdeploy deploy
+--from-mlflow models:/NAME@ALIAS``): the model is imported into a bento and rolled out like
+any version."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nbdeploy import config
+from nbdeploy.deployment.core import DeployResult, check_host
+from nbdeploy.deployment.locks import deployment_lock
+from nbdeploy.deployment.rollouts import switch_to
+from nbdeploy.deployment.store import DeploymentStore, Version
+from nbdeploy.deployment.supervisor import LOOPBACK, free_port
+from nbdeploy.deployment.versions import build_bento, deployments_dir
+from nbdeploy.errors import DeployError
+from nbdeploy.store import StateStore, default_store
+
+Notify = Callable[[str], None]
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def deploy_mlflow_model(
+    model_uri: str,
+    *,
+    name: str | None = None,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    workers: int = 1,
+    store: StateStore | None = None,
+    notify: Notify = _ignore,
+) -> DeployResult:
+    """Serve an MLflow model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
+    ``runs:/ID/PATH``) without a notebook: POST /predict {"rows": [...]}."""
+    import hashlib
+
+    from nbdeploy.service.package import deployment_name
+    from nbdeploy.templating import render
+
+    started = time.monotonic()
+    check_host(host)
+    resolved, registered_name, columns, requirements = _resolve_mlflow_model(model_uri)
+    name = deployment_name(name or registered_name)
+    deployments = DeploymentStore(store or default_store())
+    content = hashlib.sha256(f"{resolved}\n{columns}\n{workers}".encode()).hexdigest()
+    model_tag = f"nbd-{name}-mlflow:{content[:16]}"
+    code = render(
+        "mlflow_service.py.j2",
+        deployment=name,
+        model_uri=resolved,
+        columns=columns,
+        service_name=f"nbd-{name}",
+        workers=int(workers),
+        timeout=60,
+        model_tag=model_tag,
+        max_batch_size=100,
+        max_latency_ms=1000,
+    )
+    content = hashlib.sha256((content + code).encode()).hexdigest()
+    version_dir = deployments_dir() / name / "versions" / content[:16]
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "service.py").write_text(code, encoding="utf-8")
+    (version_dir / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
+    schema = {
+        "route": "/predict",
+        "inputs": [{"name": "rows", "type": "list[Any]"}],
+        "output": "list[Any]",
+    }
+    manifest = {
+        "name": name,
+        "function": "predict",
+        "batch": True,
+        "objects": [],
+        "content_hash": content,
+        "requirements": requirements,
+        "schema": schema,
+        "mlflow_model_uri": resolved,
+        "model_tag": model_tag,
+    }
+    (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    version = deployments.version_with_hash(name, content)
+    built = False
+    if version is None:
+        notify(f"importing {resolved} and building {name}")
+        bento_tag, built = build_bento(version_dir)
+        if deployments.find(name) is None:  # created only once a version exists
+            deployments.ensure(name, host, port or free_port(host))
+        version = deployments.add_version(
+            Version(
+                deployment=name,
+                version=0,
+                content_hash=content,
+                bento_tag=bento_tag,
+                function="predict",
+                service_dir=str(version_dir),
+                created_at=time.time(),
+                source={"mlflow_model_uri": resolved, "asked": model_uri},
+                requirements=requirements,
+                schema=schema,
+                options={"workers": workers, "batch": True},
+                mlflow_version=None,
+            )
+        )
+    with deployment_lock(name, notify):
+        deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
+    return DeployResult(deployment, version, built, requirements, [], time.monotonic() - started)
+
+
+def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str]]:
+    """(a URI that names one version, the model's name, input column names, requirements)."""
+    import re
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w.-]+)|/(\d+))", model_uri.strip())
+    if not match and not model_uri.startswith("runs:/"):
+        raise DeployError(
+            f"--from-mlflow {model_uri!r} is not a registered model URI",
+            "use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/PATH",
+        )
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+    client = MlflowClient(tracking_uri=config.mlflow_tracking_uri())
+    try:
+        if match:
+            model_name, alias, number = match.groups()
+            found = (
+                client.get_model_version_by_alias(model_name, alias)
+                if alias
+                else client.get_model_version(model_name, number)
+            )
+            resolved = f"models:/{model_name}/{found.version}"
+        else:
+            model_name = model_uri.split("/")[-1] or "model"
+            resolved = model_uri
+        import mlflow.models
+
+        info = mlflow.models.get_model_info(_with_tracking(resolved))
+    except MlflowException as error:
+        raise DeployError(f"MLflow has no model {model_uri!r}: {error.message}") from None
+    columns = []
+    if info.signature is not None and info.signature.inputs is not None:
+        columns = [name for name in info.signature.inputs.input_names() if isinstance(name, str)]
+    return resolved, model_name, columns, _mlflow_requirements(resolved)
+
+
+def _with_tracking(uri: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(config.mlflow_tracking_uri())
+    return uri
+
+
+def _mlflow_requirements(model_uri: str) -> list[str]:
+    """The requirements MLflow recorded with the model (pinned when it was logged)."""
+    import mlflow.pyfunc
+
+    try:
+        path = mlflow.pyfunc.get_model_dependencies(model_uri)
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except Exception:  # no recorded requirements: the service uses this environment's
+        from nbdeploy.service.requirements import pin_requirements
+
+        return pin_requirements({"mlflow", "pandas", "numpy"}).pinned
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-"))]

@@ -1,0 +1,292 @@
+"""Switching a deployment between versions: a deploy's rollout (:func:`switch_to`, with
+the strategies of :mod:`nbdeploy.deployment.strategies`), and the verbs that move traffic
+afterwards: rollback, promote, weights, and the API key of the router."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from nbdeploy.deployment.locks import deployment_lock
+from nbdeploy.deployment.options import DEFAULT_KEEP_WARM_SECONDS, DeployOptions, parse_sticky
+from nbdeploy.deployment.registry import record_live
+from nbdeploy.deployment.store import (
+    CANDIDATE,
+    FAILED,
+    LIVE,
+    ROUTER,
+    SERVING,
+    STANDBY,
+    Deployment,
+    DeploymentStore,
+    Version,
+)
+from nbdeploy.deployment.supervisor import LOOPBACK, ServerStartError, free_port
+from nbdeploy.errors import DeployError
+from nbdeploy.store import StateStore, default_store
+
+Notify = Callable[[str], None]
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def switch_to(
+    deployments: DeploymentStore,
+    name: str,
+    version: Version,
+    *,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    strategy: str = "blue-green",
+    keep_warm: float = DEFAULT_KEEP_WARM_SECONDS,
+    options: DeployOptions | None = None,
+    notify: Notify = _ignore,
+) -> Deployment:
+    """Route ``name`` to ``version`` with ``strategy`` (see
+    :mod:`nbdeploy.deployment.strategies`). When the new version does not take over (or the
+    deploy is interrupted), what served before still serves, and the error says so."""
+    from nbdeploy.deployment.strategies import Rollout, RolloutError, roll_out
+    from nbdeploy.deployment.traffic import RouterError
+
+    current = deployments.find(name)
+    if current is None:
+        current = deployments.ensure(name, host, port or free_port(host))
+    _configure_auth(name, host, options.auth if options is not None else None, notify)
+    rollout = Rollout(deployments, name, version, host, port or current.port, notify, keep_warm)
+    if options is not None:
+        rollout.steps, rollout.weight = options.steps, options.weight
+        rollout.interval, rollout.wait = options.interval, bool(options.wait)
+        try:
+            rollout.sticky = parse_sticky(options.sticky)
+        except ValueError as error:
+            raise DeployError(str(error)) from None
+    try:
+        live = roll_out(strategy, rollout)
+    except BaseException as error:
+        after = deployments.reconcile(name)
+        serving = [s for s in after.servers if s.role == LIVE]
+        if serving:
+            deployments.set_state(name, status=SERVING, live_version=serving[0].version)
+        elif after.status == SERVING:
+            deployments.set_state(name, status=FAILED, live_version=after.live_version)
+        if not isinstance(error, RolloutError | RouterError | ServerStartError | OSError):
+            raise  # an interrupt: it says what happened
+        still = (
+            f"v{serving[0].version} is still serving at {after.url}"
+            if serving
+            else "nothing is serving"
+        )
+        raise DeployError(
+            f"{name} v{version.version} did not take over; {still}. {error}",
+            getattr(error, "hint", None),
+        ) from None
+    deployments.set_state(
+        name, status=SERVING, live_version=live, host=host, port=rollout.port, strategy=strategy
+    )
+    deployments.add_event(name, "switched", version=live, strategy=strategy)
+    return deployments.get(name)
+
+
+def _configure_auth(name: str, host: str, auth: str | None, notify: Notify) -> None:
+    """Give the router the hash of the deployment's API key (created and shown once when
+    asked for, or when the router listens beyond loopback), or none."""
+    from nbdeploy.deployment import keys, traffic
+
+    remote = host not in (LOOPBACK, "localhost", "::1")
+    if auth == "none" and remote:
+        raise DeployError(
+            f"--host {host} needs an API key: the service would be open to the network",
+            "drop --auth none (a key is created), or serve on 127.0.0.1",
+        )
+    config = traffic.read_config(name)
+    key = keys.read_key(name)
+    if auth == "key" or (remote and not config.get("key_sha256")):
+        if key is None:
+            key = keys.create_key(name)
+            # Never in the output: notebooks are saved and committed with their outputs.
+            notify(f"created an API key for {name}: nbdeploy key {name} prints it")
+        config["key_sha256"] = keys.key_hash(key)
+    elif auth == "none":
+        config.pop("key_sha256", None)
+        keys.delete_key(name)
+    traffic.write_config(name, config)
+
+
+def rotate_key(name: str, store: StateStore | None = None) -> str:
+    """A new API key for ``name``'s router (the old one stops working at once)."""
+    from nbdeploy.deployment import keys, traffic
+
+    deployments = DeploymentStore(store or default_store())
+    current = deployments.get(name)
+    key = keys.create_key(name)
+    with deployment_lock(name, _ignore):
+        config = traffic.read_config(name)
+        traffic.route(
+            deployments,
+            name,
+            current.host,
+            current.port,
+            upstreams={
+                k: traffic.Target(k, v["host"], v["port"])
+                for k, v in config.get("upstreams", {}).items()
+            },
+            weights=config.get("weights", {}),
+            key_sha256=keys.key_hash(key),
+        )
+    return key
+
+
+def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
+    """Serve the version that was live before the current one (no rebuild): at once when
+    it is still warm, else started beside the current one first (blue-green)."""
+    from nbdeploy.deployment.strategies import canary
+
+    deployments = DeploymentStore(store or default_store())
+    current = deployments.get(name)
+    ended = canary.ask(name, "abort")
+    if ended is not None:  # a canary in progress: its stable version keeps all traffic
+        notify(f"canary v{ended.version} {ended.status}: {ended.reason or ''}".rstrip(": "))
+        return deployments.get(name)
+    if _end_experiment(deployments, current, notify):
+        return deployments.get(name)
+    target = previous_version(deployments, name, current.live_version)
+    if target is None:
+        raise DeployError(f"{name} has no earlier version to roll back to")
+    version = deployments.version(name, target)
+    with deployment_lock(name, notify):
+        deployment = switch_to(
+            deployments,
+            name,
+            version,
+            host=current.host,
+            port=current.port,
+            strategy="blue-green",
+            notify=notify,
+        )
+    if version.mlflow_version:
+        record_live(deployments, version, None, [], notify)
+    return deployment
+
+
+def promote(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
+    """A canary in progress takes all the traffic now (its remaining steps are skipped)."""
+    from nbdeploy.deployment.strategies import canary
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    ended = canary.ask(name, "promote")
+    if ended is not None:
+        notify(f"canary v{ended.version} {ended.status}")
+        return deployments.get(name)
+    current = deployments.reconcile(name)
+    candidates = [s for s in current.servers if s.role == CANDIDATE]
+    if not candidates:
+        raise DeployError(
+            f"{name} has no canary, A/B test or shadow in progress to promote",
+            "deploy with --strategy canary, ab or shadow; a plain deploy switches at once",
+        )
+    from nbdeploy.deployment.strategies import bluegreen
+
+    with deployment_lock(name, notify):
+        version = deployments.version(name, candidates[0].version)
+        bluegreen.take_over(_rollout(deployments, current, version, notify), candidates[0])
+        deployments.set_state(name, status=SERVING, live_version=version.version)
+        deployments.add_event(name, "promoted", version=version.version)
+    notify(f"v{version.version} takes all the traffic")
+    return deployments.get(name)
+
+
+def _rollout(
+    deployments: DeploymentStore, current: Deployment, version: Version, notify: Notify
+) -> Any:
+    from nbdeploy.deployment.strategies import Rollout
+
+    return Rollout(
+        deployments,
+        current.name,
+        version,
+        current.host,
+        current.port,
+        notify,
+        DEFAULT_KEEP_WARM_SECONDS,
+    )
+
+
+def _end_experiment(deployments: DeploymentStore, current: Deployment, notify: Notify) -> bool:
+    """An A/B test or shadow in progress ends: the live version keeps all the traffic and
+    the candidate stops. False when there is none."""
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.strategies import route, stop_server
+
+    current = deployments.reconcile(current.name)
+    candidates = [s for s in current.servers if s.role == CANDIDATE]
+    live = [s for s in current.servers if s.role == LIVE]
+    config = traffic.read_config(current.name)
+    running = bool(candidates) or bool(config.get("shadow")) or config.get("mode") == "ab"
+    if not running or not live:
+        return False
+    with deployment_lock(current.name, notify):
+        rollout = _rollout(
+            deployments, current, deployments.version(current.name, live[0].version), notify
+        )
+        standby = [s for s in current.servers if s.role == STANDBY]
+        route(rollout, live[0], standby)
+        for candidate in candidates:
+            stop_server(rollout, candidate)
+        deployments.add_event(current.name, "experiment-ended", version=live[0].version)
+    notify(f"the experiment ended; v{live[0].version} keeps all the traffic")
+    return True
+
+
+def set_weights(
+    name: str, weights: Mapping[str, float], store: StateStore | None = None
+) -> Deployment:
+    """Split traffic by hand among the versions that run (``{"v1": 90, "v2": 10}``)."""
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.strategies import target
+
+    deployments = DeploymentStore(store or default_store())
+    current = deployments.get(name)
+    running = {
+        traffic.version_key(s.version): s
+        for s in deployments.active_servers(name)
+        if s.role != ROUTER
+    }
+    unknown = sorted(set(weights) - set(running))
+    if unknown:
+        raise DeployError(
+            f"{name}: no running version {', '.join(unknown)}",
+            "running: " + (", ".join(sorted(running)) or "none"),
+        )
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise DeployError("weights must be zero or more, and one of them more than zero")
+    with deployment_lock(name, _ignore):
+        traffic.route(
+            deployments,
+            name,
+            current.host,
+            current.port,
+            upstreams={key: target(server) for key, server in running.items()},
+            weights=dict(weights),
+        )
+        deployments.add_event(name, "weights", weights=dict(weights))
+    return deployments.get(name)
+
+
+def previous_version(deployments: DeploymentStore, name: str, live: int | None) -> int | None:
+    rows = (
+        deployments.store.connection()
+        .execute(
+            # Versions that took traffic: a candidate that was rolled back never did.
+            "SELECT version FROM servers WHERE deployment = ? AND version != ? "
+            "AND role IN (?, ?) ORDER BY id DESC LIMIT 1",
+            (name, live or -1, LIVE, STANDBY),
+        )
+        .fetchone()
+    )
+    if rows:
+        return int(rows[0])
+    earlier = [v.version for v in deployments.versions(name) if live is None or v.version < live]
+    return max(earlier) if earlier else None

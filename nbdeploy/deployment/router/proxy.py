@@ -1,0 +1,580 @@
+"""The router process: ``python -m nbdeploy.deployment.router FOLDER`` (see the package's
+docstring for what it does and how it is told)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from nbdeploy.deployment.router import CONFIG, LIVE_PATH, STATE, STATUS_PATH
+from nbdeploy.deployment.router.http import (
+    HEAD_LIMIT,
+    HOP_BY_HOP,
+    BadRequest,
+    Request,
+    Response,
+    encode,
+    read_request,
+    read_response,
+    respond,
+    same_answer,
+    simple,
+)
+
+AB_LOG = "ab-requests.jsonl"
+FEEDBACK_LOG = "ab-feedback.jsonl"
+SHADOW_LOG = "shadow.jsonl"
+FEEDBACK_PATH = "/feedback"
+HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+# Latency buckets (upper bounds, ms) for per-version histograms: windows of them give the
+# p99 that canary analysis compares.
+BUCKETS_MS = (
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000,
+    3000, 5000, 10000, math.inf,
+)  # fmt: skip
+STATE_INTERVAL_S = 0.5
+DRAIN_TIMEOUT_S = 30.0
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+IDLE_SECONDS = 4.0  # below the versions' keep-alive timeout (uvicorn's default: 5 s)
+RECENT_IDS = 200_000  # A/B request ids kept to check feedback against
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    errors: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS_MS))
+    latency_sum_ms: float = 0.0
+
+    def record(self, milliseconds: float, error: bool) -> None:
+        self.requests += 1
+        self.errors += int(error)
+        self.latency_sum_ms += milliseconds
+        for index, bound in enumerate(BUCKETS_MS):
+            if milliseconds <= bound:
+                self.buckets[index] += 1
+                break
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "latency_sum_ms": round(self.latency_sum_ms, 3),
+            "buckets": self.buckets,
+        }
+
+
+@dataclass
+class Upstream:
+    name: str
+    host: str
+    port: int
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = field(
+        default_factory=list
+    )
+    inflight: int = 0
+    counters: Counters = field(default_factory=Counters)
+    retired: bool = False
+
+    def take_idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A kept-alive connection young enough that the version has not closed it (BentoML
+        closes them after 5 s idle)."""
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < IDLE_SECONDS and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
+    def close_idle(self) -> None:
+        for _, writer, _since in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class Router:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.upstreams: dict[str, Upstream] = {}
+        self.weights: list[tuple[str, int]] = []  # cumulative basis points
+        self.sticky: dict[str, str] | None = None
+        self.shadow: tuple[str, float] | None = None
+        self.mode = "split"
+        self.key_hash: bytes | None = None
+        self.generation = 0
+        self.name = folder.name
+        self.started_at = time.time()
+        self.shadow_stats = {
+            "mirrored": 0,
+            "compared": 0,
+            "agreed": 0,
+            "errors": 0,
+            "live_ms_sum": 0.0,
+            "shadow_ms_sum": 0.0,
+        }
+        self.recent: OrderedDict[str, str] = OrderedDict()
+        self.logs: dict[str, TextIO] = {}
+        self.standby: dict[str, dict[str, Any]] = {}
+        self.background: set[asyncio.Future[Any]] = set()  # shadow requests in flight
+        self.changed = True
+        self.stopping = False
+
+    # -- configuration -------------------------------------------------------------------
+    def reload(self) -> None:
+        config = json.loads((self.folder / CONFIG).read_text(encoding="utf-8"))
+        wanted = config.get("upstreams", {})
+        for name, upstream in list(self.upstreams.items()):
+            spec = wanted.get(name)
+            if spec is None or (spec["host"], spec["port"]) != (upstream.host, upstream.port):
+                upstream.retired = True
+                upstream.close_idle()
+                if upstream.inflight == 0:
+                    del self.upstreams[name]
+                else:
+                    self.upstreams[f"{name}@retired-{id(upstream)}"] = self.upstreams.pop(name)
+        for name, spec in wanted.items():
+            if name not in self.upstreams:
+                self.upstreams[name] = Upstream(name, spec["host"], int(spec["port"]))
+        total, cumulative = 0, []
+        for name, weight in sorted(config.get("weights", {}).items()):
+            if weight > 0 and name in wanted:
+                total += round(weight * 100)
+                cumulative.append((name, total))
+        self.weights = cumulative
+        self.sticky = config.get("sticky")
+        shadow = config.get("shadow")
+        self.shadow = (shadow["version"], float(shadow.get("percent", 100))) if shadow else None
+        self.mode = config.get("mode", "split")
+        key = config.get("key_sha256")
+        self.key_hash = bytes.fromhex(key) if key else None
+        self.generation = int(config.get("generation", 0))
+        self.standby = {
+            name: entry for name, entry in config.get("standby", {}).items() if name in wanted
+        }
+        self.changed = True
+
+    def retire_expired_standby(self) -> None:
+        """Stop a warm standby (the version before the live one, kept for an instant
+        rollback) once its time is up and nothing is in flight to it."""
+        now = time.time()
+        for name, entry in list(self.standby.items()):
+            upstream = self.upstreams.get(name)
+            if now < float(entry["until"]) or (upstream is not None and upstream.inflight):
+                continue
+            from nbdeploy.deployment.supervisor import stop_process
+
+            del self.standby[name]
+            if upstream is not None:
+                upstream.retired = True
+                upstream.close_idle()
+                del self.upstreams[name]
+            stop_process(int(entry["pid"]), entry.get("start_ticks"), marker=entry.get("log"))
+            print(f"nbdeploy router: standby {name} retired after its keep-warm time", flush=True)
+            self.changed = True
+
+    # -- choosing --------------------------------------------------------------------------
+    def choose(self, request: Request) -> str | None:
+        if not self.weights:
+            return None
+        total = self.weights[-1][1]
+        point = self._sticky_point(request, total)
+        if point is None:
+            point = random.randrange(total)
+        for name, bound in self.weights:
+            if point < bound:
+                return name
+        return self.weights[-1][0]
+
+    def _sticky_point(self, request: Request, total: int) -> int | None:
+        if not self.sticky:
+            return None
+        key: bytes | None = None
+        if "header" in self.sticky:
+            key = request.header(self.sticky["header"].lower().encode("latin-1"))
+        elif "field" in self.sticky and request.body:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                value = json.loads(request.body).get(self.sticky["field"])
+                if value is not None:
+                    key = json.dumps(value, sort_keys=True).encode()
+        if not key:
+            return None
+        digest = hashlib.sha256(key).digest()
+        return int.from_bytes(digest[:8], "big") % total
+
+    # -- serving -----------------------------------------------------------------------------
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while not self.stopping:
+                try:
+                    request = await read_request(reader)
+                except BadRequest as error:
+                    writer.write(simple(error.status, {"error": str(error)}, close=True))
+                    await writer.drain()
+                    break
+                if request is None:
+                    break
+                response = await self.dispatch(request)
+                writer.write(encode(response, keep_alive=request.keep_alive and not response.close))
+                await writer.drain()
+                if not request.keep_alive or response.close:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def dispatch(self, request: Request) -> Response:
+        path = request.path
+        if path == LIVE_PATH:
+            return respond(200, {"ok": True, "generation": self.generation})
+        if self.key_hash is not None and path not in HEALTH_PATHS and not self._authorized(request):
+            return respond(
+                401,
+                {
+                    "error": "missing or wrong API key",
+                    "hint": "send Authorization: Bearer $(nbdeploy key NAME)",
+                },
+                [(b"WWW-Authenticate", b"Bearer")],
+            )
+        if path == STATUS_PATH:
+            return respond(200, self.state())
+        if path == FEEDBACK_PATH and request.method == b"POST":
+            return self.feedback(request)
+        request_id = (request.header(b"x-request-id") or b"").decode("latin-1")[:64]
+        if not REQUEST_ID.fullmatch(request_id):  # the client's own, when it is sane
+            request_id = uuid.uuid4().hex
+        chosen = self.choose(request)
+        if chosen is None:
+            return respond(503, {"error": f"{self.name} has no version serving"})
+        shadow_task = None
+        if self._mirrors(chosen):
+            assert self.shadow is not None
+            shadow_task = asyncio.ensure_future(
+                self.timed(self.upstreams[self.shadow[0]], request, request_id)
+            )
+        started = time.perf_counter()
+        response, served_by = await self.forward_with_failover(chosen, request, request_id)
+        elapsed = (time.perf_counter() - started) * 1000
+        response.headers.append((b"X-Request-ID", request_id.encode()))
+        if served_by:
+            response.headers.append((b"X-Nbdeploy-Version", served_by.encode()))
+        if self.mode == "ab" and served_by:
+            self.remember(request_id, served_by)
+            self.log(
+                AB_LOG,
+                {
+                    "request_id": request_id,
+                    "arm": served_by,
+                    "t": time.time(),
+                    "status": response.status,
+                    "ms": round(elapsed, 3),
+                },
+            )
+        if shadow_task is not None:
+            # The loop keeps only weak references to tasks: hold it until it is done.
+            self.background.add(shadow_task)
+            shadow_task.add_done_callback(self.background.discard)
+            shadow_task.add_done_callback(
+                lambda task: self.compare(task, request_id, response, elapsed)
+            )
+        return response
+
+    def _mirrors(self, chosen: str) -> bool:
+        """This request also goes to the shadow version (its answer is only recorded)."""
+        if self.shadow is None or self.shadow[0] == chosen or self.shadow[0] not in self.upstreams:
+            return False
+        return random.random() * 100 < self.shadow[1]
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.header(b"authorization") or b""
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        assert self.key_hash is not None
+        return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self.key_hash)
+
+    async def forward_with_failover(
+        self, chosen: str, request: Request, request_id: str
+    ) -> tuple[Response, str | None]:
+        tried: set[str] = set()
+        name: str | None = chosen
+        last_error = ""
+        while name is not None:
+            tried.add(name)
+            upstream = self.upstreams.get(name)
+            if upstream is not None:
+                try:
+                    response = await self.counted(upstream, request, request_id)
+                    return response, name
+                except (OSError, asyncio.IncompleteReadError, BadRequest) as error:
+                    last_error = f"{name}: {error}"
+            others = [n for n, _ in self.weights if n not in tried]
+            name = others[0] if others else None
+        return respond(502, {"error": "no version could answer", "detail": last_error}), None
+
+    async def counted(self, upstream: Upstream, request: Request, request_id: str) -> Response:
+        started = time.perf_counter()
+        upstream.inflight += 1
+        error = True
+        try:
+            response = await forward(upstream, request, request_id)
+            error = response.status >= 500
+            return response
+        finally:
+            upstream.inflight -= 1
+            upstream.counters.record((time.perf_counter() - started) * 1000, error)
+            self.changed = True
+            if upstream.retired and upstream.inflight == 0:
+                for key, value in list(self.upstreams.items()):
+                    if value is upstream:
+                        del self.upstreams[key]
+
+    async def timed(
+        self, upstream: Upstream, request: Request, request_id: str
+    ) -> tuple[Response | None, float]:
+        started = time.perf_counter()
+        try:
+            response: Response | None = await self.counted(upstream, request, request_id)
+        except (OSError, asyncio.IncompleteReadError, BadRequest):
+            response = None
+        return response, (time.perf_counter() - started) * 1000
+
+    def compare(
+        self, task: asyncio.Future[Any], request_id: str, live: Response, live_ms: float
+    ) -> None:
+        stats = self.shadow_stats
+        stats["mirrored"] += 1
+        shadow, shadow_ms = task.result()
+        if shadow is None or shadow.status >= 500:
+            stats["errors"] += 1
+        agree = None
+        if shadow is not None and live.status < 400:
+            agree = same_answer(live.body, shadow.body)
+            stats["compared"] += 1
+            stats["agreed"] += int(agree)
+        stats["live_ms_sum"] += live_ms
+        stats["shadow_ms_sum"] += shadow_ms
+        self.log(
+            SHADOW_LOG,
+            {
+                "request_id": request_id,
+                "t": time.time(),
+                "live_status": live.status,
+                "shadow_status": shadow.status if shadow else None,
+                "live_ms": round(live_ms, 3),
+                "shadow_ms": round(shadow_ms, 3),
+                "agree": agree,
+            },
+        )
+        self.changed = True
+
+    # -- A/B feedback ----------------------------------------------------------------------
+    def remember(self, request_id: str, arm: str) -> None:
+        self.recent[request_id] = arm
+        if len(self.recent) > RECENT_IDS:
+            self.recent.popitem(last=False)
+
+    def feedback(self, request: Request) -> Response:
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return respond(
+                400,
+                {"error": 'the body must be JSON: {"request_id": ..., "reward": NUMBER}'},
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
+            return respond(400, {"error": "request_id (a string) is required"})
+        outcome: float | None = None
+        for key in ("reward", "label"):
+            value = body.get(key)
+            if isinstance(value, bool) or (
+                isinstance(value, (int, float)) and math.isfinite(value)
+            ):
+                outcome = float(value)
+                break
+        if outcome is None:
+            return respond(
+                400, {"error": "reward (a finite number) or label (true/false, 0/1) is required"}
+            )
+        if "label" in body and "reward" not in body and outcome not in (0.0, 1.0):
+            return respond(400, {"error": "label must be true/false or 0/1"})
+        arm = self.recent.get(body["request_id"])
+        if arm is None:
+            return respond(
+                404,
+                {
+                    "error": f"unknown request_id {body['request_id'][:64]!r}",
+                    "hint": "send the X-Request-ID of an A/B response",
+                },
+            )
+        self.log(
+            FEEDBACK_LOG,
+            {
+                "request_id": body["request_id"],
+                "arm": arm,
+                "t": time.time(),
+                "outcome": outcome,
+                "kind": "label" if "label" in body and "reward" not in body else "reward",
+            },
+        )
+        return respond(200, {"ok": True, "arm": arm})
+
+    def log(self, name: str, record: dict[str, Any]) -> None:
+        handle = self.logs.get(name)
+        if handle is None:
+            handle = self.logs[name] = open(self.folder / name, "a", encoding="utf-8")  # noqa: SIM115
+        handle.write(json.dumps(record) + "\n")
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        versions: dict[str, Any] = {}
+        for upstream in self.upstreams.values():
+            entry = versions.setdefault(
+                upstream.name,
+                {
+                    "inflight": 0,
+                    "retired_inflight": 0,
+                    **upstream.counters.to_dict(),
+                    "port": upstream.port,
+                },
+            )
+            if upstream.retired:
+                entry["retired_inflight"] += upstream.inflight
+            else:
+                entry["inflight"] += upstream.inflight
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "started_at": self.started_at,
+            "weights": {n: b for n, b in self.weights},
+            "mode": self.mode,
+            "versions": versions,
+            "shadow": dict(self.shadow_stats) if self.shadow else None,
+            "buckets_ms": [b if b != math.inf else None for b in BUCKETS_MS],
+        }
+
+    def write_state(self) -> None:
+        for handle in self.logs.values():
+            handle.flush()
+        path = self.folder / STATE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.state()), encoding="utf-8")
+        os.replace(temporary, path)
+        self.changed = False
+
+    async def keep_state(self, stopped: asyncio.Future[None]) -> None:
+        while True:
+            await asyncio.sleep(STATE_INTERVAL_S)
+            if not self.folder.is_dir():  # the deployment (or NBDEPLOY_HOME) was deleted
+                if not stopped.done():
+                    stopped.set_result(None)
+                return
+            if self.standby:
+                await asyncio.get_running_loop().run_in_executor(None, self.retire_expired_standby)
+            if self.changed:
+                self.write_state()
+
+
+async def forward(upstream: Upstream, request: Request, request_id: str) -> Response:
+    lines = [request.method + b" " + request.target + b" HTTP/1.1"]
+    for key, value in request.headers:
+        if key not in HOP_BY_HOP and key != b"x-request-id":
+            lines.append(key + b": " + value)
+    lines.append(b"Content-Length: " + str(len(request.body)).encode())
+    lines.append(b"X-Request-ID: " + request_id.encode())
+    payload = b"\r\n".join(lines) + b"\r\n\r\n" + request.body
+    while True:
+        connection = upstream.take_idle()
+        reused = connection is not None
+        if connection is None:
+            connection = await asyncio.open_connection(
+                upstream.host, upstream.port, limit=HEAD_LIMIT
+            )
+        reader, writer = connection
+        try:
+            writer.write(payload)
+            await writer.drain()
+            response = await read_response(reader)
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+            if reused:
+                # The version closed a kept-alive connection (its keep-alive timeout ran
+                # out, or it restarted): the others are as old; a fresh one, once.
+                upstream.close_idle()
+                continue
+            raise
+        if response.close or upstream.retired:
+            writer.close()
+        else:
+            upstream.idle.append((reader, writer, time.monotonic()))
+        return response
+
+
+async def run(folder: Path) -> None:
+    router = Router(folder)
+    router.reload()
+    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    listen = config["listen"]
+    server = await asyncio.start_server(
+        router.client,
+        listen["host"].strip("[]"),
+        int(listen["port"]),
+        limit=HEAD_LIMIT,
+        reuse_address=True,
+        backlog=2048,
+    )
+    loop = asyncio.get_running_loop()
+    stopped = loop.create_future()
+
+    def reload() -> None:
+        try:
+            router.reload()
+        except (OSError, ValueError, KeyError) as error:
+            print(f"nbdeploy router: configuration not applied: {error}", flush=True)
+        router.write_state()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+    def stop() -> None:
+        if not stopped.done():
+            stopped.set_result(None)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    router.write_state()
+    keeper = asyncio.ensure_future(router.keep_state(stopped))
+    print(f"nbdeploy router: {router.name} on {listen['host']}:{listen['port']}", flush=True)
+    await stopped
+    server.close()
+    router.stopping = True
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while any(u.inflight for u in router.upstreams.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    keeper.cancel()
+    with contextlib.suppress(OSError):
+        router.write_state()
+
+
+def main() -> None:
+    asyncio.run(run(Path(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Canary: the new version gets a growing share of the traffic (``--steps``, every
+``--interval`` seconds) while it answers as well as the stable version; a breach rolls it
+back at once, and the reason is recorded. At 100% it is promoted (the stable version stays
+warm for rollback).
+
+The analysis follows Flagger's defaults: over each step's window the canary's success rate
+(answers below 500, connections that worked) must stay at or above 99%, and its p99 latency
+at or below max(500 ms, 1.5 x the stable version's p99). The router's per-version counters
+give both (a latency histogram, so the p99 is a bucket's upper bound).
+
+The steps run in a controller process of their own (``python -m
+nbdeploy.deployment.strategies.canary NAME``), so that ``%deploy`` returns at once and a
+kernel restart does not stop a canary; ``--wait`` runs them in the deploy itself.
+``nbdeploy promote NAME`` and ``nbdeploy rollback NAME`` ask a running canary to finish
+early; the plan and its outcome are in ``canary.json`` in the deployment's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbdeploy.deployment import traffic
+from nbdeploy.deployment.options import DEFAULT_CANARY_STEPS
+from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE, SERVING, STANDBY, STOPPED
+from nbdeploy.deployment.strategies import (
+    Rollout,
+    RolloutError,
+    smoke_test,
+    start_version,
+    stop_server,
+    target,
+)
+from nbdeploy.deployment.supervisor import is_running
+
+PLAN = "canary.json"
+MIN_SUCCESS_RATE = 0.99
+P99_FLOOR_MS = 500.0
+P99_FACTOR = 1.5
+POLL_SECONDS = 0.2
+RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled back"
+
+
+@dataclass
+class CanaryPlan:
+    name: str
+    version: int  # the canary
+    stable: int
+    candidate_server: int
+    stable_server: int
+    steps: list[float]
+    interval: float
+    keep_warm: float
+    status: str = RUNNING
+    step: int = 0
+    reason: str | None = None
+    request: str | None = None  # "promote" or "abort", from nbdeploy promote / rollback
+    controller_pid: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_path(name: str) -> Path:
+    return traffic.folder(name) / PLAN
+
+
+def read_plan(name: str) -> CanaryPlan | None:
+    try:
+        return CanaryPlan(**json.loads(plan_path(name).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_plan(plan: CanaryPlan) -> None:
+    path = plan_path(plan.name)
+    temporary = path.with_name(f".{PLAN}.{os.getpid()}")
+    temporary.write_text(json.dumps(asdict(plan), indent=2), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def roll_out(rollout: Rollout) -> int:
+    """Start the canary at its first step; with ``--wait``, run every step. The version
+    live afterwards (the stable one until the canary is promoted)."""
+    from nbdeploy.deployment.strategies import bluegreen
+
+    stable = rollout.servers(LIVE)
+    if not stable or stable[0].port == rollout.port:
+        rollout.notify("nothing serves behind the router yet: blue-green instead of a canary")
+        return bluegreen.roll_out(rollout)
+    steps = list(rollout.steps or DEFAULT_CANARY_STEPS)
+    if rollout.weight is not None:
+        steps = [rollout.weight, *[s for s in steps if s > rollout.weight]]
+    candidate = start_version(rollout, rollout.version, CANDIDATE)
+    try:
+        smoke_test(candidate, rollout.version)
+        plan = CanaryPlan(
+            name=rollout.name,
+            version=rollout.version.version,
+            stable=stable[0].version,
+            candidate_server=candidate.id,
+            stable_server=stable[0].id,
+            steps=steps,
+            interval=rollout.interval,
+            keep_warm=rollout.keep_warm,
+        )
+        _route_share(rollout, plan, steps[0])
+    except BaseException:
+        stop_server(rollout, candidate, FAILED)
+        raise
+    rollout.deployments.add_event(rollout.name, "canary-started", version=plan.version, steps=steps)
+    rollout.notify(
+        f"canary v{plan.version}: {steps[0]:g}% of the traffic; steps {steps} every "
+        f"{plan.interval:g} s"
+    )
+    if rollout.wait:
+        write_plan(plan)
+        run_steps(rollout, plan)
+        if plan.status == ROLLED_BACK:
+            raise RolloutError(f"canary v{plan.version} rolled back: {plan.reason}")
+        return plan.version
+    plan.controller_pid = _start_controller(rollout.name)
+    write_plan(plan)
+    return plan.stable
+
+
+def run_steps(rollout: Rollout, plan: CanaryPlan) -> None:
+    """Analyse each step's window; go on, promote at 100%, or roll back on a breach."""
+    for index, share in enumerate(plan.steps):
+        if index > 0:
+            if not _still_current(rollout, plan):
+                return
+            _route_share(rollout, plan, share)
+            rollout.notify(f"canary v{plan.version}: {share:g}% of the traffic")
+        plan.step = index
+        write_plan(plan)
+        before = traffic.read_state(plan.name).get("versions", {})
+        request = _wait(plan)
+        if request == "abort":
+            _roll_back(rollout, plan, "rolled back by the user")
+            return
+        if request == "promote":
+            break
+        breach = analyse(before, traffic.read_state(plan.name), plan)
+        plan.history.append({"share": share, "at": time.time(), "breach": breach})
+        if breach:
+            _roll_back(rollout, plan, breach)
+            return
+    _promote(rollout, plan)
+
+
+def analyse(before: dict[str, Any], state: dict[str, Any], plan: CanaryPlan) -> str | None:
+    """Why the canary failed this window's analysis, or None."""
+    after = state.get("versions", {})
+    bounds = [b if b is not None else float("inf") for b in state.get("buckets_ms", [])]
+    canary = _window(before, after, traffic.version_key(plan.version))
+    stable = _window(before, after, traffic.version_key(plan.stable))
+    if canary["requests"] == 0:
+        return None  # nothing to judge in this window (told in the history)
+    success = 1 - canary["errors"] / canary["requests"]
+    if success < MIN_SUCCESS_RATE:
+        return (
+            f"success rate {success:.1%} < {MIN_SUCCESS_RATE:.0%} "
+            f"({canary['errors']} of {canary['requests']} requests failed)"
+        )
+    canary_p99 = _quantile(canary["buckets"], bounds, 0.99)
+    stable_p99 = _quantile(stable["buckets"], bounds, 0.99) if stable["requests"] else 0.0
+    limit = max(P99_FLOOR_MS, P99_FACTOR * stable_p99)
+    if canary_p99 > limit:
+        return f"p99 latency {canary_p99:g} ms > {limit:g} ms (stable p99 {stable_p99:g} ms)"
+    return None
+
+
+def _window(before: dict[str, Any], after: dict[str, Any], key: str) -> dict[str, Any]:
+    first, last = before.get(key, {}), after.get(key, {})
+    counts = last.get("buckets", [])
+    earlier = first.get("buckets") or [0] * len(counts)
+    buckets = [b - a for a, b in zip(earlier, counts, strict=True)]
+    return {
+        "requests": last.get("requests", 0) - first.get("requests", 0),
+        "errors": last.get("errors", 0) - first.get("errors", 0),
+        "buckets": buckets,
+    }
+
+
+def _quantile(buckets: list[int], bounds: list[float], q: float) -> float:
+    total = sum(buckets)
+    if not total:
+        return 0.0
+    seen = 0
+    for count, bound in zip(buckets, bounds, strict=False):
+        seen += count
+        if seen >= q * total:
+            return bound
+    return bounds[-1] if bounds else 0.0
+
+
+def _wait(plan: CanaryPlan) -> str | None:
+    """Sleep the step's interval; a promote or abort asked meanwhile ends it early."""
+    deadline = time.monotonic() + plan.interval
+    while time.monotonic() < deadline:
+        asked = read_plan(plan.name)
+        if asked is not None and asked.request in ("promote", "abort"):
+            return asked.request
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    return None
+
+
+def _still_current(rollout: Rollout, plan: CanaryPlan) -> bool:
+    """The canary's servers are still the ones routed (no deploy replaced them)."""
+    active = {s.id for s in rollout.servers(CANDIDATE, LIVE)}
+    return {plan.candidate_server, plan.stable_server} <= active
+
+
+def _route_share(rollout: Rollout, plan: CanaryPlan, share: float) -> None:
+    servers = {s.id: s for s in rollout.deployments.active_servers(rollout.name)}
+    stable, candidate = servers[plan.stable_server], servers[plan.candidate_server]
+    traffic.route(
+        rollout.deployments,
+        rollout.name,
+        rollout.host,
+        rollout.port,
+        upstreams={t.name: t for t in (target(stable), target(candidate))},
+        weights={
+            traffic.version_key(stable.version): 100 - share,
+            traffic.version_key(candidate.version): share,
+        },
+        notify=rollout.notify,
+        mode="split",
+        shadow=None,
+        sticky=None,
+    )
+
+
+def _promote(rollout: Rollout, plan: CanaryPlan) -> None:
+    from nbdeploy.deployment.strategies import route
+
+    servers = {s.id: s for s in rollout.deployments.active_servers(rollout.name)}
+    candidate, stable = servers[plan.candidate_server], servers[plan.stable_server]
+    route(rollout, candidate, [stable] if plan.keep_warm > 0 else [])
+    rollout.deployments.set_role(candidate.id, LIVE)
+    if plan.keep_warm > 0:
+        rollout.deployments.set_role(stable.id, STANDBY)
+    else:
+        traffic.wait_drained(plan.name, traffic.version_key(stable.version))
+        stop_server(rollout, stable)
+    rollout.deployments.set_state(plan.name, status=SERVING, live_version=plan.version)
+    plan.status = PROMOTED
+    write_plan(plan)
+    rollout.deployments.add_event(plan.name, "canary-promoted", version=plan.version)
+    rollout.notify(f"canary v{plan.version} promoted: it takes all the traffic")
+
+
+def _roll_back(rollout: Rollout, plan: CanaryPlan, reason: str) -> None:
+    from nbdeploy.deployment.strategies import route
+
+    servers = {s.id: s for s in rollout.deployments.active_servers(rollout.name)}
+    stable, candidate = servers.get(plan.stable_server), servers.get(plan.candidate_server)
+    if stable is not None:
+        route(rollout, stable, [])
+    if candidate is not None:
+        traffic.wait_drained(plan.name, traffic.version_key(candidate.version), timeout=10.0)
+        stop_server(rollout, candidate, STOPPED)
+        rollout.deployments.end_server(candidate.id, STOPPED, f"canary rolled back: {reason}")
+    plan.status, plan.reason = ROLLED_BACK, reason
+    write_plan(plan)
+    rollout.deployments.add_event(
+        plan.name, "canary-rolled-back", version=plan.version, reason=reason
+    )
+    rollout.notify(f"canary v{plan.version} rolled back: {reason}; v{plan.stable} serves all")
+
+
+def ask(name: str, request: str) -> CanaryPlan | None:
+    """Ask a running canary to finish early ("promote" or "abort"); None when no canary
+    of ``name`` is running under a live controller."""
+    plan = read_plan(name)
+    if plan is None or plan.status != RUNNING:
+        return None
+    if plan.controller_pid is None or not is_running(plan.controller_pid, None):
+        return None
+    plan.request = request
+    write_plan(plan)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        now = read_plan(name)
+        if now is not None and now.status != RUNNING:
+            return now
+    return read_plan(name)
+
+
+def stop_controller(name: str) -> None:
+    """End a canary's controller (the deployment is being stopped)."""
+    from nbdeploy.deployment.supervisor import stop_process
+
+    plan = read_plan(name)
+    if plan is None or plan.status != RUNNING or plan.controller_pid is None:
+        return
+    stop_process(plan.controller_pid, None, grace=2.0)
+    plan.status, plan.reason = ROLLED_BACK, "the deployment was stopped"
+    write_plan(plan)
+
+
+def _start_controller(name: str) -> int:
+    log = traffic.folder(name) / "logs" / f"canary-{time.time_ns()}.log"
+    with open(log, "ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nbdeploy.deployment.strategies.canary", name],
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=traffic.folder(name),
+            start_new_session=True,
+        )
+    return process.pid
+
+
+def main() -> None:
+    """The controller: run the steps of ``canary.json`` under the deployment's lock."""
+    from nbdeploy.deployment.locks import deployment_lock
+    from nbdeploy.deployment.store import DeploymentStore
+    from nbdeploy.store import default_store
+
+    name = sys.argv[1]
+    time.sleep(0.2)  # the deploy that started us writes the plan, then lets go of the lock
+    plan = read_plan(name)
+    if plan is None or plan.status != RUNNING:
+        return
+    deployments = DeploymentStore(default_store())
+    current = deployments.get(name)
+    version = deployments.version(name, plan.version)
+
+    def tell(message: str) -> None:
+        print(f"nbdeploy canary: {message}", flush=True)
+
+    rollout = Rollout(deployments, name, version, current.host, current.port, tell, plan.keep_warm)
+    with deployment_lock(name, tell):
+        run_steps(rollout, plan)
+
+
+if __name__ == "__main__":
+    main()

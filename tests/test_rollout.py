@@ -1,0 +1,428 @@
+"""Integration: rollouts behind a deployment's router, with real servers on 127.0.0.1 and
+load running through the router while versions change (blue-green drops nothing, canaries
+roll back on their own, rollback is instant from a warm standby)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from jupyter_client.manager import start_new_kernel
+from support import execute
+
+import nbdeploy
+from nbdeploy.deployment import traffic
+from nbdeploy.deployment.strategies import canary
+
+pytestmark = pytest.mark.integration
+
+
+def define(source: str) -> dict[str, Any]:
+    """Functions as a notebook defines them (in ``__main__``)."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(source, namespace)
+    return namespace
+
+
+def scaler(factor: float, fail_above: float | None = None, sleep: float = 0.0) -> Any:
+    failing = f"    if values and values[0] > {fail_above}:\n        raise ValueError('bad')\n"
+    return define(
+        "import time\n"
+        "def scale(values: list[float]) -> list[float]:\n"
+        + (failing if fail_above is not None else "")
+        + (f"    time.sleep({sleep})\n" if sleep else "")
+        + f"    return [{factor} * v for v in values]\n"
+    )["scale"]
+
+
+def ask(url: str, value: float) -> tuple[int, Any, dict[str, str]]:
+    request = urllib.request.Request(
+        url + "/scale",
+        data=json.dumps({"values": [value]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            headers = {k.lower(): v for k, v in answer.headers.items()}
+            return answer.status, json.loads(answer.read()), headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), {k.lower(): v for k, v in error.headers.items()}
+
+
+class Load:
+    """Requests sent through the router in a loop by a few threads, every outcome kept."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.outcomes: Counter[str] = Counter()
+        self.answers: Counter[float] = Counter()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                status, body, _ = ask(self.url, 1.0)
+                self.outcomes[str(status)] += 1
+                if status == 200:
+                    self.answers[body[0]] += 1
+            except OSError as error:
+                self.outcomes[f"error: {type(error).__name__}"] += 1
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    @property
+    def failed(self) -> int:
+        return sum(count for outcome, count in self.outcomes.items() if outcome != "200")
+
+
+@pytest.fixture
+def deployed(home: Path) -> Iterator[str]:
+    result = nbdeploy.deploy(scaler(2), name="scale", mlflow=False)
+    yield result.deployment.url
+    nbdeploy.stop("scale")
+
+
+def roles(name: str = "scale") -> list[tuple[str, int]]:
+    [deployment] = nbdeploy.status(name)
+    return sorted((s.role, s.version) for s in deployment.servers)
+
+
+def test_blue_green_switches_under_load_without_dropping_a_request(deployed):
+    with Load(deployed) as load:
+        time.sleep(0.5)
+        result = nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
+        time.sleep(0.5)
+    assert load.failed == 0, load.outcomes
+    assert set(load.answers) == {2.0, 3.0} and result.deployment.live_version == 2
+    assert roles() == [("live", 2), ("router", 0), ("standby", 1)]
+    assert result.deployment.url == deployed  # one stable address
+
+    standby_pid = next(s.pid for s in nbdeploy.status("scale")[0].servers if s.version == 1)
+    with Load(deployed) as load:
+        time.sleep(0.3)
+        rolled = nbdeploy.rollback("scale")
+        time.sleep(0.3)
+    assert load.failed == 0, load.outcomes
+    assert rolled.live_version == 1 and ask(deployed, 1.0)[1] == [2.0]
+    live = next(s for s in rolled.servers if s.role == "live")
+    assert live.pid == standby_pid  # the warm standby took over: nothing was started
+    assert roles() == [("live", 1), ("router", 0), ("standby", 2)]
+    kinds = [event["kind"] for event in nbdeploy_events()]
+    assert kinds[:2] == ["switched", "switched"]
+
+
+def nbdeploy_events() -> list[dict[str, Any]]:
+    from nbdeploy.deployment.store import DeploymentStore
+    from nbdeploy.store import default_store
+
+    return DeploymentStore(default_store()).events("scale")
+
+
+def test_a_new_version_that_fails_its_example_request_leaves_the_old_one(deployed):
+    notebook = define(
+        "import numpy as np\n"
+        "X = np.array([[0.1, 0.2], [0.3, 0.4]])\n"
+        "def scale(rows: list[list[float]]) -> list[float]:\n"
+        "    raise RuntimeError('broken')\n"
+    )
+    with Load(deployed) as load, pytest.raises(Exception) as raised:
+        nbdeploy.deploy(
+            notebook["scale"], name="scale", mlflow=False, reference="X", namespace=notebook
+        )
+    message = str(raised.value)
+    assert "did not take over; v1 is still serving at" in message
+    assert "answered its example request with 500" in message
+    assert load.failed == 0, load.outcomes
+    assert roles() == [("live", 1), ("router", 0)]
+    assert ask(deployed, 1.0)[1] == [2.0]
+
+
+def test_recreate_reports_its_downtime(deployed, capsys):
+    result = nbdeploy.deploy(
+        scaler(5), name="scale", mlflow=False, strategy="recreate", notify=print
+    )
+    assert "had no version serving for" in capsys.readouterr().out
+    assert ask(result.deployment.url, 1.0)[1] == [5.0]
+    assert roles() == [("live", 2), ("router", 0)]
+
+
+def test_an_erroring_canary_is_rolled_back_on_its_own(deployed):
+    with Load(deployed) as load:
+        time.sleep(0.3)
+        with pytest.raises(Exception) as raised:
+            nbdeploy.deploy(
+                scaler(3, fail_above=0.5),
+                name="scale",
+                mlflow=False,
+                strategy="canary",
+                steps=[50, 100],
+                interval=2,
+                wait=True,
+            )
+    assert "canary v2 rolled back: success rate" in str(raised.value)
+    assert load.outcomes["200"] > 0 and "error: URLError" not in load.outcomes
+    plan = canary.read_plan("scale")
+    assert plan is not None and plan.status == "rolled back" and "success rate" in plan.reason
+    assert roles() == [("live", 1), ("router", 0)]
+    assert [ask(deployed, 1.0)[1] for _ in range(20)] == [[2.0]] * 20
+    [event] = [e for e in nbdeploy_events() if e["kind"] == "canary-rolled-back"]
+    assert "success rate" in event["reason"]
+
+
+def test_a_canary_in_the_background_is_promoted_by_hand(deployed, cli):
+    result = nbdeploy.deploy(
+        scaler(3), name="scale", mlflow=False, strategy="canary", weight=30, interval=600
+    )
+    assert result.deployment.live_version == 1  # the canary is not live yet
+    assert roles() == [("candidate", 2), ("live", 1), ("router", 0)]
+    seen = Counter(ask(deployed, 1.0)[2]["x-nbdeploy-version"] for _ in range(200))
+    assert set(seen) == {"v1", "v2"} and 20 < seen["v2"] < 100, seen
+    promoted = cli("promote", "scale", "--json")
+    assert promoted.code == 0, promoted
+    assert promoted.json["live_version"] == 2
+    assert roles() == [("live", 2), ("router", 0), ("standby", 1)]
+    assert canary.read_plan("scale").status == "promoted"  # type: ignore[union-attr]
+
+
+def test_rollback_aborts_a_canary_in_progress(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="canary", interval=600)
+    rolled = cli("rollback", "scale", "--json")
+    assert rolled.code == 0, rolled
+    assert rolled.json["live_version"] == 1
+    assert roles() == [("live", 1), ("router", 0)]
+    plan = canary.read_plan("scale")
+    assert plan is not None and plan.reason == "rolled back by the user"
+
+
+def test_weights_split_traffic_by_hand(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
+    result = cli("weights", "scale", "v1=50", "v2=50")
+    assert result.code == 0, result
+    seen = Counter(ask(deployed, 1.0)[1][0] for _ in range(200))
+    assert set(seen) == {2.0, 3.0} and min(seen.values()) > 50, seen
+    wrong = cli("weights", "scale", "v9=100")
+    assert wrong.code != 0 and "no running version v9" in wrong.err
+
+
+def test_a_standby_is_stopped_after_its_keep_warm_time(deployed):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, keep_warm=1)
+    standby = next(s for s in nbdeploy.status("scale")[0].servers if s.role == "standby")
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(standby.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(standby.pid) or psutil.Process(standby.pid).status() == "zombie"
+    assert roles() == [("live", 2), ("router", 0)]
+    assert nbdeploy.status("scale")[0].status == "serving"
+
+
+def test_stop_ends_the_router_and_every_version(home):
+    result = nbdeploy.deploy(scaler(2), name="scale", mlflow=False)
+    pids = [s.pid for s in result.deployment.servers]
+    nbdeploy.stop("scale")
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+    with pytest.raises(OSError):
+        ask(result.deployment.url, 1.0)
+
+
+def test_the_router_and_versions_outlive_a_kernel_restart(home, tmp_path, cli):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "JPY_"))}
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
+    try:
+        execute(kc, "%load_ext nbdeploy")
+        execute(
+            kc,
+            "def scale(values: list[float]) -> list[float]:\n    return [7 * v for v in values]\n",
+        )
+        execute(kc, "%deploy scale --no-mlflow")
+        url = cli("status", "scale", "--json").json[0]["url"]
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        assert ask(url, 1.0)[1] == [7.0]
+        status = cli("status", "scale", "--json").json[0]
+        assert status["status"] == "serving" and status["url"] == url
+        execute(kc, "%load_ext nbdeploy")
+        output = execute(kc, "%deploy status scale")
+        assert "serving" in output
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        cli("stop", "scale")
+
+
+def test_the_router_speaks_http_properly(deployed):
+    """Keep-alive, request ids, a JSON 404 for the router's own paths, and bodies sent
+    in chunks."""
+    import http.client
+
+    host, port = deployed.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    for value in (1.0, 2.0, 3.0):  # one connection, several requests
+        connection.request(
+            "POST", "/scale", json.dumps({"values": [value]}), {"X-Request-ID": f"id-{value}"}
+        )
+        answer = connection.getresponse()
+        assert answer.status == 200 and json.loads(answer.read()) == [2 * value]
+        assert answer.getheader("X-Request-ID") == f"id-{value}"
+        assert answer.getheader("X-Nbdeploy-Version") == "v1"
+    body = json.dumps({"values": [random.random()]}).encode()
+    connection.putrequest("POST", "/scale")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.putheader("Content-Type", "application/json")
+    connection.endheaders()
+    connection.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    answer = connection.getresponse()
+    assert answer.status == 200 and len(json.loads(answer.read())) == 1
+    deadline = time.monotonic() + 5  # the router writes its state every half second
+    while traffic.read_state("scale")["versions"]["v1"]["requests"] < 4:
+        assert time.monotonic() < deadline, traffic.read_state("scale")
+        time.sleep(0.1)
+    assert traffic.read_state("scale")["versions"]["v1"]["errors"] == 0
+
+
+def feedback(url: str, body: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url + "/feedback",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def ask_as(url: str, user: str) -> dict[str, str]:
+    request = urllib.request.Request(
+        url + "/scale",
+        data=json.dumps({"values": [1.0]}).encode(),
+        headers={"Content-Type": "application/json", "X-User": user},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+        return {k.lower(): v for k, v in answer.headers.items()}
+
+
+def test_an_ab_test_is_sticky_takes_feedback_and_decides(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="ab", sticky="header:X-User")
+    assert roles() == [("candidate", 2), ("live", 1), ("router", 0)]
+    arms: dict[str, str] = {}
+    for round_ in range(3):
+        for user in range(150):
+            headers = ask_as(deployed, f"user-{user}")
+            arm = headers["x-nbdeploy-version"]
+            assert arms.setdefault(f"user-{user}", arm) == arm  # sticky per key
+            if round_ == 0:
+                # the new version converts, the old one does not: a clear winner
+                status, _ = feedback(
+                    deployed, {"request_id": headers["x-request-id"], "label": arm == "v2"}
+                )
+                assert status == 200
+    assert 40 < sum(1 for a in arms.values() if a == "v2") < 110
+    assert feedback(deployed, {"request_id": "nobody", "label": 1})[0] == 404
+    assert feedback(deployed, {"request_id": "x", "label": 3})[0] == 400
+    report = cli("ab", "scale", "--json")
+    assert report.code == 0, report
+    [comparison] = report.json["comparisons"]
+    assert (comparison["control"], comparison["treatment"]) == ("v1", "v2")
+    assert comparison["decision"] == "treatment better"
+    text = cli("ab", "scale").out
+    assert "v2 vs v1: treatment better" in text
+    promoted = cli("promote", "scale", "--json")
+    assert promoted.code == 0 and promoted.json["live_version"] == 2, promoted
+    assert roles() == [("live", 2), ("router", 0), ("standby", 1)]
+    assert {ask_as(deployed, "user-1")["x-nbdeploy-version"] for _ in range(10)} == {"v2"}
+
+
+def test_a_shadow_never_changes_the_answer_and_survives_a_crashing_candidate(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="shadow")
+    assert [ask(deployed, 1.0)[1] for _ in range(30)] == [[2.0]] * 30
+    deadline = time.monotonic() + 30
+    while (report := cli("shadow", "scale", "--json").json)["mirrored"] < 30:
+        assert time.monotonic() < deadline, (report, traffic.read_state("scale"))
+        time.sleep(0.2)
+    assert report["agreement_rate"] == 0.0 and report["candidate_errors"] == 0
+    assert "agreement with the live answers: 0.0% of" in cli("shadow", "scale").out
+
+    crashing = define(
+        "import os\n"
+        "def scale(values: list[float]) -> list[float]:\n"
+        "    if values == [1.0]:\n"
+        "        os._exit(1)  # the whole worker dies\n"
+        "    return [2 * v for v in values]\n"
+    )["scale"]
+    nbdeploy.deploy(crashing, name="scale", mlflow=False, strategy="shadow")
+    assert [ask(deployed, 1.0)[1] for _ in range(20)] == [[2.0]] * 20
+    assert [ask(deployed, 0.5)[1] for _ in range(5)] == [[1.0]] * 5
+    rolled = cli("rollback", "scale", "--json")
+    assert rolled.code == 0 and rolled.json["live_version"] == 1, rolled
+    assert roles() == [("live", 1), ("router", 0)]
+
+
+def test_an_api_key_guards_the_router_and_never_shows_in_outputs(home, cli, capsys):
+    result = nbdeploy.deploy(scaler(2), name="scale", mlflow=False, auth="key", notify=print)
+    url = result.deployment.url
+    printed = capsys.readouterr().out
+    key = cli("key", "scale").out.strip()
+    assert len(key) > 30 and key not in printed and "nbdeploy key scale" in printed
+    assert ask(url, 1.0)[0] == 401
+    keyfile = home / "keys" / "scale"
+    assert oct(keyfile.stat().st_mode & 0o777) == "0o600"
+
+    def with_key(token: str) -> int:
+        request = urllib.request.Request(
+            url + "/scale",
+            data=b'{"values": [1.0]}',
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert with_key(key) == 200 and with_key(key + "x") == 401
+    assert urllib.request.urlopen(url + "/readyz", timeout=10).status == 200  # health: open
+    from nbdeploy.deployment.report import describe_deploy
+
+    assert "$(nbdeploy key scale)" in describe_deploy(result) and key not in describe_deploy(result)
+    # a later deploy keeps the key; a rotation replaces it at once
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
+    assert ask(url, 1.0)[0] == 401 and with_key(key) == 200
+    rotated = cli("key", "scale", "--rotate").out.strip()
+    assert rotated != key and with_key(key) == 401 and with_key(rotated) == 200
+    nbdeploy.stop("scale")
+
+
+def test_listening_beyond_loopback_always_needs_a_key(home, monkeypatch):
+    monkeypatch.setenv("NBDEPLOY_ALLOW_REMOTE", "1")
+    with pytest.raises(Exception, match="needs an API key"):
+        nbdeploy.deploy(scaler(2), name="scale", mlflow=False, host="0.0.0.0", auth="none")
+    result = nbdeploy.deploy(scaler(2), name="scale", mlflow=False, host="0.0.0.0")
+    try:
+        port = result.deployment.port
+        assert ask(f"http://127.0.0.1:{port}", 1.0)[0] == 401
+        live = [s for s in result.deployment.servers if s.role == "live"]
+        assert live and all(s.host == "127.0.0.1" for s in live)  # versions stay on loopback
+    finally:
+        nbdeploy.stop("scale")
