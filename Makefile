@@ -66,8 +66,8 @@ unit: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest
 
-# bench/serve.py loads servers with wrk: Debian's package, installed here when running as
-# root; otherwise the message names the command to run.
+# bench/serve.py and bench/rollout.py load servers with wrk: Debian's package, installed
+# here when running as root; otherwise the message names the command to run.
 bench: $(STAMP)
 	@if ! command -v wrk >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -81,6 +81,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py --quick
 	$(BIN)/python bench/serve.py --quick
 	$(BIN)/python bench/capture.py --quick
+	$(BIN)/python bench/rollout.py --quick
 
 clean:
 	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data

@@ -224,9 +224,9 @@ MARKS = {
     "requirements": re.compile(r"^nbdeploy: requirements: "),
     "unchanged": re.compile(r"^nbdeploy: unchanged since version "),
     "building": re.compile(r"^nbdeploy: building "),
-    "starting": re.compile(r"^nbdeploy: starting \S+ v\d+ on "),
+    "starting": re.compile(r"^nbdeploy: starting \S+ v\d+ (?:on|behind) "),
 }
-ADDRESS = re.compile(r"^nbdeploy: starting \S+ v\d+ on ([\w.\-]+):(\d+)")
+ADDRESS = re.compile(r"^nbdeploy: starting \S+ v\d+ (?:on|behind) ([\w.\-]+):(\d+)")
 
 
 class BenchError(Exception):

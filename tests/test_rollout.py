@@ -426,3 +426,13 @@ def test_listening_beyond_loopback_always_needs_a_key(home, monkeypatch):
         assert live and all(s.host == "127.0.0.1" for s in live)  # versions stay on loopback
     finally:
         nbdeploy.stop("scale")
+
+
+def test_a_canary_retires_the_warm_standby_it_routes_without(deployed):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
+    [standby] = [s for s in nbdeploy.status("scale")[0].servers if s.role == "standby"]
+    nbdeploy.deploy(scaler(4), name="scale", mlflow=False, strategy="canary", interval=600)
+    assert roles() == [("candidate", 3), ("live", 2), ("router", 0)]
+    assert not psutil.pid_exists(standby.pid) or psutil.Process(standby.pid).status() == "zombie"
+    nbdeploy.rollback("scale")  # ends the canary
+    assert roles() == [("live", 2), ("router", 0)]

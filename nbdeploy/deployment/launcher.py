@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import hashlib
 import importlib
 import json
@@ -247,11 +248,37 @@ def ensure(preload: Iterable[str] = (), timeout: float = START_TIMEOUT_SECONDS) 
     return launcher
 
 
-def shutdown(home: Path | None = None) -> None:
-    """Stop the launcher of ``home`` (servers it started keep running)."""
+def shutdown(home: Path | None = None, timeout: float = 10.0) -> None:
+    """Stop the launcher of ``home`` and wait until it is gone (servers it started keep
+    running)."""
     launcher = Launcher(socket_path(home))
-    if launcher.path.exists():
-        launcher.stop()
+    if not launcher.path.exists():
+        return
+    try:
+        pid = int(launcher.ping().get("pid", 0))
+    except (LauncherError, ValueError):
+        pid = 0
+    launcher.stop()
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return
+        if _is_zombie(pid):
+            return
+        time.sleep(0.02)
+
+
+def _is_zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return True
 
 
 # -- the launcher process ----------------------------------------------------------------
@@ -334,6 +361,9 @@ class _Server:
             if problem:
                 _answer(connection, {"ok": False, "launcher_error": problem, "error": problem})
                 return
+            # What the launcher imported never changes: out of the collector's sight, so
+            # forked servers neither pause to scan it nor copy its pages by touching them.
+            gc.freeze()
             if os.fork() == 0:
                 self.listener.close()
                 os.close(self.lock)

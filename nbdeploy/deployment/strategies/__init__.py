@@ -34,7 +34,7 @@ from nbdeploy.deployment.supervisor import LOOPBACK, free_port, start_server, st
 from nbdeploy.errors import NbdeployError
 
 Notify = Callable[[str], None]
-__all__ = ["CANDIDATE", "LIVE", "STANDBY", "Rollout", "RolloutError", "roll_out"]
+__all__ = ["CANDIDATE", "LIVE", "STANDBY", "Rollout", "RolloutError", "retire_standby", "roll_out"]
 READY_TIMEOUT_SECONDS = 120
 SMOKE_TIMEOUT_SECONDS = 60
 STARTUP_FAILURE_MARKERS = ("Application startup failed",)
@@ -84,7 +84,9 @@ def start_version(rollout: Rollout, version: Version, role: str) -> Server:
         "workers": int(version.options.get("workers") or 1),
         "metrics_dir": str(folder / "metrics" / log_path.stem),
     }
-    rollout.notify(f"starting {rollout.name} v{version.version}")
+    rollout.notify(
+        f"starting {rollout.name} v{version.version} behind {rollout.host}:{rollout.port}"
+    )
     try:
         server = start_server(
             spawner(spec, folder, log_path),
@@ -154,6 +156,13 @@ def stop_server(rollout: Rollout, server: Server, status: str = STOPPED) -> None
     if server.pid:
         stop_process(server.pid, server.start_ticks, marker=server.log_path)
     rollout.deployments.end_server(server.id, status)
+
+
+def retire_standby(rollout: Rollout) -> None:
+    """Stop the warm standby: a canary or an experiment routes without it, and what it
+    would roll back to is the live version, which keeps serving."""
+    for server in rollout.servers(STANDBY):
+        stop_server(rollout, server)
 
 
 def target(server: Server) -> traffic.Target:

@@ -32,6 +32,7 @@ from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE, SERVING, STANDBY,
 from nbdeploy.deployment.strategies import (
     Rollout,
     RolloutError,
+    retire_standby,
     smoke_test,
     start_version,
     stop_server,
@@ -112,6 +113,7 @@ def roll_out(rollout: Rollout) -> int:
     except BaseException:
         stop_server(rollout, candidate, FAILED)
         raise
+    retire_standby(rollout)
     rollout.deployments.add_event(rollout.name, "canary-started", version=plan.version, steps=steps)
     rollout.notify(
         f"canary v{plan.version}: {steps[0]:g}% of the traffic; steps {steps} every "

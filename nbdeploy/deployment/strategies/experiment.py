@@ -20,7 +20,14 @@ from typing import Any
 
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE
-from nbdeploy.deployment.strategies import Rollout, smoke_test, start_version, stop_server, target
+from nbdeploy.deployment.strategies import (
+    Rollout,
+    retire_standby,
+    smoke_test,
+    start_version,
+    stop_server,
+    target,
+)
 from nbdeploy.deployment.supervisor import http_url
 
 DEFAULT_AB_SHARE = 50.0
@@ -72,6 +79,7 @@ def _experiment(rollout: Rollout, kind: str) -> int:
     except BaseException:
         stop_server(rollout, candidate, FAILED)
         raise
+    retire_standby(rollout)
     rollout.deployments.add_event(rollout.name, f"{kind}-started", version=new, share=share)
     if kind == "ab":
         rollout.notify(
