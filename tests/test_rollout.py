@@ -436,3 +436,18 @@ def test_a_canary_retires_the_warm_standby_it_routes_without(deployed):
     assert not psutil.pid_exists(standby.pid) or psutil.Process(standby.pid).status() == "zombie"
     nbdeploy.rollback("scale")  # ends the canary
     assert roles() == [("live", 2), ("router", 0)]
+
+
+def test_a_deploy_during_a_canary_takes_over_at_once(deployed):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="canary", interval=600)
+    controller = canary.read_plan("scale").controller_pid  # type: ignore[union-attr]
+    started = time.monotonic()
+    result = nbdeploy.deploy(scaler(4), name="scale", mlflow=False)
+    assert time.monotonic() - started < 60  # it did not wait for the canary's steps
+    assert result.deployment.live_version == 3 and ask(deployed, 1.0)[1] == [4.0]
+    assert roles() == [("live", 3), ("router", 0), ("standby", 1)]
+    assert canary.read_plan("scale").status == "superseded"  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(controller) and psutil.Process(controller).status() != "zombie":
+        assert time.monotonic() < deadline, "the canary's controller did not stop"
+        time.sleep(0.2)

@@ -62,6 +62,9 @@ def switch_to(
             rollout.sticky = parse_sticky(options.sticky)
         except ValueError as error:
             raise DeployError(str(error)) from None
+    from nbdeploy.deployment.strategies import canary
+
+    canary.supersede(name)  # a canary in progress gives way to this deploy
     try:
         live = roll_out(strategy, rollout)
     except BaseException as error:

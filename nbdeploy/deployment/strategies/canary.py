@@ -12,16 +12,21 @@ The steps run in a controller process of their own (``python -m
 nbdeploy.deployment.strategies.canary NAME``), so that ``%deploy`` returns at once and a
 kernel restart does not stop a canary; ``--wait`` runs them in the deploy itself.
 ``nbdeploy promote NAME`` and ``nbdeploy rollback NAME`` ask a running canary to finish
-early; the plan and its outcome are in ``canary.json`` in the deployment's folder.
+early, and a new deploy of the same name supersedes it at once (the controller takes the
+deployment's lock only to change traffic, never while a step waits). The plan and its
+outcome are in ``canary.json`` in the deployment's folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ P99_FLOOR_MS = 500.0
 P99_FACTOR = 1.5
 POLL_SECONDS = 0.2
 RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled back"
+SUPERSEDED = "superseded"  # a new deploy of the same name took over
 
 
 @dataclass
@@ -96,6 +102,8 @@ def roll_out(rollout: Rollout) -> int:
     steps = list(rollout.steps or DEFAULT_CANARY_STEPS)
     if rollout.weight is not None:
         steps = [rollout.weight, *[s for s in steps if s > rollout.weight]]
+    for leftover in rollout.servers(CANDIDATE):  # of a canary or experiment this replaces
+        stop_server(rollout, leftover)
     candidate = start_version(rollout, rollout.version, CANDIDATE)
     try:
         smoke_test(candidate, rollout.version)
@@ -130,29 +138,44 @@ def roll_out(rollout: Rollout) -> int:
     return plan.stable
 
 
-def run_steps(rollout: Rollout, plan: CanaryPlan) -> None:
-    """Analyse each step's window; go on, promote at 100%, or roll back on a breach."""
+def run_steps(
+    rollout: Rollout, plan: CanaryPlan, locked: Callable[[], ContextManager[Any]] | None = None
+) -> None:
+    """Analyse each step's window; go on, promote at 100%, or roll back on a breach.
+
+    ``locked`` (the controller's) takes the deployment's lock around each change of
+    traffic, not while a step waits: a deploy of the same name meanwhile supersedes the
+    canary (its controller then leaves everything to that deploy)."""
+    hold = locked or contextlib.nullcontext
     for index, share in enumerate(plan.steps):
         if index > 0:
-            if not _still_current(rollout, plan):
-                return
-            _route_share(rollout, plan, share)
+            with hold():
+                if not _still_current(rollout, plan):
+                    return
+                _route_share(rollout, plan, share)
             rollout.notify(f"canary v{plan.version}: {share:g}% of the traffic")
         plan.step = index
         write_plan(plan)
         before = traffic.read_state(plan.name).get("versions", {})
         request = _wait(plan)
-        if request == "abort":
-            _roll_back(rollout, plan, "rolled back by the user")
+        if request == SUPERSEDED:
             return
-        if request == "promote":
-            break
-        breach = analyse(before, traffic.read_state(plan.name), plan)
-        plan.history.append({"share": share, "at": time.time(), "breach": breach})
-        if breach:
-            _roll_back(rollout, plan, breach)
-            return
-    _promote(rollout, plan)
+        with hold():
+            if not _still_current(rollout, plan):
+                return
+            if request == "abort":
+                _roll_back(rollout, plan, "rolled back by the user")
+                return
+            if request == "promote":
+                break
+            breach = analyse(before, traffic.read_state(plan.name), plan)
+            plan.history.append({"share": share, "at": time.time(), "breach": breach})
+            if breach:
+                _roll_back(rollout, plan, breach)
+                return
+    with hold():
+        if _still_current(rollout, plan):
+            _promote(rollout, plan)
 
 
 def analyse(before: dict[str, Any], state: dict[str, Any], plan: CanaryPlan) -> str | None:
@@ -206,7 +229,7 @@ def _wait(plan: CanaryPlan) -> str | None:
     deadline = time.monotonic() + plan.interval
     while time.monotonic() < deadline:
         asked = read_plan(plan.name)
-        if asked is not None and asked.request in ("promote", "abort"):
+        if asked is not None and asked.request in ("promote", "abort", SUPERSEDED):
             return asked.request
         time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
     return None
@@ -295,6 +318,16 @@ def ask(name: str, request: str) -> CanaryPlan | None:
     return read_plan(name)
 
 
+def supersede(name: str) -> None:
+    """A new deploy of ``name`` takes over from a canary in progress (called under the
+    deployment's lock): its controller stops without touching the traffic."""
+    plan = read_plan(name)
+    if plan is None or plan.status != RUNNING:
+        return
+    plan.request, plan.status, plan.reason = SUPERSEDED, SUPERSEDED, "a new deploy took over"
+    write_plan(plan)
+
+
 def stop_controller(name: str) -> None:
     """End a canary's controller (the deployment is being stopped)."""
     from nbdeploy.deployment.supervisor import stop_process
@@ -340,8 +373,7 @@ def main() -> None:
         print(f"nbdeploy canary: {message}", flush=True)
 
     rollout = Rollout(deployments, name, version, current.host, current.port, tell, plan.keep_warm)
-    with deployment_lock(name, tell):
-        run_steps(rollout, plan)
+    run_steps(rollout, plan, locked=lambda: deployment_lock(name, tell))
 
 
 if __name__ == "__main__":
