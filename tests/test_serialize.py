@@ -618,3 +618,16 @@ def test_hashing_a_large_array_reads_its_buffer_in_place():
     assert peak < 20 * 2**20, f"hashing allocated {peak / 2**20:.0f} MiB"
     array[12_345_678] = 2.0
     assert content_hash(array, label="the variable 'array'", reached=Reached()) != digest
+
+
+def test_a_named_tuple_pickled_by_value_adds_no_made_up_module():
+    """functools' CacheInfo is pickled by value (its name is not where it lives); the
+    __new__ namedtuple generates names the module "namedtuple_CacheInfo", which does not
+    exist and must not become a requirement."""
+    import functools
+
+    from nbdeploy.service import serialize
+
+    reached = serialize.Reached()
+    serialize.content_hash(functools._CacheInfo(0, 0, 1, 0), label="info", reached=reached)
+    assert not any(m.startswith("namedtuple_") for m in reached.modules)

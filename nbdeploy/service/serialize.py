@@ -20,6 +20,7 @@ import pickle
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -183,7 +184,8 @@ class _Pickler(cloudpickle.Pickler):
             top = (getattr(obj, "__qualname__", "") or "").split(".")[0]
             if top and "<" not in top:
                 self.reached.definitions.setdefault(top, obj)
-        elif module:
+        elif module and module.split(".")[0] in sys.modules:
+            # Only real modules: namedtuple's generated __new__ names "namedtuple_<Type>".
             self.reached.modules.add(module.split(".")[0])
 
 
