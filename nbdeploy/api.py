@@ -260,6 +260,13 @@ def key(name: str, rotate: bool = False) -> str:
     return existing
 
 
+def rollout_state(name: str) -> dict[str, Any]:
+    """The traffic split, a canary in progress or its outcome, and the latest events."""
+    from nbdeploy.deployment.rollouts import rollout_state as state_of
+
+    return state_of(name)
+
+
 def ab_report(name: str, alpha: float = 0.05) -> Any:
     """The A/B test of ``name``: arms, outcomes and the always-valid decision."""
     from nbdeploy.deployment import traffic

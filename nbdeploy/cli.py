@@ -350,10 +350,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from nbdeploy.deployment.report import status_table
 
     deployments = api.status(args.name)
+    rollout = api.rollout_state(args.name) if args.name else None
     if args.json:
-        _print_json([d.to_dict() for d in deployments])
+        _print_json([{**d.to_dict(), "rollout": rollout} for d in deployments])
     else:
         print(status_table(deployments))
+        if rollout is not None:
+            from nbdeploy.deployment.report import describe_rollout
+
+            print(describe_rollout(args.name, rollout))
         for deployment in deployments:
             if deployment.status == "failed":
                 _print_last_error(deployment.name)

@@ -180,6 +180,10 @@ class DeployMagics(Magics):
         parser.add_argument("name", nargs="?")
         args = parser.parse_args(words)
         print(status_table(api.status(args.name)))
+        if args.name:
+            from nbdeploy.deployment.report import describe_rollout
+
+            print(describe_rollout(args.name, api.rollout_state(args.name)))
 
     def _stop(self, words: list[str]) -> None:
         from nbdeploy import api

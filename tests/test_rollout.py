@@ -189,6 +189,19 @@ def test_an_erroring_canary_is_rolled_back_on_its_own(deployed):
     assert "success rate" in event["reason"]
 
 
+def test_status_of_one_deployment_tells_its_rollout(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="canary", weight=20)
+    text = cli("status", "scale").out
+    assert "traffic v1 80% · v2 20%" in text and "canary v2: running at 20% (step 1 of" in text
+    assert "canary-started" in text
+    [entry] = cli("status", "scale", "--json").json
+    assert entry["rollout"]["canary"]["status"] == "running"
+    assert entry["rollout"]["split"] == "v1 80% · v2 20%"
+    cli("rollback", "scale")
+    text = cli("status", "scale").out
+    assert "canary v2: rolled back: rolled back by the user" in text
+
+
 def test_a_canary_in_the_background_is_promoted_by_hand(deployed, cli):
     result = nbdeploy.deploy(
         scaler(3), name="scale", mlflow=False, strategy="canary", weight=30, interval=600

@@ -113,3 +113,25 @@ def status_table(deployments: list[Deployment]) -> str:
             ]
         )
     return table(["name", "status", "version", "url", "traffic", "since"], rows)
+
+
+def describe_rollout(name: str, state: dict[str, Any]) -> str:
+    """The rollout part of ``nbdeploy status NAME``: traffic, a canary, the last events."""
+    lines = [f"{name}: traffic {state['split']} (API key: {state['auth']})"]
+    plan = state.get("canary")
+    if plan is not None:
+        step = plan["steps"][min(plan["step"], len(plan["steps"]) - 1)]
+        lines.append(
+            f"  canary v{plan['version']}: {plan['status']}"
+            + (
+                f" at {step:g}% (step {plan['step'] + 1} of {len(plan['steps'])})"
+                if plan["status"] == "running"
+                else ""
+            )
+            + (f": {plan['reason']}" if plan.get("reason") else "")
+        )
+    for event in state.get("events", [])[:5]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+        detail = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("at", "kind"))
+        lines.append(f"  {when}  {event['kind']}" + (f": {detail}" if detail else ""))
+    return "\n".join(lines)

@@ -293,3 +293,26 @@ def previous_version(deployments: DeploymentStore, name: str, live: int | None) 
         return int(rows[0])
     earlier = [v.version for v in deployments.versions(name) if live is None or v.version < live]
     return max(earlier) if earlier else None
+
+
+def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
+    """What traffic does now, and the last rollouts: the split, a canary in progress or
+    its outcome, and the deployment's latest events (newest first)."""
+    from dataclasses import asdict
+
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.strategies import canary
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    config = traffic.read_config(name)
+    plan = canary.read_plan(name)
+    return {
+        "split": traffic.describe_split(name),
+        "mode": config.get("mode", "split"),
+        "shadow": config.get("shadow"),
+        "sticky": config.get("sticky"),
+        "auth": "key" if config.get("key_sha256") else "none",
+        "canary": asdict(plan) if plan is not None else None,
+        "events": deployments.events(name, 10),
+    }
