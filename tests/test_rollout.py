@@ -183,6 +183,7 @@ def test_an_erroring_canary_is_rolled_back_on_its_own(deployed):
     assert load.outcomes["200"] > 0 and "error: URLError" not in load.outcomes
     plan = canary.read_plan("scale")
     assert plan is not None and plan.status == "rolled back" and "success rate" in plan.reason
+    assert plan.history[-1]["requests"] > 0 and plan.history[-1]["breach"] == plan.reason
     assert roles() == [("live", 1), ("router", 0)]
     assert [ask(deployed, 1.0)[1] for _ in range(20)] == [[2.0]] * 20
     [event] = [e for e in nbdeploy_events() if e["kind"] == "canary-rolled-back"]
@@ -464,3 +465,22 @@ def test_a_deploy_during_a_canary_takes_over_at_once(deployed):
     while psutil.pid_exists(controller) and psutil.Process(controller).status() != "zombie":
         assert time.monotonic() < deadline, "the canary's controller did not stop"
         time.sleep(0.2)
+
+
+def test_a_canary_without_traffic_says_it_had_nothing_to_judge(deployed, capsys):
+    result = nbdeploy.deploy(
+        scaler(3),
+        name="scale",
+        mlflow=False,
+        strategy="canary",
+        steps=[50, 100],
+        interval=1,
+        wait=True,
+        notify=print,
+    )
+    out = capsys.readouterr().out
+    assert "no request reached it at 50%: nothing to judge in this step" in out
+    assert result.deployment.live_version == 2
+    plan = canary.read_plan("scale")
+    assert plan is not None and plan.status == "promoted"
+    assert [step["requests"] for step in plan.history] == [0, 0]

@@ -168,8 +168,22 @@ def run_steps(
                 return
             if request == "promote":
                 break
-            breach = analyse(before, traffic.read_state(plan.name), plan)
-            plan.history.append({"share": share, "at": time.time(), "breach": breach})
+            state = traffic.read_state(plan.name)
+            breach = analyse(before, state, plan)
+            window = _window(before, state.get("versions", {}), traffic.version_key(plan.version))
+            plan.history.append(
+                {
+                    "share": share,
+                    "at": time.time(),
+                    "requests": window["requests"],
+                    "breach": breach,
+                }
+            )
+            if not window["requests"]:
+                rollout.notify(
+                    f"canary v{plan.version}: no request reached it at {share:g}%: "
+                    "nothing to judge in this step"
+                )
             if breach:
                 _roll_back(rollout, plan, breach)
                 return
