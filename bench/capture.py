@@ -92,6 +92,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchkit import BenchError, base_environment, log
+from benchkit import end_processes as _end_processes
+from benchkit import marked_pids as _marked_pids
+from benchkit import tail as _tail
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 # The venv's bin folder: the directory of the interpreter running this script (not resolved:
@@ -107,8 +112,6 @@ GOAL_COLD_RATIO = 0.5  # nbdeploy / bentoml, at most
 GOAL_REDEPLOY_S = 2.0  # unchanged 1 GB redeploy, at most
 GOAL_MEM_RATIO = 0.3  # peak extra kernel memory / object size, at most
 
-# Marks every process this benchmark starts (children inherit the environment).
-TOKEN_ENV = "NBDEPLOY_BENCH_TOKEN"
 # BentoML settings for offline builds, as nbdeploy's builder sets them
 # (nbdeploy/service/builder.py: bentoml_environment() and PIP_NO_INDEX).
 BENTOML_OFFLINE = {
@@ -188,6 +191,7 @@ import threading as _bench_threading
 
 import psutil as _bench_psutil
 
+
 _bench_process = _bench_psutil.Process()
 _bench_samples = []
 _bench_stop = _bench_threading.Event()
@@ -227,71 +231,6 @@ MARKS = {
     "starting": re.compile(r"^nbdeploy: starting \S+ v\d+ (?:on|behind) "),
 }
 ADDRESS = re.compile(r"^nbdeploy: starting \S+ v\d+ (?:on|behind) ([\w.\-]+):(\d+)")
-
-
-class BenchError(Exception):
-    """A measurement failed: nothing is reported for it."""
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr, so that with --json stdout ends with the JSON line."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-# --- processes -----------------------------------------------------------------------------
-
-
-def _marked_pids(token: str) -> list[int]:
-    """Live processes whose environment carries this benchmark's token (Linux /proc)."""
-    needle = f"{TOKEN_ENV}={token}".encode()
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read()
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):  # gone meanwhile, or not ours to read
-            continue
-        if state != b"Z" and needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
-
-
-def _end_processes(pids: Sequence[int], grace: float = 10.0) -> None:
-    """Terminate, then kill, the given processes (all started by this benchmark)."""
-    import psutil
-
-    processes = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            processes.append(psutil.Process(pid))
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
-
-
-def base_environment(token: str) -> dict[str, str]:
-    """The caller's environment without anything that would point nbdeploy, MLflow,
-    BentoML or Jupyter at state outside this run."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("NBDEPLOY_", "MLFLOW_", "BENTOML_", "JPY_"))
-    }
-    env[TOKEN_ENV] = token
-    return env
 
 
 # --- kernels -------------------------------------------------------------------------------

@@ -52,10 +52,8 @@ test); failing to measure does.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -66,6 +64,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchkit import TOKEN_ENV, BenchError, end_processes, log
+from benchkit import marked_pids as _marked_pids
+from benchkit import tail as _tail
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "example_notebooks" / "train.ipynb"
@@ -85,14 +87,6 @@ LINGER_WAIT_S = 15.0  # how long leftover processes may take to go away before b
 
 GOAL_RUN_RATIO = 0.8  # nbdeploy / papermill, at most
 GOAL_SWEEP_SPEEDUP = 1.6  # parallel 1 / parallel 2, at least
-
-# Marks every process this benchmark starts (children inherit the environment), so that
-# processes left behind by a command can be found, whatever their session or parent.
-TOKEN_ENV = "NBDEPLOY_BENCH_TOKEN"
-
-
-class BenchError(Exception):
-    """A command failed or timed out: nothing is reported for it."""
 
 
 @dataclass
@@ -120,44 +114,7 @@ class System:
         return statistics.median(self.times)
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr, so that with --json stdout ends with the JSON line."""
-    print(message, file=sys.stderr, flush=True)
-
-
 # --- processes -----------------------------------------------------------------------------
-
-
-def _marked_pids(token: str) -> list[int]:
-    """Live processes whose environment carries this benchmark's token (Linux /proc)."""
-    needle = f"{TOKEN_ENV}={token}".encode()
-    found: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
-
-
-def _end_processes(pids: Sequence[int]) -> None:
-    """Terminate, then kill, the given processes (all started by this benchmark)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -182,12 +139,8 @@ def _await_leftovers(token: str) -> int:
         time.sleep(0.05)
     still = [pid for pid in leftovers if _alive(pid)]
     log(f"  ! {len(still)} process(es) still alive {LINGER_WAIT_S:.0f}s after exit: ending them")
-    _end_processes(still)
+    end_processes(still, grace=3.0)
     return len(leftovers)
-
-
-def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def run_command(
@@ -208,7 +161,7 @@ def run_command(
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _end_processes([process.pid, *_marked_pids(token)])
+            end_processes([process.pid, *_marked_pids(token)], grace=3.0)
             process.wait()
             code = None
         seconds = time.perf_counter() - start

@@ -89,6 +89,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchkit import TOKEN_ENV, BenchError, log
+from benchkit import end_processes as _end_processes
+from benchkit import marked_pids as _marked_pids
+from benchkit import tail as _tail
+
 NAME = "rollout-bench"
 ROUTE = "/predict"
 
@@ -109,14 +114,13 @@ CANARY_STEPS = [10, 50, 100]
 CANARY_INTERVAL_S = 4.0
 ROLLED_BACK = "rolled back, the deploy raised:"
 
-# Marks every process this benchmark starts (children inherit the environment).
-TOKEN_ENV = "NBDEPLOY_BENCH_TOKEN"
 
 # The notebook: cells executed in order into one namespace.
 SETUP_CELL = """
 import time
 
 import numpy as np
+
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(64, 20))
@@ -200,40 +204,7 @@ end
 """
 
 
-class BenchError(Exception):
-    """A measurement failed: nothing is reported for it."""
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr, so that with --json stdout ends with the JSON line."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _tail(text: str, lines: int = 25) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 # --- processes -----------------------------------------------------------------------------
-
-
-def _marked_pids(token: str) -> list[int]:
-    """Live processes, other than this one, whose environment carries the token (Linux
-    /proc)."""
-    needle = f"{TOKEN_ENV}={token}".encode()
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read()
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):  # gone meanwhile, or not ours to read
-            continue
-        if state != b"Z" and needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
 
 
 def _remaining(token: str, grace: float = 10.0) -> list[int]:
@@ -256,24 +227,6 @@ def _describe(pid: int) -> str:
         return f"parent {process.ppid()}, {age:.0f} s old, {process.status()}: {command}"
     except psutil.Error as error:
         return f"gone ({type(error).__name__})"
-
-
-def _end_processes(pids: Sequence[int], grace: float = 10.0) -> None:
-    """Terminate, then kill, the given processes (all started by this benchmark)."""
-    import psutil
-
-    processes = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            processes.append(psutil.Process(pid))
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
 
 
 # --- wrk -----------------------------------------------------------------------------------

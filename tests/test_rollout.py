@@ -484,3 +484,22 @@ def test_a_canary_without_traffic_says_it_had_nothing_to_judge(deployed, capsys)
     plan = canary.read_plan("scale")
     assert plan is not None and plan.status == "promoted"
     assert [step["requests"] for step in plan.history] == [0, 0]
+
+
+def test_a_failed_deploy_keeps_the_metrics_of_a_running_experiment(deployed, home):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="ab")
+    [candidate] = [s for s in nbdeploy.status("scale")[0].servers if s.role == "candidate"]
+    metrics = home / "deployments" / "scale" / "metrics" / Path(candidate.log_path).stem
+    assert metrics.is_dir()
+    notebook = define(
+        "import numpy as np\n"
+        "X = np.array([[0.1, 0.2]])\n"
+        "def scale(rows: list[list[float]]) -> list[float]:\n"
+        "    raise RuntimeError('broken')\n"
+    )
+    with pytest.raises(Exception, match="did not take over"):
+        nbdeploy.deploy(
+            notebook["scale"], name="scale", mlflow=False, reference="X", namespace=notebook
+        )
+    assert roles() == [("candidate", 2), ("live", 1), ("router", 0)]
+    assert metrics.is_dir()  # the experiment's candidate still runs, with its Prometheus files

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.deployment.router import CONFIG, LIVE_PATH, STATE
-from nbdeploy.deployment.store import FAILED, ROUTER, STOPPED, DeploymentStore, Server
+from nbdeploy.deployment.store import ROUTER, STOPPED, DeploymentStore, Server
 from nbdeploy.deployment.supervisor import ServerStartError, is_running, start_server
 from nbdeploy.deployment.versions import deployments_dir
 from nbdeploy.errors import NbdeployError
@@ -187,9 +187,3 @@ def stop_router(deployments: DeploymentStore, name: str, status: str) -> None:
             if server.pid:
                 stop_process(server.pid, server.start_ticks, marker=server.log_path)
             deployments.end_server(server.id, status)
-
-
-def router_gone(deployments: DeploymentStore, name: str) -> bool:
-    """The deployment had a router and it is not running any more."""
-    recent = [s for s in deployments.recent_servers(name, 50) if s.role == ROUTER]
-    return bool(recent) and (recent[0].status == FAILED or router_server(deployments, name) is None)

@@ -75,7 +75,9 @@ def start_version(rollout: Rollout, version: Version, role: str) -> Server:
 
     folder = traffic.folder(rollout.name)
     log_path = folder / "logs" / f"v{version.version}-{time.time_ns()}.log"
-    _drop_stale_metrics(folder, {Path(s.log_path).stem for s in rollout.servers(LIVE, STANDBY)})
+    # Every running server keeps its folder (a candidate's too); only stopped ones go.
+    running = rollout.deployments.active_servers(rollout.name)
+    _drop_stale_metrics(folder, {Path(s.log_path).stem for s in running})
     port = free_port(LOOPBACK)
     spec = {
         "bento_tag": version.bento_tag,
