@@ -63,7 +63,24 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
-test: lint typecheck
+# tests/test_k8s.py checks custom resources (Argo Rollouts, Istio, Gateway API) against
+# their CRD schemas with Node (tests/k8s/package-lock.json pins them).
+K8S_SCHEMAS := tests/k8s/node_modules/.installed
+
+$(K8S_SCHEMAS): tests/k8s/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing Node.js (Debian packages) for the Kubernetes schema checks"; \
+	    apt-get update -qq && apt-get install -y -qq nodejs npm; \
+	  else \
+	    echo "make test: the Kubernetes schema checks need Node.js and npm; install them (Debian/Ubuntu: sudo apt-get install nodejs npm) and run make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	cd tests/k8s && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: lint typecheck $(K8S_SCHEMAS)
 	$(BIN)/python -m pytest
 
 # bench/serve.py and bench/rollout.py load servers with wrk: Debian's package, installed

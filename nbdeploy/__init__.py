@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from nbdeploy.api import (
         deploy,
         get_run,
+        kubernetes,
         logs,
         params,
+        promote,
         prune,
         rollback,
         run,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
         show_code,
         status,
         stop,
+        weights,
     )
     from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
 
@@ -45,6 +48,7 @@ _LAZY = {
     "weights": "nbdeploy.api",
     "prune": "nbdeploy.api",
     "show_code": "nbdeploy.api",
+    "kubernetes": "nbdeploy.api",
     "log_metric": "nbdeploy.pipeline.context",
     "log_param": "nbdeploy.pipeline.context",
     "log_artifact": "nbdeploy.pipeline.context",
@@ -54,6 +58,7 @@ __all__ = [
     "__version__",
     "deploy",
     "get_run",
+    "kubernetes",
     "load_ipython_extension",
     "log_artifact",
     "log_metric",

@@ -287,6 +287,25 @@ def shadow_report(name: str) -> Any:
     return report(traffic.folder(name))
 
 
+def kubernetes(name: str, out: str | Path | None = None, **options: Any) -> Any:
+    """Kubernetes manifests for deployment ``name`` (``nbdeploy k8s``): ``options`` are
+    :class:`nbdeploy.k8s.K8sOptions` fields (strategy, mesh, namespace, replicas, image,
+    ...). With ``out``, a file per object is written there. Returns the
+    :class:`nbdeploy.k8s.Manifests` (objects and notices)."""
+    from nbdeploy import k8s
+
+    try:
+        settings = k8s.K8sOptions(**options)
+    except TypeError as error:
+        raise k8s.ManifestError(
+            f"kubernetes(): {error}", "the options are those of nbdeploy.k8s.K8sOptions"
+        ) from None
+    result = k8s.manifests(name, settings)
+    if out is not None:
+        k8s.write(result.objects, out)
+    return result
+
+
 def show_code(name: str, version: int | None = None) -> str:
     from nbdeploy.deployment.core import show_code as code_of
 

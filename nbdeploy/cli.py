@@ -17,6 +17,7 @@ from typing import Any
 from nbdeploy import __version__
 from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
 from nbdeploy.errors import NbdeployError
+from nbdeploy.k8s.options import add_k8s_arguments
 from nbdeploy.pipeline.options import add_parameter_option, add_run_arguments, run_request_from_args
 
 
@@ -113,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--version", type=int, dest="version_number", metavar="N")
     show.add_argument("--json", action="store_true")
 
+    k8s = commands.add_parser(
+        "k8s",
+        help="write Kubernetes manifests for a deployment (and its rollout strategy)",
+        description="Kubernetes manifests for deployment NAME, its versions served from the "
+        "images nbdeploy image build makes. Without --out they are printed as one YAML "
+        "stream (nbdeploy k8s NAME | kubectl apply -f -).",
+    )
+    k8s.add_argument("name")
+    add_k8s_arguments(k8s)
+    k8s.add_argument("--out", metavar="DIR", help="write a file per object into DIR")
+    k8s.add_argument("--json", action="store_true")
+
     prune = commands.add_parser(
         "prune", help="remove old versions (never the live one or the rollback target)"
     )
@@ -166,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "weights": cmd_weights,
             "show": cmd_show,
             "prune": cmd_prune,
+            "k8s": cmd_k8s,
         }[args.command]
         return handler(args)
     except NbdeployError as error:
@@ -496,6 +510,32 @@ def cmd_ci(args: argparse.Namespace) -> int:
         Path(args.path), targets=args.targets, python_version=args.python, overwrite=args.force
     )
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_k8s(args: argparse.Namespace) -> int:
+    from nbdeploy import k8s
+    from nbdeploy.k8s.options import options_from_args
+
+    result = k8s.manifests(args.name, options_from_args(args))
+    files = [str(path) for path in k8s.write(result.objects, args.out)] if args.out else []
+    for notice in result.notices:
+        _notice(notice)
+    if args.json:
+        _print_json(
+            {
+                "objects": [
+                    {"kind": obj["kind"], "name": obj["metadata"]["name"]} for obj in result.objects
+                ],
+                "files": files,
+                "notices": result.notices,
+            }
+        )
+    elif files:
+        for path in files:
+            print(path)
+    else:
+        sys.stdout.write(k8s.to_yaml(result.objects))
     return 0
 
 

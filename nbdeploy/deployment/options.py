@@ -112,7 +112,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--steps",
-        type=_percentages,
+        type=percentages,
         metavar="P,P,...",
         help="canary: the share of traffic at each step, in percent (default "
         + ",".join(map(str, DEFAULT_CANARY_STEPS))
@@ -154,7 +154,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _percentages(text: str) -> list[float]:
+def percentages(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
