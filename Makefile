@@ -80,12 +80,40 @@ $(K8S_SCHEMAS): tests/k8s/package-lock.json
 	cd tests/k8s && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: lint typecheck $(K8S_SCHEMAS)
+# tests/test_browser.py opens JupyterLab in Debian's Chromium through Playwright (the Python
+# package is in the dev extra; Playwright's own browser download is never used). Installed
+# here when running as root; elsewhere the browser tests are skipped (and fail when CI is set).
+BROWSER := $(VENV)/.nbdeploy-browser
+
+$(BROWSER): $(STAMP)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing Chromium and fonts (Debian packages) for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation; \
+	  else \
+	    echo "make test: the browser tests need Chromium: sudo apt-get install chromium fonts-liberation (skipped without it)" >&2; \
+	    exit 0; \
+	  fi; \
+	fi; \
+	touch $@
+
+test: lint typecheck $(K8S_SCHEMAS) $(BROWSER)
 	$(BIN)/python -m pytest
+
+# bench/monitor.py compares drift with Evidently's, run in an environment of its own
+# (Evidently 0.7 pins plotly < 6 and needs pandas < 3, older than nbdeploy's).
+EVIDENTLY_VENV := bench/.venv-evidently
+EVIDENTLY := $(EVIDENTLY_VENV)/.installed
+
+$(EVIDENTLY):
+	@echo "==> setting up $(EVIDENTLY_VENV) (Evidently, for bench/monitor.py)"
+	$(PYTHON) -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'evidently>=0.7,<0.8' 'pandas<3' $(QUIET_PIP)
+	touch $@
 
 # bench/serve.py and bench/rollout.py load servers with wrk: Debian's package, installed
 # here when running as root; otherwise the message names the command to run.
-bench: $(STAMP)
+bench: $(STAMP) $(EVIDENTLY)
 	@if ! command -v wrk >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "==> installing wrk (Debian package) for bench/serve.py"; \
@@ -99,6 +127,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve.py --quick
 	$(BIN)/python bench/capture.py --quick
 	$(BIN)/python bench/rollout.py --quick
+	$(BIN)/python bench/monitor.py --quick
 
 clean:
 	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data

@@ -73,7 +73,6 @@ import contextlib
 import json
 import linecache
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -85,11 +84,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchkit import TOKEN_ENV, BenchError, log
+from benchkit import TOKEN_ENV, BenchError, WrkResult, log, parse_wrk
 from benchkit import end_processes as _end_processes
 from benchkit import marked_pids as _marked_pids
 from benchkit import tail as _tail
@@ -230,92 +229,6 @@ def _describe(pid: int) -> str:
 
 
 # --- wrk -----------------------------------------------------------------------------------
-
-
-@dataclass
-class WrkResult:
-    """What one wrk run measured."""
-
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    non2xx: int  # wrk's "Non-2xx or 3xx responses" (status >= 400)
-    socket_errors: dict[str, int]
-    counts: dict[str, Any] = field(default_factory=dict)  # from the counting Lua script
-
-    @property
-    def failed(self) -> int:
-        """Non-2xx answers (the larger of wrk's count and the script's) and socket errors."""
-        return max(self.non2xx, int(self.counts.get("bad", 0))) + sum(self.socket_errors.values())
-
-    @property
-    def min_second_rps(self) -> int | None:
-        """The fewest answers in any whole second (the first and last seconds are partial)."""
-        per_second = self.counts.get("seconds") or {}
-        counts = [per_second[k] for k in sorted(per_second, key=int)][1:-1]
-        return min(counts) if counts else None
-
-    def summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "requests": self.requests,
-            "seconds": round(self.seconds, 2),
-            "rps": round(self.rps, 1),
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
-            "non2xx": self.non2xx,
-            "socket_errors": self.socket_errors,
-        }
-        if self.counts:
-            data["min_second_rps"] = self.min_second_rps
-            per_second = self.counts.get("seconds") or {}
-            data["answers_per_second"] = [per_second[k] for k in sorted(per_second, key=int)]
-            data["answers_by_version"] = self.counts.get("versions", {})
-            data["answers_by_status"] = self.counts.get("statuses", {})
-        return data
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def _duration_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        raise BenchError(f"wrk printed a duration I cannot read: {text!r}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
-def parse_wrk(out: str) -> WrkResult:
-    def find(pattern: str) -> re.Match[str]:
-        match = re.search(pattern, out)
-        if match is None:
-            raise BenchError(f"no {pattern!r} in wrk's output:\n{_tail(out)}")
-        return match
-
-    total = find(r"(\d+) requests in ([\d.]+(?:us|ms|s|m)),")
-    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    counts: dict[str, Any] = {}
-    marked = re.search(r"^BENCH-COUNTS (.*)$", out, re.MULTILINE)
-    if marked is not None:
-        counts = json.loads(marked.group(1))
-    return WrkResult(
-        requests=int(total.group(1)),
-        seconds=_duration_ms(total.group(2)) / 1000,
-        rps=float(find(r"Requests/sec:\s+([\d.]+)").group(1)),
-        p50_ms=round(_duration_ms(find(r"50%\s+([\d.]+(?:us|ms|s|m))").group(1)), 3),
-        p99_ms=round(_duration_ms(find(r"99%\s+([\d.]+(?:us|ms|s|m))").group(1)), 3),
-        non2xx=int(non2xx.group(1)) if non2xx else 0,
-        socket_errors=dict(
-            zip(
-                ("connect", "read", "write", "timeout"),
-                (int(g) for g in socket.groups()) if socket else (0, 0, 0, 0),
-                strict=True,
-            )
-        ),
-        counts=counts,
-    )
 
 
 class Wrk:

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
         get_run,
         kubernetes,
         logs,
+        metrics,
         params,
         promote,
         prune,
+        requests,
         rollback,
         run,
         runs,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
         weights,
     )
     from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
+    from nbdeploy.widgets.dashboard import dashboard
 
 _LAZY = {
     "run": "nbdeploy.api",
@@ -47,8 +50,11 @@ _LAZY = {
     "promote": "nbdeploy.api",
     "weights": "nbdeploy.api",
     "prune": "nbdeploy.api",
+    "requests": "nbdeploy.api",
     "show_code": "nbdeploy.api",
     "kubernetes": "nbdeploy.api",
+    "metrics": "nbdeploy.api",
+    "dashboard": "nbdeploy.widgets.dashboard",
     "log_metric": "nbdeploy.pipeline.context",
     "log_param": "nbdeploy.pipeline.context",
     "log_artifact": "nbdeploy.pipeline.context",
@@ -56,6 +62,7 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "dashboard",
     "deploy",
     "get_run",
     "kubernetes",
@@ -64,9 +71,11 @@ __all__ = [
     "log_metric",
     "log_param",
     "logs",
+    "metrics",
     "params",
     "promote",
     "prune",
+    "requests",
     "rollback",
     "run",
     "runs",

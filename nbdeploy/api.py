@@ -224,6 +224,25 @@ def logs(name: str, lines: int = 50) -> list[str]:
     return deployment_logs(name, lines)
 
 
+def requests(
+    name: str,
+    *,
+    since: Any = None,
+    until: Any = None,
+    version: int | None = None,
+    limit: int | None = None,
+    frame: bool = False,
+) -> Any:
+    """The requests a deployment's services logged, oldest first: dicts with time (unix
+    seconds), request_id, version, arm, endpoint, latency_ms, status, inputs, prediction,
+    error; with ``frame=True`` a pandas DataFrame. ``since``/``until``: unix seconds or
+    datetimes; ``limit``: the newest N."""
+    from nbdeploy.monitor.requests import read_requests, requests_frame
+
+    reader = requests_frame if frame else read_requests
+    return reader(name, since=since, until=until, version=version, limit=limit)
+
+
 def rollback(name: str, notify: Notify = _ignore) -> Any:
     from nbdeploy.deployment.rollouts import rollback as rollback_deployment
 
@@ -285,6 +304,18 @@ def shadow_report(name: str) -> Any:
 
     deployment_status(name)
     return report(traffic.folder(name))
+
+
+def metrics(name: str, window: str | float = "1h", rows: int | None = None) -> dict[str, Any]:
+    """``name``'s health over the last ``window`` (seconds, or "15m", "1h", "7d") and, with
+    ``rows``, over its last that many input rows: requests, error rate, latency percentiles,
+    per-feature missing values, values out of the training range and drift, prediction
+    quality, CPU and memory, as ``nbdeploy metrics --json``."""
+    from nbdeploy.monitor.metrics import MetricsError, parse_window, snapshot
+
+    if rows is not None and rows < 1:
+        raise MetricsError(f"--rows {rows}: at least 1")
+    return snapshot(name, parse_window(window), last_rows=rows)
 
 
 def kubernetes(name: str, out: str | Path | None = None, **options: Any) -> Any:

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="the last lines of a deployment's server log")
     logs.add_argument("name")
     logs.add_argument("--tail", type=int, default=50, metavar="N")
+    logs.add_argument(
+        "--requests", action="store_true", help="the last logged requests instead of the log"
+    )
+    logs.add_argument("--limit", type=int, default=20, metavar="N", help="requests shown (20)")
+    logs.add_argument("--json", action="store_true", help="with --requests: one per line")
     rollback = commands.add_parser("rollback", help="serve the previous version again")
     rollback.add_argument("name")
     rollback.add_argument("--json", action="store_true")
@@ -114,6 +119,32 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--version", type=int, dest="version_number", metavar="N")
     show.add_argument("--json", action="store_true")
 
+    metrics = commands.add_parser(
+        "metrics",
+        help="a deployment's traffic, latency, errors, input quality and drift",
+        description="From the request log of NAME's services over --window: requests, error "
+        "rate, latency percentiles, per feature missing values, values outside the training "
+        "range and drift against the reference given at deploy time (--reference).",
+    )
+    metrics.add_argument("name")
+    metrics.add_argument(
+        "--window", default="1h", metavar="DURATION", help="e.g. 15m, 1h (default), 7d"
+    )
+    metrics.add_argument(
+        "--rows", type=int, metavar="N", help="only the last N input rows of the window"
+    )
+    metrics.add_argument("--json", action="store_true", help="one JSON object")
+    report = commands.add_parser(
+        "report", help="a static HTML report of a deployment (what the dashboard shows)"
+    )
+    report.add_argument("name")
+    report.add_argument(
+        "-o", "--output", metavar="FILE", help="where to write it (default: NAME-report.html)"
+    )
+    report.add_argument(
+        "--window", default="1h", metavar="DURATION", help="e.g. 15m, 1h (default), 7d"
+    )
+    report.add_argument("--json", action="store_true", help="one JSON object")
     k8s = commands.add_parser(
         "k8s",
         help="write Kubernetes manifests for a deployment (and its rollout strategy)",
@@ -180,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "show": cmd_show,
             "prune": cmd_prune,
             "k8s": cmd_k8s,
+            "metrics": cmd_metrics,
+            "report": cmd_report,
         }[args.command]
         return handler(args)
     except NbdeployError as error:
@@ -402,7 +435,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from nbdeploy import api
 
-    print("\n".join(api.logs(args.name, args.tail)))
+    if args.requests:
+        from nbdeploy.monitor.requests import print_requests
+
+        print_requests(api.requests(args.name, limit=max(0, args.limit)), as_json=args.json)
+        return 0
+    lines = api.logs(args.name, args.tail)
+    if args.json:
+        _print_json({"name": args.name, "lines": lines})
+    else:
+        print("\n".join(lines))
     return 0
 
 
@@ -510,6 +552,31 @@ def cmd_ci(args: argparse.Namespace) -> int:
         Path(args.path), targets=args.targets, python_version=args.python, overwrite=args.force
     )
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+    from nbdeploy.monitor.metrics import summary_lines
+
+    data = api.metrics(args.name, args.window, rows=args.rows)
+    if args.json:
+        _print_json(data)
+    else:
+        print("\n".join(summary_lines(data)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nbdeploy.monitor.metrics import parse_window
+    from nbdeploy.widgets.report_html import write_report
+
+    output = args.output or f"{args.name}-report.html"
+    path = write_report(args.name, output, parse_window(args.window))
+    if args.json:
+        _print_json({"name": args.name, "path": str(path.resolve())})
+    else:
+        print(f"✓ report of {args.name} written to {path}")
     return 0
 
 

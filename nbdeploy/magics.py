@@ -12,21 +12,22 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from nbdeploy.errors import NbdeployError, RunFailedError
-from nbdeploy.pipeline.context import RUN_DIR_ENV
+from nbdeploy.pipeline.context import RUN_DIR_ENV, is_kernel_shell
 
 SESSION_ENV = "JPY_SESSION_NAME"
 USAGE = """\
 %deploy FUNCTION|MODEL [--name NAME] [--port N] [--workers N] [--batch|--no-batch]
                  [--reference VAR] [--extra-columns refuse|drop] [--requirements REQ ...]
                                       deploy a function, or a fitted model, of this notebook
-%deploy status [NAME] | stop NAME | logs NAME | rollback NAME | promote NAME | show NAME
+%deploy status [NAME] [--text] | stop NAME | logs NAME | rollback NAME | promote NAME | show NAME
 %deploy run [NOTEBOOK] [-p NAME VALUE]... [-f FILE] [--sweep NAME=V1,V2]... [--parallel N]
             [--output-dir DIR] [--kernel NAME] [--timeout S] [--log-output] [--no-mlflow]
 %deploy params [NOTEBOOK]
@@ -164,7 +165,7 @@ class DeployMagics(Magics):
                 "the deploy was interrupted: the server it was starting is stopped, and the "
                 "previous version (if any) serves as before"
             ) from None
-        if _has_widgets(self.shell):
+        if is_kernel_shell(self.shell):
             from nbdeploy.widgets.deployment import show_deployment
 
             show_deployment(result)
@@ -172,18 +173,27 @@ class DeployMagics(Magics):
             print(describe_deploy(result))
         return None
 
-    def _status(self, words: list[str]) -> None:
+    def _status(self, words: list[str]) -> Any:
         from nbdeploy import api
-        from nbdeploy.deployment.report import status_table
+        from nbdeploy.deployment.report import describe_status
 
         parser = _MagicParser(prog="%deploy status")
         parser.add_argument("name", nargs="?")
+        parser.add_argument(
+            "--text", action="store_true", help="the status table as text, not the dashboard"
+        )
         args = parser.parse_args(words)
-        print(status_table(api.status(args.name)))
-        if args.name:
-            from nbdeploy.deployment.report import describe_rollout
+        deployments = api.status(args.name)  # an unknown name fails here, as a UsageError
+        if is_kernel_shell(self.shell) and not args.text:
+            from IPython.display import display
 
-            print(describe_rollout(args.name, api.rollout_state(args.name)))
+            from nbdeploy.widgets.dashboard import dashboard
+
+            display(dashboard(args.name))
+            return None
+        rollout = api.rollout_state(args.name) if args.name else None
+        print(describe_status(deployments, rollout))
+        return None
 
     def _stop(self, words: list[str]) -> None:
         from nbdeploy import api
@@ -213,10 +223,11 @@ class DeployMagics(Magics):
 
     @staticmethod
     def _switch(verb: str, action: Any, words: list[str]) -> None:
+        from nbdeploy.deployment.report import describe_switch
+
         parser = _MagicParser(prog=f"%deploy {verb}")
         parser.add_argument("name")
-        deployment = action(parser.parse_args(words).name, notify=_note)
-        print(f"{deployment.name} is serving v{deployment.live_version} at {deployment.url}")
+        print(describe_switch(action(parser.parse_args(words).name, notify=_note)))
 
     def _show(self, words: list[str]) -> None:
         from nbdeploy import api
@@ -229,7 +240,7 @@ class DeployMagics(Magics):
         from nbdeploy import api
         from nbdeploy.pipeline import summary
         from nbdeploy.pipeline.options import add_run_arguments, run_request_from_args
-        from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
+        from nbdeploy.pipeline.progress import NullProgress, TerminalProgress, ending
 
         parser = _MagicParser(prog="%deploy run", add_help=True)
         add_run_arguments(parser, notebook_optional=True)
@@ -249,44 +260,37 @@ class DeployMagics(Magics):
                 "unsaved changes are not part of the run"
             )
         many = bool(args.sweep) or notebook.suffix in api.PIPELINE_SUFFIXES
-        progress: Any
-        if many:
-            progress = NullProgress()
-        elif _has_widgets(self.shell):
-            from nbdeploy.widgets.progress import WidgetProgress
+        progress: Any = NullProgress()
+        progress_for = None
+        if is_kernel_shell(self.shell):
+            from nbdeploy.widgets.progress import WidgetProgress, WidgetProgressGroup
 
-            progress = WidgetProgress(notebook.name, log_output=args.log_output)
-        else:
+            if many:
+                progress = WidgetProgressGroup(notebook.name, log_output=args.log_output)
+                progress_for = progress.bar_for
+            else:
+                progress = WidgetProgress(notebook.name, log_output=args.log_output)
+        elif not many:
             progress = TerminalProgress(log_output=args.log_output)
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:  # off the kernel's event loop: nbclient runs its own
-            try:
-                outcome["result"] = api.run(
+        with ending(progress) as tracked:  # the bars end on every path, errors included
+            result = _off_the_event_loop(
+                lambda: api.run(
                     notebook,
                     **request,
-                    progress=progress,
+                    progress=tracked,
+                    progress_for=progress_for,
                     on_done=lambda *event: print(summary.event_line(*event), flush=True),
                     notify=_note,
                     warn=lambda message: print(f"nbdeploy: warning: {message}", flush=True),
                 )
-            except BaseException as exc:
-                outcome["error"] = exc
+            )
+            if args.junit:
+                from nbdeploy.pipeline.junit import write_junit_for_result
 
-        worker = threading.Thread(target=work, name="nbdeploy-run", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.1)
-        if "error" in outcome:
-            raise outcome["error"]
-        result = outcome["result"]
-        if args.junit:
-            from nbdeploy.pipeline.junit import write_junit_for_result
-
-            write_junit_for_result(args.junit, notebook, result)
-        print(summary.describe_result(result))
-        if not result.ok:
-            raise RunFailedError("the run failed (see above)")
+                write_junit_for_result(args.junit, notebook, result)
+            print(summary.describe_result(result))
+            if not result.ok:
+                raise RunFailedError("the run failed (see above)")
         return None
 
     def _params(self, words: list[str]) -> None:
@@ -315,8 +319,52 @@ class DeployMagics(Magics):
             print(runs_table(records) if records else "no runs yet")
 
 
-def _has_widgets(shell: Any) -> bool:
-    return type(shell).__name__ == "ZMQInteractiveShell"
+INTERRUPT_GRACE_SECONDS = 30.0  # for a run to record itself as interrupted after Ctrl-C
+
+_T = TypeVar("_T")
+
+
+def _off_the_event_loop(work: Callable[[], _T]) -> _T:
+    """Run ``work`` in a thread of its own (a run's nbclient runs an event loop, which the
+    kernel's own loop would block). Ctrl-C in the kernel is raised inside that thread too,
+    so that the run ends as interrupted (recorded, its bar amber, the output notebook
+    saved) before the KeyboardInterrupt reaches the cell."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=target, name="nbdeploy-run", daemon=True)
+    worker.start()
+    # An Event, not Thread.join: a join interrupted by Ctrl-C marks a running thread as
+    # stopped on Python < 3.13 (bpo-45274), and a later join would return at once.
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        _raise_in_thread(worker, KeyboardInterrupt)
+        done.wait(INTERRUPT_GRACE_SECONDS)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast(_T, outcome["result"])
+
+
+def _raise_in_thread(thread: threading.Thread, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in ``thread`` at its next Python instruction (CPython's
+    PyThreadState_SetAsyncExc: the way to deliver a Ctrl-C to a thread)."""
+    import ctypes
+
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(exception)
+        )
 
 
 def _ago(seconds: float) -> str:

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.deployment.locks import deployment_lock
-from nbdeploy.deployment.options import DeployOptions, parse_sticky
+from nbdeploy.deployment.options import (
+    DeployOptions,
+    check_log_sample,
+    check_redact,
+    parse_sticky,
+)
 from nbdeploy.deployment.registry import record_live, register_version
 from nbdeploy.deployment.rollouts import switch_to
 from nbdeploy.deployment.store import (
@@ -188,6 +193,8 @@ def deploy_captured(
         raise DeployError("--workers must be at least 1")
     try:
         parse_sticky(options.sticky)
+        options.log_sample = check_log_sample(options.log_sample)
+        options.redact = check_redact(options.redact)
     except ValueError as error:
         raise DeployError(str(error)) from None
     check_host(options.host)

@@ -40,7 +40,8 @@ def deploy_mlflow_model(
     ``runs:/ID/PATH``) without a notebook: POST /predict {"rows": [...]}."""
     import hashlib
 
-    from nbdeploy.service.package import deployment_name
+    from nbdeploy.service import requestlog_runtime
+    from nbdeploy.service.package import REQUEST_LOG_FILE, deployment_name
     from nbdeploy.templating import render
 
     started = time.monotonic()
@@ -62,10 +63,12 @@ def deploy_mlflow_model(
         max_batch_size=100,
         max_latency_ms=1000,
     )
-    content = hashlib.sha256((content + code).encode()).hexdigest()
+    request_log = Path(requestlog_runtime.__file__).read_text(encoding="utf-8")
+    content = hashlib.sha256((content + code + request_log).encode()).hexdigest()
     version_dir = deployments_dir() / name / "versions" / content[:16]
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "service.py").write_text(code, encoding="utf-8")
+    (version_dir / REQUEST_LOG_FILE).write_text(request_log, encoding="utf-8")
     (version_dir / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
     schema = {
         "route": "/predict",
@@ -103,7 +106,7 @@ def deploy_mlflow_model(
                 source={"mlflow_model_uri": resolved, "asked": model_uri},
                 requirements=requirements,
                 schema=schema,
-                options={"workers": workers, "batch": True},
+                options={"workers": workers, "batch": True, "log_sample": 1.0, "redact": []},
                 mlflow_version=None,
             )
         )

@@ -5,6 +5,7 @@ deploy`` and ``nbdeploy.deploy(...)`` take the same flags with the same defaults
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,6 +15,7 @@ STRATEGIES = ("blue-green", "recreate", "canary", "ab", "shadow")
 DEFAULT_KEEP_WARM_SECONDS = 600.0
 DEFAULT_CANARY_STEPS = (10, 25, 50, 100)
 DEFAULT_INTERVAL_SECONDS = 30.0
+REDACT_FIELD_MAX = 200  # characters of a --redact key
 
 
 @dataclass
@@ -37,6 +39,8 @@ class DeployOptions:
     wait: bool = False  # canary: return when it is promoted or rolled back
     sticky: str | None = None  # A/B: "header:NAME" or "field:NAME"
     auth: str | None = None  # "key": the router needs an API key; "none"; None: as before
+    log_sample: float = 1.0  # the share of requests the request log records (0 < x <= 1)
+    redact: list[str] = field(default_factory=list)  # request keys never stored in the log
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployOptions:
@@ -146,6 +150,21 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
         "in the background; nbdeploy status NAME shows it)",
     )
     parser.add_argument(
+        "--log-sample",
+        type=_fraction,
+        metavar="FRACTION",
+        help="the share of requests the request log records, above 0 and at most 1 "
+        "(default 1: every request; nbdeploy logs NAME --requests shows them)",
+    )
+    parser.add_argument(
+        "--redact",
+        action="append",
+        type=_field,
+        metavar="FIELD",
+        help="never store this key of a request (at any depth of its JSON body) in the "
+        "request log; repeat for several",
+    )
+    parser.add_argument(
         "--keep-warm",
         type=float,
         metavar="SECONDS",
@@ -164,6 +183,49 @@ def percentages(text: str) -> list[float]:
             f"{text!r}: increasing percentages between 0 (excluded) and 100"
         )
     return values
+
+
+def _fraction(text: str) -> float:
+    try:
+        return check_log_sample(text)
+    except ValueError as error:  # argparse names the flag itself
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--log-sample ")) from None
+
+
+def _field(text: str) -> str:
+    try:
+        return check_redact([text])[0]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--redact ")) from None
+
+
+def check_log_sample(value: Any) -> float:
+    """``--log-sample``: a fraction above 0 and at most 1 (ValueError otherwise)."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if isinstance(value, bool) or not 0 < fraction <= 1:
+        raise ValueError(
+            f"--log-sample {value!r}: the share of requests to log, above 0 and at most 1 "
+            "(e.g. 0.1 for one request in ten)"
+        )
+    return fraction
+
+
+def check_redact(fields: Any) -> list[str]:
+    """``--redact``: names of keys (a name, or a list of them; ValueError otherwise)."""
+    if isinstance(fields, str):
+        fields = [fields]
+    checked: list[str] = []
+    for name in fields or []:
+        if not isinstance(name, str) or not name.strip() or len(name) > REDACT_FIELD_MAX:
+            raise ValueError(
+                f"--redact {name!r}: the name of a key of the request's JSON body "
+                f"(1-{REDACT_FIELD_MAX} characters), e.g. --redact ssn"
+            )
+        checked.append(name)
+    return sorted(set(checked))
 
 
 def parse_sticky(text: str | None) -> dict[str, str] | None:

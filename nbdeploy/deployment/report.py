@@ -1,8 +1,10 @@
-"""Text of deployments for the CLI and the magic: deploy results, status tables, curl examples."""
+"""Text of deployments for the CLI and the magic: deploy results, status tables, curl examples
+(runnable, and compact ones to show)."""
 
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 from typing import Any
@@ -60,12 +62,56 @@ def curl_example(
 ) -> str:
     """A curl line for the endpoint; ``key_of`` names a deployment whose router needs its
     API key: the line reads it with ``$(nbdeploy key NAME)``, never shows it."""
-    body = json.dumps(example_body(schema, example))
-    auth = f'-H "Authorization: Bearer $(nbdeploy key {key_of})" ' if key_of else ""
-    return (
-        f"curl -X POST {shlex.quote(url + schema.get('route', '/'))} {auth}"
-        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
-    )
+    return " ".join(_curl_words(url, schema, json.dumps(example_body(schema, example)), key_of))
+
+
+def compact_curl(
+    url: str,
+    schema: dict[str, Any],
+    example: dict[str, Any] | None = None,
+    key_of: str | None = None,
+) -> str:
+    """:func:`curl_example` to read rather than to run: one option per line, numbers of the
+    body rounded to 4 significant digits, long lists and texts cut with an ellipsis."""
+    body = compact_json(example_body(schema, example))
+    return " \\\n  ".join(_curl_words(url, schema, body, key_of))
+
+
+def _curl_words(url: str, schema: dict[str, Any], body: str, key_of: str | None) -> list[str]:
+    words = [f"curl -X POST {shlex.quote(url + schema.get('route', '/'))}"]
+    if key_of:
+        words.append(f'-H "Authorization: Bearer $(nbdeploy key {key_of})"')
+    words += ["-H 'Content-Type: application/json'", f"-d {shlex.quote(body)}"]
+    return words
+
+
+def compact_json(value: Any, max_items: int = 8, max_chars: int = 160, digits: int = 4) -> str:
+    """JSON to show, not to send: floats with ``digits`` significant digits, lists and
+    objects cut after ``max_items`` (fewer until the text fits ``max_chars``) with ``…``,
+    long strings shortened. Cuts happen between items, never inside a number."""
+    text = _compact(value, max_items, digits)
+    items = max_items
+    while len(text) > max_chars and items > 1:
+        items //= 2
+        text = _compact(value, items, digits)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def _compact(value: Any, items: int, digits: int) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return json.dumps(float(f"{value:.{digits}g}"))
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 40 else value[:39] + "…", ensure_ascii=False)
+    if isinstance(value, dict):
+        shown = [
+            f"{_compact(str(k), items, digits)}: {_compact(v, items, digits)}"
+            for k, v in list(value.items())[:items]
+        ]
+        return "{" + ", ".join(shown + (["…"] if len(value) > items else [])) + "}"
+    if isinstance(value, (list, tuple)):
+        shown = [_compact(v, items, digits) for v in value[:items]]
+        return "[" + ", ".join(shown + (["…"] if len(value) > items else [])) + "]"
+    return json.dumps(value, default=str)
 
 
 def needs_key(name: str) -> bool:
@@ -113,6 +159,19 @@ def status_table(deployments: list[Deployment]) -> str:
             ]
         )
     return table(["name", "status", "version", "url", "traffic", "since"], rows)
+
+
+def describe_switch(deployment: Deployment) -> str:
+    """What serves after a rollback or a promotion."""
+    return f"{deployment.name} is serving v{deployment.live_version} at {deployment.url}"
+
+
+def describe_status(deployments: list[Deployment], rollout: dict[str, Any] | None = None) -> str:
+    """``nbdeploy status [NAME]`` as text: the table, and for one deployment its rollout."""
+    text = status_table(deployments)
+    if rollout is not None and len(deployments) == 1:
+        text += "\n" + describe_rollout(deployments[0].name, rollout)
+    return text
 
 
 def describe_rollout(name: str, state: dict[str, Any]) -> str:

@@ -32,11 +32,17 @@ RESTART_WINDOW_SECONDS = 60.0
 # A worker that dies this soon after its first start never loaded its version: no retry.
 STARTUP_SECONDS = 10.0
 BACKLOG = 2048
+# What the generated service reads (see nbdeploy/service/requestlog_runtime.py).
+REQUEST_LOG_DIR_ENV = "NBDEPLOY_REQUEST_LOG_DIR"
+REQUEST_LOG_STATS_DIR_ENV = "NBDEPLOY_REQUEST_LOG_STATS_DIR"
+VERSION_ENV = "NBDEPLOY_VERSION"
 
 
 def serve(spec: dict[str, Any]) -> NoReturn:
-    """Serve ``spec`` = {"bento_tag", "host", "port", "workers", "metrics_dir"} until
-    SIGTERM or SIGINT. Never returns."""
+    """Serve ``spec`` = {"bento_tag", "host", "port", "workers", "metrics_dir"}, and
+    optionally "version" (its number), "request_log_dir" (where the service logs its
+    requests; none: no request log) and "request_log_stats_dir", until SIGTERM or SIGINT.
+    Never returns."""
     try:
         listener = _bind(str(spec["host"]), int(spec["port"]))
     except OSError as error:
@@ -47,7 +53,20 @@ def serve(spec: dict[str, Any]) -> NoReturn:
     # Each server its own directory: BentoML's default is shared by every server of a
     # BentoML home and emptied by each start.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    _set_environment(REQUEST_LOG_DIR_ENV, spec.get("request_log_dir"))
+    _set_environment(
+        REQUEST_LOG_STATS_DIR_ENV, spec.get("request_log_stats_dir") or spec.get("request_log_dir")
+    )
+    _set_environment(VERSION_ENV, spec.get("version"))
     _Leader(listener, spec).run()
+
+
+def _set_environment(name: str, value: Any) -> None:
+    """The spec decides, whatever the caller's environment said."""
+    if value is None or value == "":
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = str(value)
 
 
 class _Leader:

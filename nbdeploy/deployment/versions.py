@@ -77,6 +77,8 @@ def prepare_version(
             workers=options.workers,
             batch=options.batch,
             extra_columns=options.extra_columns,
+            log_sample=options.log_sample,
+            redact=list(options.redact),
         ),
         reference,
         label,
@@ -107,6 +109,7 @@ def prepare_version(
             built_version = _build(plan, staging, notify, launching)
         version_dir, bento_tag, built = built_version
         reference_path = _save_reference(reference, version_dir)
+        _profile_reference(captured, plan, reference, version_dir, notify)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if deployments.find(name) is None:  # created only once a version exists
@@ -130,7 +133,12 @@ def prepare_version(
                 "example": example,
                 "kind": captured.kind,
             },
-            options={"workers": options.workers, "batch": plan.batch},
+            options={
+                "workers": options.workers,
+                "batch": plan.batch,
+                "log_sample": plan.options.log_sample,
+                "redact": plan.request_log["redact"],
+            },
             reference_path=reference_path,
         )
     )
@@ -366,6 +374,22 @@ def _save_reference(reference: Any, version_dir: Path) -> str | None:
     path = version_dir / "reference.pkl"
     save(reference, path, label="the reference data")
     return str(path)
+
+
+def _profile_reference(
+    captured: Any, plan: Any, reference: Any, version_dir: Path, notify: Notify
+) -> None:
+    """The baseline of drift monitoring: the reference and the predictions on it."""
+    if reference is None:
+        return
+    from nbdeploy.monitor.reference import write_profile
+
+    if captured.kind == "model":
+        answer = getattr(captured.objects[captured.name], "predict", None)
+    else:
+        answer = captured.function
+    manifest = {"schema": plan.schema.to_dict(), "kind": captured.kind}
+    write_profile(reference, version_dir, answer=answer, manifest=manifest, notify=notify)
 
 
 def _builder_environment() -> dict[str, str]:

@@ -49,11 +49,42 @@ def _notice(kind: str) -> None:
     global _notice_shown
     if not _notice_shown:
         _notice_shown = True
-        print(
+        show_note(
             f"nbdeploy: log_{kind} is not recorded: this notebook is not running under "
-            "`nbdeploy run` (further calls are ignored as well)",
-            file=sys.stderr,
+            "`nbdeploy run` (further calls are ignored as well)"
         )
+
+
+def show_note(text: str) -> None:
+    """A note, not an error: in a Jupyter kernel a small grey line of HTML (stderr would
+    show in the pink box of errors), elsewhere a line on stdout."""
+    shell = _kernel_shell()
+    if shell is None:
+        print(text, flush=True)
+        return
+    from html import escape
+
+    from IPython.display import display
+
+    note = (
+        '<div class="nbdeploy-note" style="color: var(--jp-ui-font-color2, #616161); '
+        f'font-size: var(--jp-ui-font-size1, 13px); padding: 2px 0">{escape(text)}</div>'
+    )
+    display({"text/html": note, "text/plain": text}, raw=True)
+
+
+def _kernel_shell() -> Any:
+    """The IPython shell of a Jupyter kernel, if this runs in one (IPython is only looked
+    up when already imported: this module imports only the standard library)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell if is_kernel_shell(shell) else None
+
+
+def is_kernel_shell(shell: Any) -> bool:
+    """Whether ``shell`` is a Jupyter kernel's, whose front end can show rich output and
+    widgets (a terminal IPython cannot)."""
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def log_metric(name: str, value: float, step: int = 0) -> None:

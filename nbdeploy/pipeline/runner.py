@@ -320,7 +320,9 @@ class _Run:
             artifacts=logged["artifacts"],
             outputs=recorded_outputs,
         )
-        (self.progress or NullProgress()).finish(ok, "succeeded" if ok else (message or status))
+        (self.progress or NullProgress()).finish(
+            ok, "succeeded" if ok else (message or status), interrupted=status == INTERRUPTED
+        )
         for name, logged_as in logged["missing"].items():
             self.warn(
                 f"{nb.name}: metric {name!r} was logged as {logged_as}, not a finite number: "
@@ -360,7 +362,9 @@ class _Run:
             )
             if not ended:
                 return
-            (self.progress or NullProgress()).finish(False, message)
+            (self.progress or NullProgress()).finish(
+                False, message, interrupted=status == INTERRUPTED
+            )
             if self.tracker is not None:
                 from nbdeploy.pipeline.context import read_results
 

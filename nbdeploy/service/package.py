@@ -21,19 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.service import runtime, serialize
+from nbdeploy.service import requestlog_runtime, runtime, serialize
 from nbdeploy.service.capture import Captured, add_reached_modules, source_or_none
 from nbdeploy.service.schema import InputSchema, function_schema, model_schema, parameter_hints
 
 NAME_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 MANIFEST = runtime.MANIFEST
 RUNTIME_FILE = "nbdeploy_runtime.py"
+REQUEST_LOG_FILE = "nbdeploy_requestlog.py"  # nbdeploy/service/requestlog_runtime.py
 SOURCE_FILE = "notebook_source.py"
 GENERATED_FILES = (("service.py.j2", "service.py"), ("mlflow_model.py.j2", "mlflow_model.py"))
 # Files a bento carries (besides local_modules/): the service, its runtime and pickles.
 BENTO_FILES = (
     "service.py",
     RUNTIME_FILE,
+    REQUEST_LOG_FILE,
     SOURCE_FILE,
     MANIFEST,
     runtime.FUNCTION,
@@ -56,6 +58,8 @@ class ServiceOptions:
     timeout: int = 60
     max_batch_size: int = 100
     extra_columns: str = "refuse"  # records: an unknown column is refused or dropped
+    log_sample: float = 1.0  # the share of requests the request log records
+    redact: list[str] = field(default_factory=list)  # keys never stored in the request log
 
 
 @dataclass
@@ -102,6 +106,15 @@ class VersionPlan:
             "routes": self.routes,
             "inputs": self.inputs(),
             "local_modules": sorted(self.captured.local_modules),
+            "request_log": self.request_log,
+        }
+
+    @property
+    def request_log(self) -> dict[str, Any]:
+        """How the service logs its requests (see nbdeploy_requestlog.py)."""
+        return {
+            "sample": float(self.options.log_sample),
+            "redact": sorted(set(self.options.redact)),
         }
 
     def inputs(self) -> list[dict[str, Any]]:
@@ -229,6 +242,8 @@ def plan_version(
         if file_name != SOURCE_FILE:  # for reading only: what runs is hashed above
             digest.update(f"file {file_name}\n{text}\n".encode())
     digest.update(json.dumps(schema.to_dict(), sort_keys=True, default=str).encode())
+    # What the request log keeps is part of the version: a new --redact is a new version.
+    digest.update(json.dumps(plan.request_log, sort_keys=True).encode())
     plan.base_hash = digest.hexdigest()
     set_requirements(plan, [])
     return plan
@@ -328,6 +343,7 @@ def _render(plan: VersionPlan) -> dict[str, str]:
         compile(text, file_name, "exec")  # generated code must at least parse
         rendered[file_name] = text
     rendered[RUNTIME_FILE] = Path(runtime.__file__).read_text(encoding="utf-8")
+    rendered[REQUEST_LOG_FILE] = Path(requestlog_runtime.__file__).read_text(encoding="utf-8")
     rendered[SOURCE_FILE] = _display_source(plan)
     return rendered
 

@@ -1,1 +1,3 @@
-"""ipywidgets views shown inside notebooks: run progress (status and dashboards follow)."""
+"""What nbdeploy shows inside notebooks: progress bars of runs, the deploy card, the live
+dashboard of deployments, and the static HTML report that mirrors it (``views`` holds the
+HTML pieces and the CSS they share)."""

@@ -1,13 +1,17 @@
-"""The widget ``%deploy`` shows: name, version, URL, the input schema, a curl example with a
-row the service accepts, and the answer to that example call."""
+"""The card ``%deploy`` shows: name, version and a status badge, the URL and a curl example
+each with a copy button (the display is compact, the copy is the full runnable command),
+the input schema, the answer to the example call, and the way to the dashboard."""
 
 from __future__ import annotations
 
-import html
 import json
 import urllib.error
 import urllib.request
 from typing import Any
+
+from nbdeploy.widgets.views import badge, copy_button, esc, style_tag
+
+ANSWER_MAX_CHARS = 160
 
 
 def call_endpoint(
@@ -26,37 +30,110 @@ def call_endpoint(
         return 0, str(error)
 
 
+def card_html(
+    data: dict[str, Any],
+    schema: dict[str, Any],
+    answer: tuple[int, str] | None = None,
+    key_of: str | None = None,
+) -> str:
+    """The card for a deploy result's ``to_dict()``; ``answer`` is (HTTP status, body) of
+    the example call; ``key_of`` names the deployment whose API key the curl reads with
+    ``$(nbdeploy key NAME)`` (the key itself is never shown)."""
+    from nbdeploy.deployment.report import compact_curl, curl_example, describe_input
+    from nbdeploy.pipeline.progress import shorten
+
+    name, example = data["name"], data.get("example")
+    build = "new build" if data.get("built") else "reused an identical build"
+    seconds = data.get("seconds")
+    took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    head = (
+        f'<div class="nbd-head"><span class="nbd-title">{esc(name)}</span>'
+        f'<span class="nbd-version">v{esc(data["version"])}</span>'
+        f"{badge(data.get('status'))}"
+        f'<span class="nbd-muted">{esc(build + took)}</span></div>'
+    )
+    rows = [
+        (
+            "URL",
+            f'<code class="nbd-url">{esc(data["endpoint"])}</code>' + copy_button(data["endpoint"]),
+        ),
+        (
+            "try",
+            f'<pre class="nbd-curl">{esc(compact_curl(data["url"], schema, example, key_of))}'
+            "</pre>"
+            + copy_button(
+                curl_example(data["url"], schema, example, key_of),
+                title="copy the full curl command",
+            ),
+        ),
+        ("input", f'<span class="nbd-grow">{esc(describe_input(schema))}</span>'),
+    ]
+    if answer is not None:
+        rows.append(("answer", _answer_html(*answer)))
+    requirements = ", ".join(data.get("requirements") or []) or "none"
+    rows.append(
+        (
+            "requirements",
+            f'<span class="nbd-muted nbd-grow" title="{esc(requirements)}">'
+            f"{esc(shorten(requirements, 200))}</span>",
+        )
+    )
+    rows.append(
+        (
+            "monitor",
+            f'<span class="nbd-grow"><code>nbdeploy.dashboard("{esc(name)}")</code> '
+            f'<span class="nbd-muted">· logs: <code>nbdeploy logs {esc(name)}</code></span>'
+            "</span>",
+        )
+    )
+    grid = "".join(
+        f'<div class="nbd-key">{esc(key)}</div><div class="nbd-val">{value}</div>'
+        for key, value in rows
+    )
+    notices = "".join(
+        f'<div class="nbd-muted nbd-small">{esc(notice)}</div>'
+        for notice in data.get("notices") or []
+    )
+    return (
+        f'{style_tag()}<div class="nbd nbd-card nbd-deployment">{head}'
+        f'<div class="nbd-grid">{grid}</div>{notices}</div>'
+    )
+
+
+def _answer_html(status: int, text: str) -> str:
+    from nbdeploy.deployment.report import compact_json
+    from nbdeploy.pipeline.progress import shorten
+
+    try:
+        shown = compact_json(json.loads(text), max_chars=ANSWER_MAX_CHARS)
+    except ValueError:
+        shown = shorten(text, ANSWER_MAX_CHARS)
+    word = str(status) if status else "no answer"
+    colour = "good" if 200 <= status < 300 else "bad"
+    return (
+        f'<span class="nbd-badge nbd-{colour}">{esc(word)}</span>'
+        f'<code class="nbd-answer">{esc(shown)}</code>'
+    )
+
+
 def show_deployment(result: Any) -> Any:
-    import ipywidgets as widgets
+    """Display the card for a deploy result; returns its widget."""
     from IPython.display import display
 
     from nbdeploy.deployment import keys
-    from nbdeploy.deployment.report import curl_example, describe_input, needs_key
+    from nbdeploy.deployment.report import describe_deploy, needs_key
+    from nbdeploy.widgets.card import DeploymentCard
 
     data = result.to_dict()
-    schema = result.version.schema
     example = data.get("example")
-    answer = ""
+    answer = None
     if example:
-        status, text = call_endpoint(data["endpoint"], example, keys.read_key(data["name"]))
-        sent = html.escape(json.dumps(example)[:300])
-        answer = (
-            f"<tr><th>example</th><td><code>{sent}</code> → {status} "
-            f"<code>{html.escape(text[:300])}</code></td></tr>"
-        )
+        answer = call_endpoint(data["endpoint"], example, keys.read_key(data["name"]))
     key_of = data["name"] if needs_key(data["name"]) else None
-    rows = [
-        ("deployment", f"{data['name']} <b>v{data['version']}</b> ({data['status']})"),
-        (
-            "endpoint",
-            f"<code>{html.escape(data['endpoint'])}</code>",
-        ),
-        ("try", f"<code>{html.escape(curl_example(data['url'], schema, example, key_of))}</code>"),
-        ("input", html.escape(describe_input(schema))),
-        ("requirements", html.escape(", ".join(data["requirements"]) or "none")),
-        ("build", "new build" if data["built"] else "reused an identical build"),
-    ]
-    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows)
-    view = widgets.HTML(value=f"<table class='nbdeploy-deployment'>{body}{answer}</table>")
-    display(view)
-    return view
+    card = DeploymentCard(
+        card_html(data, result.version.schema, answer, key_of),
+        data["name"],
+        text=describe_deploy(result),
+    )
+    display(card)
+    return card

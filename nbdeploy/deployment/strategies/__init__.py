@@ -38,6 +38,9 @@ __all__ = ["CANDIDATE", "LIVE", "STANDBY", "Rollout", "RolloutError", "retire_st
 READY_TIMEOUT_SECONDS = 120
 SMOKE_TIMEOUT_SECONDS = 60
 STARTUP_FAILURE_MARKERS = ("Application startup failed",)
+SMOKE_REQUEST_ID = "nbdeploy-example-request"  # the check of a new version, before traffic
+REQUESTS_DIR = "requests"  # in the deployment's folder: the request log's segments
+REQUESTS_STATS_DIR = "requests-stats"  # its per-process counts
 
 
 class RolloutError(NbdeployError):
@@ -85,6 +88,11 @@ def start_version(rollout: Rollout, version: Version, role: str) -> Server:
         "port": port,
         "workers": int(version.options.get("workers") or 1),
         "metrics_dir": str(folder / "metrics" / log_path.stem),
+        "version": version.version,
+        # The service logs its requests here (nbdeploy.monitor.requests reads them); its
+        # counts go apart, so that they are kept even when the log cannot be written.
+        "request_log_dir": str(folder / REQUESTS_DIR),
+        "request_log_stats_dir": str(folder / REQUESTS_STATS_DIR),
     }
     rollout.notify(
         f"starting {rollout.name} v{version.version} behind {rollout.host}:{rollout.port}"
@@ -137,7 +145,8 @@ def smoke_test(server: Server, version: Version) -> None:
     request = urllib.request.Request(
         server.url + route,
         data=json.dumps(example).encode(),
-        headers={"Content-Type": "application/json"},
+        # Its row in the request log says what it was.
+        headers={"Content-Type": "application/json", "X-Request-ID": SMOKE_REQUEST_ID},
     )
     try:
         with urllib.request.urlopen(request, timeout=SMOKE_TIMEOUT_SECONDS) as answer:

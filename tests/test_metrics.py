@@ -1,0 +1,160 @@
+"""Integration: a deployed model's metrics from its own request log. Traffic, latency and
+errors are counted, missing values too, and drift is flagged on the shifted feature and on
+the shifted predictions only, against the reference profiled at deploy time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support import post
+
+import nbdeploy
+from nbdeploy.monitor.metrics import MetricsError, flatten, parse_window, snapshot
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["f0", "f1", "f2", "f3", "f4"]
+
+
+@pytest.fixture
+def watched(home: Path) -> Any:
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(7)
+    X = pd.DataFrame(rng.normal(size=(3000, 5)), columns=FEATURES)
+    y = 3.0 * X["f3"] + 0.1 * X["f0"]
+    model = HistGradientBoostingRegressor(max_iter=50).fit(X, y)  # takes missing values
+    result = nbdeploy.deploy(
+        model, name="watched", namespace={"X": X, "model": model}, reference="X", mlflow=False
+    )
+    yield result
+    nbdeploy.stop("watched")
+
+
+def send(url: str, records: list[dict[str, Any]], batch: int = 20) -> list[int]:
+    statuses = []
+    for start in range(0, len(records), batch):
+        status, _ = post(url + "/predict", {"rows": records[start : start + batch]})
+        statuses.append(status)
+    return statuses
+
+
+def wait_logged(name: str, count: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 20
+    while len(nbdeploy.requests(name)) < count:
+        assert time.monotonic() < deadline, "the request log did not catch up"
+        time.sleep(0.1)
+
+
+def test_drift_and_quality_are_flagged_where_they_are(watched: Any, cli: Any) -> None:
+    assert (Path(watched.version.service_dir) / "drift-profile.json").exists()
+    before = snapshot("watched", 600)
+    assert before["requests"] == 0  # the deploy's own check of the version is not traffic
+    rng = np.random.default_rng(11)
+    window = rng.normal(size=(600, 5))
+    window[:, 3] += 2.0  # f3 shifted by two standard deviations: predictions shift too
+    records: list[dict[str, Any]] = [
+        dict(zip(FEATURES, map(float, row), strict=True)) for row in window
+    ]
+    for record in records[:60]:
+        record["f1"] = None  # 10% missing
+    for record in records[60:90]:
+        record["f2"] = 50.0  # 5% far outside the training range
+    statuses = send(watched.url, records)
+    assert set(statuses) == {200}
+    assert post(watched.url + "/predict", {"rows": [{"f0": "x"}]})[0] == 400
+    sent = len(statuses) + 1
+    wait_logged("watched", 1 + sent)  # with the deploy's check
+
+    data = snapshot("watched", 600)
+    assert data["requests"] == before["requests"] + sent
+    assert data["rows"] == before["rows"] + 600
+    assert data["error_rate"] == 0.0
+    assert data["client_error_rate"] == pytest.approx(1 / data["requests"])
+    assert 0 < data["latency"]["p50"] <= data["latency"]["p95"] <= data["latency"]["p99"]
+    statuses_by_feature = {f: d["status"] for f, d in data["drift"].items()}
+    assert statuses_by_feature == {"f0": "ok", "f1": "ok", "f2": "ok", "f3": "drift", "f4": "ok"}
+    assert data["missing"]["f1"] == pytest.approx(60 / data["rows"])
+    assert data["missing"]["f0"] == 0.0
+    assert data["out_of_range"]["f2"] == pytest.approx(30 / data["rows"])
+    assert data["prediction"]["status"] == "drift"
+    assert data["prediction"]["null_rate"] == 0.0
+    assert data["versions"] == {
+        f"v{watched.version.version}": {
+            "requests": data["requests"],
+            "error_rate": 0.0,
+            "p50": data["latency"]["p50"],
+            "p95": data["latency"]["p95"],
+            "p99": data["latency"]["p99"],
+        }
+    }
+    assert sum(bucket["requests"] for bucket in data["series"]) == data["requests"]
+    assert data["processes"]["memory_mb"] > 50
+    assert data["log"]["dropped"] == 0
+
+    done = cli("metrics", "watched", "--window", "10m", "--json")
+    assert done.code == 0, done.err
+    last = json.loads(done.out.strip().splitlines()[-1])
+    for key in ("rows", "requests", "error_rate", "latency", "missing", "drift"):
+        assert key in last
+    assert last["drift"]["f3"]["status"] == "drift" and last["drift"]["f3"]["ks_p"] < 1e-6
+    recent = cli("metrics", "watched", "--rows", "100", "--json")
+    assert recent.code == 0, recent.err
+    last_rows = json.loads(recent.out.strip().splitlines()[-1])
+    assert last_rows["rows"] == 100 and last_rows["missing"]["f1"] == 0.0  # all from the end
+    text = cli("metrics", "watched")
+    assert text.code == 0, text.err
+    assert "f3" in text.out and "drift" in text.out and "requests" in text.out
+
+
+def test_unshifted_traffic_shows_no_drift(watched: Any) -> None:
+    rng = np.random.default_rng(12)
+    records = [
+        dict(zip(FEATURES, map(float, row), strict=True)) for row in rng.normal(size=(400, 5))
+    ]
+    send(watched.url, records)
+    wait_logged("watched", 20)
+    data = snapshot("watched", 600)
+    assert {d["status"] for d in data["drift"].values()} == {"ok"}
+    assert data["prediction"]["status"] == "ok"
+    assert data["drift_status"] == "ok"
+
+
+def test_without_reference_or_traffic_metrics_say_so(home: Path, cli: Any) -> None:
+    def double(values: list[float]) -> list[float]:
+        return [2 * v for v in values]
+
+    nbdeploy.deploy(double, name="plain", namespace={}, history=[], mlflow=False)
+    try:
+        data = snapshot("plain", 60)
+        assert data["requests"] == 0 and data["rows"] == 0
+        assert data["error_rate"] is None and data["latency"]["p99"] is None
+        assert data["drift"] == {} and data["reference"] is False
+        text = cli("metrics", "plain")
+        assert "no reference for the live version" in text.out
+    finally:
+        nbdeploy.stop("plain")
+    refused = cli("metrics", "plain", "--window", "soon")
+    assert refused.code == 2 and "--window 'soon' is not a duration" in refused.err
+
+
+def test_windows_and_flattening() -> None:
+    assert parse_window("15m") == 900 and parse_window("1h") == 3600 and parse_window(30) == 30
+    with pytest.raises(MetricsError):
+        parse_window("0s")
+    schema = {"mode": "records", "parameter": "records"}
+    rows = [
+        {"status": 200, "inputs": {"records": [{"a": 1}, {"a": 2}]}, "prediction": [0.5, 0.7]},
+        {"status": 400, "inputs": {"records": [{"a": "x"}]}, "prediction": None},
+        {"status": 200, "inputs": None, "prediction": [1]},  # not stored (sampled or cut)
+    ]
+    assert flatten(rows, schema) == ([{"a": 1}, {"a": 2}], [0.5, 0.7])
+    mismatched = [{"status": 200, "inputs": {"records": [{"a": 1}]}, "prediction": [1, 2]}]
+    assert flatten(mismatched, schema) == ([{"a": 1}], None)
