@@ -458,7 +458,7 @@ def overhead_section(quick: bool) -> Section:
     from benchkit import TOKEN_ENV, base_environment, end_processes, marked_pids
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    seconds, rounds = (6, 2) if quick else (15, 3)
+    seconds, rounds = (8, 3) if quick else (15, 4)
     token = f"monitor-{os.getpid()}-{time.monotonic_ns()}"
     env = base_environment(token)
     with tempfile.TemporaryDirectory(prefix="nbdeploy-bench-monitor-") as work_dir:

@@ -75,14 +75,15 @@ def test_drift_and_quality_are_flagged_where_they_are(watched: Any, cli: Any) ->
 
     data = snapshot("watched", 600)
     assert data["requests"] == before["requests"] + sent
-    assert data["rows"] == before["rows"] + 600
+    assert data["rows"] == before["rows"] + 601  # with the refused one
+    assert data["type_errors"]["f0"] == pytest.approx(1 / data["rows"])
     assert data["error_rate"] == 0.0
     assert data["client_error_rate"] == pytest.approx(1 / data["requests"])
     assert 0 < data["latency"]["p50"] <= data["latency"]["p95"] <= data["latency"]["p99"]
     statuses_by_feature = {f: d["status"] for f, d in data["drift"].items()}
     assert statuses_by_feature == {"f0": "ok", "f1": "ok", "f2": "ok", "f3": "drift", "f4": "ok"}
-    assert data["missing"]["f1"] == pytest.approx(60 / data["rows"])
-    assert data["missing"]["f0"] == 0.0
+    assert data["missing"]["f1"] == pytest.approx(61 / data["rows"])  # the refused row too
+    assert data["missing"]["f3"] == pytest.approx(1 / data["rows"])
     assert data["out_of_range"]["f2"] == pytest.approx(30 / data["rows"])
     assert data["prediction"]["status"] == "drift"
     assert data["prediction"]["null_rate"] == 0.0
@@ -108,7 +109,9 @@ def test_drift_and_quality_are_flagged_where_they_are(watched: Any, cli: Any) ->
     recent = cli("metrics", "watched", "--rows", "100", "--json")
     assert recent.code == 0, recent.err
     last_rows = json.loads(recent.out.strip().splitlines()[-1])
-    assert last_rows["rows"] == 100 and last_rows["missing"]["f1"] == 0.0  # all from the end
+    # the last 100 rows: the refused one (it has no f1) and 99 sent after the 60 without f1
+    assert last_rows["rows"] == 100
+    assert last_rows["missing"]["f1"] == pytest.approx(0.01)
     text = cli("metrics", "watched")
     assert text.code == 0, text.err
     assert "f3" in text.out and "drift" in text.out and "requests" in text.out
@@ -155,6 +158,11 @@ def test_windows_and_flattening() -> None:
         {"status": 400, "inputs": {"records": [{"a": "x"}]}, "prediction": None},
         {"status": 200, "inputs": None, "prediction": [1]},  # not stored (sampled or cut)
     ]
-    assert flatten(rows, schema) == ([{"a": 1}, {"a": 2}], [0.5, 0.7])
-    mismatched = [{"status": 200, "inputs": {"records": [{"a": 1}]}, "prediction": [1, 2]}]
+    # a refused row counts for input quality (its type error), not for predictions
+    assert flatten(rows, schema) == ([{"a": 1}, {"a": 2}, {"a": "x"}], [0.5, 0.7])
+    mismatched = [
+        {"status": 200, "inputs": {"records": [{"a": 1}]}, "prediction": [1, 2]},
+        {"status": 500, "inputs": {"records": [{"a": 3}]}, "error": "boom"},
+        {"status": 400, "inputs": "not json", "error": "bad"},
+    ]
     assert flatten(mismatched, schema) == ([{"a": 1}], None)

@@ -60,9 +60,10 @@ def snapshot(
     """Everything known of ``name`` over the last ``window_seconds`` (and, with
     ``last_rows``, of its last that many input rows only). Keys with nothing to say are
     None (or empty): a deployment without traffic still has a snapshot."""
+    import numpy as np
+
     from nbdeploy.deployment import traffic
     from nbdeploy.deployment.store import DeploymentStore
-    from nbdeploy.deployment.strategies import SMOKE_REQUEST_ID
     from nbdeploy.monitor.requests import log_stats, read_requests
     from nbdeploy.store import default_store
 
@@ -71,16 +72,17 @@ def snapshot(
     versions = {v.version: v for v in deployments.versions(name)}
     until = time.time() if now is None else now
     since = until - window_seconds
+    schemas = {number: version.schema for number, version in versions.items()}
     if last_rows is None:
-        logged = _window_rows(name, since, until, store)
+        table = _window_table(name, since, until, schemas, store)
     else:
         logged = read_requests(name, since=since, until=until, limit=last_rows, store=store)
-    # nbdeploy's own check of a new version is not traffic
-    rows = [row for row in logged if row.get("request_id") != SMOKE_REQUEST_ID]
-    weights = {
-        number: 1.0 / float(version.options.get("log_sample") or 1.0)
-        for number, version in versions.items()
-    }
+        table = _Table.of(logged, schemas)
+    weights = np.array(
+        [1.0 / float(versions[n].options.get("log_sample") or 1.0) if n in versions else 1.0
+         for n in table.version.tolist()],
+        dtype=float,
+    )  # fmt: skip
     data: dict[str, Any] = {
         "name": name,
         "status": deployment.status,
@@ -90,20 +92,18 @@ def snapshot(
         "window_seconds": window_seconds,
         "since": since,
         "until": until,
-        "logged": len(rows),
+        "logged": len(table),
         "last_rows": last_rows,
     }
-    data.update(_traffic(rows, weights, window_seconds))
+    everything = np.ones(len(table), dtype=bool)
+    data.update(_traffic(table, weights, everything, window_seconds))
     data["versions"] = {
-        f"v{number}": _traffic(group, weights, window_seconds, brief=True)
-        for number, group in _by_version(rows).items()
+        f"v{number}": _traffic(table, weights, table.version == number, window_seconds, brief=True)
+        for number in sorted(set(table.version.tolist()) - {-1})
     }
-    data["series"] = _series(rows, weights, since, window_seconds, buckets)
+    data["series"] = _series(table, weights, since, window_seconds, buckets)
     live = versions.get(deployment.live_version or -1)
-    inputs, predictions = flatten(
-        (row for row in rows if live is not None and row.get("version") == live.version),
-        live.schema if live is not None else {},
-    )
+    inputs, predictions = table.inputs_of(live.version if live is not None else -1)
     if last_rows is not None:
         inputs = inputs[-last_rows:]
         predictions = predictions[-last_rows:] if predictions is not None else None
@@ -115,15 +115,111 @@ def snapshot(
     return data
 
 
-# -- what a watcher has read ------------------------------------------------------------
+# -- the rows of a window, as columns --------------------------------------------------
+class _Table:
+    """Logged requests as numpy columns (time, latency, status, version), with each one's
+    input rows and predictions flattened once, when it is read."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.time = np.empty(0)
+        self.latency = np.empty(0)
+        self.status = np.empty(0, dtype=np.int64)
+        self.version = np.empty(0, dtype=np.int64)
+        self.inputs: list[list[Any]] = []
+        self.predictions: list[list[Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]], schemas: dict[int, dict[str, Any]]) -> _Table:
+        table = cls()
+        table.add(rows, schemas)
+        return table
+
+    def add(self, rows: list[dict[str, Any]], schemas: dict[int, dict[str, Any]]) -> None:
+        """Append ``rows``, but nbdeploy's own check of a new version: it is not traffic."""
+        import numpy as np
+
+        from nbdeploy.deployment.strategies import SMOKE_REQUEST_ID
+
+        rows = [row for row in rows if row.get("request_id") != SMOKE_REQUEST_ID]
+        if not rows:
+            return
+        latency = [row.get("latency_ms") for row in rows]
+        self.time = np.concatenate([self.time, [float(row["time"]) for row in rows]])
+        self.latency = np.concatenate(
+            [self.latency, [np.nan if v is None else float(v) for v in latency]]
+        )
+        self.status = np.concatenate([self.status, [int(row.get("status") or 0) for row in rows]])
+        versions = [-1 if row.get("version") is None else int(row["version"]) for row in rows]
+        self.version = np.concatenate([self.version, versions])
+        for row, number in zip(rows, versions, strict=True):
+            inputs, predictions = flatten([row], schemas.get(number, {}))
+            self.inputs.append(inputs)
+            self.predictions.append(predictions or [])
+
+    def keep(self, mask: Any) -> None:
+        self.time, self.latency = self.time[mask], self.latency[mask]
+        self.status, self.version = self.status[mask], self.version[mask]
+        kept = mask.nonzero()[0].tolist()
+        self.inputs = [self.inputs[i] for i in kept]
+        self.predictions = [self.predictions[i] for i in kept]
+
+    def within(self, since: float, until: float) -> _Table:
+        mask = (self.time >= since) & (self.time < until)
+        if mask.all():
+            return self
+        part = _Table()
+        part.time, part.latency, part.status, part.version = (
+            self.time, self.latency, self.status, self.version
+        )  # fmt: skip
+        part.inputs, part.predictions = self.inputs, self.predictions
+        part.keep(mask)
+        return part
+
+    def inputs_of(self, version: int) -> tuple[list[Any], list[Any] | None]:
+        """The input rows ``version`` was sent, and the predictions it answered them with."""
+        inputs: list[Any] = []
+        predictions: list[Any] = []
+        for index in (self.version == version).nonzero()[0].tolist():
+            inputs.extend(self.inputs[index])
+            predictions.extend(self.predictions[index])
+        return inputs, (predictions or None)
+
+
 @dataclass
 class _Window:
     """The rows of one deployment's log a watcher (the dashboard) holds: every row from
     ``since`` on, and where reading stopped, so that each refresh reads only new rows."""
 
     since: float
-    rows: list[dict[str, Any]]
+    table: _Table
     cursor: dict[str, int]
+
+
+_windows: dict[str, _Window] = {}
+
+
+def _window_table(
+    name: str, since: float, until: float, schemas: dict[int, dict[str, Any]], store: Any
+) -> _Table:
+    from nbdeploy.monitor.requests import log_directory, read_after
+
+    key = str(log_directory(name))
+    window = _windows.get(key)
+    if window is None or since < window.since:
+        rows, cursor = read_after(name, None, since=since, store=store)
+        window = _windows[key] = _Window(since, _Table.of(rows, schemas), cursor)
+    else:
+        new, window.cursor = read_after(name, window.cursor, store=store)
+        window.table.add(new, schemas)
+        if since > window.since:
+            window.table.keep(window.table.time >= since)
+            window.since = since
+    return window.table.within(since, until)
 
 
 @dataclass
@@ -134,25 +230,7 @@ class _Quality:
     result: dict[str, Any]
 
 
-_windows: dict[str, _Window] = {}
 _qualities: dict[tuple[str, int | None], _Quality] = {}
-
-
-def _window_rows(name: str, since: float, until: float, store: Any) -> list[dict[str, Any]]:
-    from nbdeploy.monitor.requests import log_directory, read_after
-
-    key = str(log_directory(name))
-    window = _windows.get(key)
-    if window is None or since < window.since:
-        rows, cursor = read_after(name, None, since=since, store=store)
-        window = _windows[key] = _Window(since, rows, cursor)
-    else:
-        new, window.cursor = read_after(name, window.cursor, store=store)
-        window.rows.extend(new)
-        if since > window.since:
-            window.rows = [row for row in window.rows if row["time"] >= since]
-            window.since = since
-    return [row for row in window.rows if since <= row["time"] < until]
 
 
 def _cached_quality(
@@ -182,78 +260,62 @@ def _cached_quality(
 
 
 # -- traffic ---------------------------------------------------------------------------
-def _traffic(
-    rows: list[dict[str, Any]], weights: dict[int, float], window: float, brief: bool = False
-) -> dict[str, Any]:
+def _errors(table: _Table) -> Any:
+    """Failures of the service: a 5xx answer, or none at all (status 0)."""
+    return (table.status >= 500) | (table.status == 0)
+
+
+def _quantiles(latencies: Any, percents: tuple[int, ...]) -> dict[str, float | None]:
     import numpy as np
 
-    requests = sum(weights.get(row.get("version") or -1, 1.0) for row in rows)
-    errors = [row for row in rows if _is_error(row.get("status"))]
-    latencies = np.array(
-        [row["latency_ms"] for row in rows if row.get("latency_ms") is not None], dtype=float
-    )
-    quantiles = (
-        {
-            f"p{q}": round(float(v), 3)
-            for q, v in zip((50, 95, 99), np.percentile(latencies, [50, 95, 99]), strict=True)
-        }
-        if latencies.size
-        else {"p50": None, "p95": None, "p99": None}
-    )
-    error_rate = len(errors) / len(rows) if rows else None
+    latencies = latencies[~np.isnan(latencies)]
+    if not latencies.size:
+        return {f"p{q}": None for q in percents}
+    values = np.percentile(latencies, percents)
+    return {f"p{q}": round(float(v), 3) for q, v in zip(percents, values, strict=True)}
+
+
+def _traffic(
+    table: _Table, weights: Any, mask: Any, window: float, brief: bool = False
+) -> dict[str, Any]:
+    count = int(mask.sum())
+    requests = float(weights[mask].sum())
+    error_rate = float(_errors(table)[mask].sum()) / count if count else None
+    quantiles = _quantiles(table.latency[mask], (50, 95, 99))
     if brief:
         return {"requests": round(requests), "error_rate": error_rate, **quantiles}
-    client = sum(1 for row in rows if 400 <= int(row.get("status") or 0) < 500)
+    client = int(((table.status >= 400) & (table.status < 500))[mask].sum())
     return {
         "requests": round(requests),
         "requests_per_second": requests / window if window else None,
         "error_rate": error_rate,
-        "client_error_rate": client / len(rows) if rows else None,
+        "client_error_rate": client / count if count else None,
         "latency": quantiles,
     }
 
 
-def _is_error(status: Any) -> bool:
-    """A failure of the service: a 5xx answer, or none at all."""
-    return status is None or int(status) >= 500 or int(status) == 0
-
-
-def _by_version(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row.get("version") is not None:
-            groups.setdefault(int(row["version"]), []).append(row)
-    return dict(sorted(groups.items()))
-
-
 def _series(
-    rows: list[dict[str, Any]],
-    weights: dict[int, float],
-    since: float,
-    window: float,
-    buckets: int,
+    table: _Table, weights: Any, since: float, window: float, buckets: int
 ) -> list[dict[str, Any]]:
     """Requests, errors and latency per time bucket, oldest first (charts over time)."""
     import numpy as np
 
     width = window / buckets
-    slots: list[list[dict[str, Any]]] = [[] for _ in range(buckets)]
-    for row in rows:
-        index = min(buckets - 1, max(0, int((row["time"] - since) / width)))
-        slots[index].append(row)
+    slot = np.clip(((table.time - since) / width).astype(np.int64), 0, buckets - 1)
+    requests = np.bincount(slot, weights=weights, minlength=buckets)
+    errors = np.bincount(slot, weights=_errors(table).astype(float), minlength=buckets)
+    order = np.argsort(slot, kind="stable")
+    bounds = np.searchsorted(slot[order], np.arange(buckets + 1))
+    latencies = table.latency[order]
     series = []
-    for index, slot in enumerate(slots):
-        latencies = np.array(
-            [r["latency_ms"] for r in slot if r.get("latency_ms") is not None], dtype=float
-        )
-        p50, p99 = np.percentile(latencies, [50, 99]) if latencies.size else (None, None)
+    for index in range(buckets):
+        quantiles = _quantiles(latencies[bounds[index] : bounds[index + 1]], (50, 99))
         series.append(
             {
                 "t": since + (index + 1) * width,
-                "requests": round(sum(weights.get(r.get("version") or -1, 1.0) for r in slot)),
-                "errors": sum(1 for r in slot if _is_error(r.get("status"))),
-                "p50": None if p50 is None else round(float(p50), 3),
-                "p99": None if p99 is None else round(float(p99), 3),
+                "requests": round(float(requests[index])),
+                "errors": int(errors[index]),
+                **quantiles,
             }
         )
     return series
@@ -318,32 +380,30 @@ def _quality(inputs: list[Any], predictions: list[Any] | None, version: Any) -> 
 def flatten(
     rows: Iterable[dict[str, Any]], schema: dict[str, Any]
 ) -> tuple[list[Any], list[Any] | None]:
-    """The input rows (lists or records) and the predictions, one per input row, of logged
-    requests that were answered (2xx). Predictions are None when an answer does not give
-    one per row."""
+    """The input rows (lists or records) of logged requests that reached the service with
+    a body it could read: answered (2xx), or refused for their values (4xx: a type error
+    is input quality too); and the predictions of the answered ones, where the answer
+    gives one per input row (None when none does)."""
     inputs: list[Any] = []
     predictions: list[Any] = []
-    aligned = True
     parameter = schema.get("parameter")
     for row in rows:
         body, answer = row.get("inputs"), row.get("prediction")
-        if body is None or not 200 <= int(row.get("status") or 0) < 300:
-            continue
+        status = int(row.get("status") or 0)
+        if body is None or not 200 <= status < 500 or isinstance(body, str):
+            continue  # not stored, not JSON, or the service failed
         items: Any
-        answers: list[Any] | None
         if schema.get("mode") == "hints" or not isinstance(body, dict):
             items, answers = [body], [answer]
         else:
             items = body.get(parameter) if parameter in body else next(iter(body.values()), [])
             if not isinstance(items, list):
                 continue
-            answers = answer if isinstance(answer, list) and len(answer) == len(items) else None
+            answers = answer if isinstance(answer, list) else []
         inputs.extend(items)
-        if answers is None:
-            aligned = False
-        else:
+        if status < 300 and len(answers) == len(items):
             predictions.extend(answers)
-    return inputs, (predictions if aligned and inputs else None)
+    return inputs, (predictions or None)
 
 
 # -- processes ----------------------------------------------------------------------------
