@@ -8,6 +8,7 @@ mirror the CLI. The magic only translates: the work is done by :mod:`nbdeploy.ap
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import threading
@@ -151,21 +152,31 @@ class DeployMagics(Magics):
         options = DeployOptions.from_args(parser.parse_args(words))
         namespace = self._shell.user_ns
         notebook = os.environ.get(SESSION_ENV)
-        try:
-            result = api.deploy(
-                namespace[target],
-                namespace=namespace,
-                history=list(namespace.get("In", [])),
-                source={"notebook": notebook, "target": target},
-                notify=_note,
-                **vars(options),
-            )
-        except KeyboardInterrupt:
-            raise NbdeployError(
-                "the deploy was interrupted: the server it was starting is stopped, and the "
-                "previous version (if any) serves as before"
-            ) from None
-        if is_kernel_shell(self.shell):
+        in_kernel = is_kernel_shell(self.shell)
+        notify: Any = _note
+        progress: Any = contextlib.nullcontext()
+        if in_kernel:
+            from nbdeploy.pipeline.progress import ending
+            from nbdeploy.widgets.progress import DeployProgress
+
+            bar = DeployProgress(f"deploy {target}", echo=_note)
+            notify, progress = bar.note, ending(bar)
+        with progress:
+            try:
+                result = api.deploy(
+                    namespace[target],
+                    namespace=namespace,
+                    history=list(namespace.get("In", [])),
+                    source={"notebook": notebook, "target": target},
+                    notify=notify,
+                    **vars(options),
+                )
+            except KeyboardInterrupt:
+                raise NbdeployError(
+                    "the deploy was interrupted: the server it was starting is stopped, and "
+                    "the previous version (if any) serves as before"
+                ) from None
+        if in_kernel:
             from nbdeploy.widgets.deployment import show_deployment
 
             show_deployment(result)

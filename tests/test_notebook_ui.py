@@ -237,8 +237,12 @@ def test_the_deploy_card_shows_status_url_copy_buttons_and_a_compact_curl(servic
         ),
     )
     assert reply["content"]["status"] == "ok"
-    [card] = [data for data in displays if WIDGET_VIEW in data]
-    assert card["text/plain"].startswith("✓ score v1")  # without widgets: the text
+    widgets_shown = [data for data in displays if WIDGET_VIEW in data]
+    assert len(widgets_shown) == 2  # the deploy's progress bar, then the card
+    assert widgets_shown[1]["text/plain"].startswith("✓ score v1")  # without widgets: text
+    bar = in_kernel(kc, LAST_BAR)
+    assert (bar["style"], bar["description"]) == ("success", "done")
+    assert bar["value"] == bar["max"] == 3
     page = in_kernel(
         kc,
         "import json\nfrom ipywidgets import Widget\n"
@@ -257,6 +261,12 @@ def test_the_deploy_card_shows_status_url_copy_buttons_and_a_compact_curl(servic
     body = json.loads(copies[1].split(" -d ", 1)[1].strip("'"))
     assert len(next(iter(body.values()))[0]) == FEATURES  # the copy is the whole request
     assert re.search(r'nbd-answer">\[-?\d', page)  # the example call's answer
+
+    refused = execute(kc, "%deploy score --workers 0 --no-mlflow", ok=False)
+    assert "--workers must be at least 1" in refused
+    bar = in_kernel(kc, LAST_BAR)
+    assert (bar["style"], bar["description"]) == ("danger", "failed")
+    assert "--workers must be at least 1" in bar["label"]
 
 
 def test_the_dashboard_of_a_real_deployment_shows_its_requests_and_drift(service_kernel, tmp_path):

@@ -70,6 +70,38 @@ class WidgetProgress:
         self.label.tooltip = summary
 
 
+# A deploy's steps, recognized by the start of what it says: the version is written and
+# built, its server started, then traffic routed to it.
+DEPLOY_STEPS = (
+    ("unchanged since", 1),
+    ("building", 1),
+    ("requirements", 1),
+    ("starting", 2),
+    ("moving", 2),
+)
+DEPLOY_STEP_COUNT = 3
+
+
+class DeployProgress(WidgetProgress):
+    """The bar of ``%deploy``: capture, build, start, route. Its ``note`` is the deploy's
+    ``notify``: each message moves the bar to its step, shows as the label and is
+    printed as before (the notices among them must stay readable)."""
+
+    def __init__(self, title: str, echo: Any = None) -> None:
+        super().__init__(title)
+        self.echo = echo
+        self.start(title, DEPLOY_STEP_COUNT)
+        self.label.value = "capturing the function and its objects…"
+
+    def note(self, message: str) -> None:
+        step = next((n for prefix, n in DEPLOY_STEPS if message.startswith(prefix)), 0)
+        if step:
+            self.bar.value = max(self.bar.value, step)
+        self.label.value = shorten(message)
+        if self.echo is not None:
+            self.echo(message)
+
+
 class WidgetProgressGroup(NullProgress):
     """Bars for a sweep or a pipeline: each run (or step) gets its bar when it starts
     (``progress_for``). Ending the group ends the bars still open the same way, so that a
