@@ -116,6 +116,13 @@ def test_drift_and_quality_are_flagged_where_they_are(watched: Any, cli: Any) ->
     assert text.code == 0, text.err
     assert "f3" in text.out and "drift" in text.out and "requests" in text.out
 
+    report = Path(watched.version.service_dir).parent / "report.html"
+    done = cli("report", "watched", "-o", str(report), "--window", "10m", "--json")
+    assert done.code == 0, done.err
+    assert json.loads(done.out.strip().splitlines()[-1])["path"] == str(report.resolve())
+    page = report.read_text()
+    assert "<script" not in page and "f3" in page and "drift" in page
+
 
 def test_unshifted_traffic_shows_no_drift(watched: Any) -> None:
     rng = np.random.default_rng(12)
