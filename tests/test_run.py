@@ -287,8 +287,10 @@ def test_log_functions_outside_a_run_print_a_notice(capsys):
     context._notice_shown = False
     nbdeploy.log_metric("accuracy", 0.9)
     nbdeploy.log_param("a", 1)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not running under `nbdeploy run`" in err
+    # a quiet note on stdout (stderr shows as an error in JupyterLab), once
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.count("\n") == 1 and "not running under `nbdeploy run`" in captured.out
 
 
 def test_cli_help_is_fast_and_imports_nothing_heavy():
