@@ -354,8 +354,16 @@ class MonitoredServer:
         if logging:
             spec["request_log_dir"] = str(folder / REQUESTS_DIR)
             spec["request_log_stats_dir"] = str(folder / REQUESTS_STATS_DIR)
-        # Monitoring off means all of it: BentoML's own access log too.
-        environment = {**env, **bentoml_environment(), "NBDEPLOY_ACCESS_LOG": "0"}
+        # Monitoring off means all of it: BentoML's own access log too. One OpenMP thread
+        # per worker, as a server with several workers would run: the model's two spinning
+        # OpenMP threads on two cores would turn any other thread (wrk's, the dashboard's)
+        # into stalls out of proportion to its CPU, on both sides alike.
+        environment = {
+            **env,
+            **bentoml_environment(),
+            "NBDEPLOY_ACCESS_LOG": "0",
+            "OMP_NUM_THREADS": "1",
+        }
         self.log = open(folder / f"bench-{label}.log", "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nbdeploy.deployment.serving", json.dumps(spec)],
