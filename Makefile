@@ -51,6 +51,10 @@ demo: $(STAMP)
 	@echo
 	@echo "==> status, then stop (nbdeploy stop predict)"
 	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy status
+	@echo
+	@echo "==> metrics from the request log: traffic, latency, input quality, drift against X_train"
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy metrics predict --window 10m
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy report predict -o $(DEMO_HOME)/predict-report.html
 	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy stop predict
 
 lint: $(STAMP)

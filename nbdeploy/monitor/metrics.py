@@ -487,6 +487,14 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
                 f"{'':>8} {number(prediction.get('psi'), 3):>7} {'':>7}  "
                 f"{prediction.get('status')}"
             )
+        statuses = [d.get("status") for d in [*data["drift"].values(), prediction]]
+        if "no-data" in statuses:
+            from nbdeploy.monitor.drift import DEFAULT_THRESHOLDS
+
+            lines.append(
+                f"no-data: fewer than {DEFAULT_THRESHOLDS.min_rows} values of the feature in "
+                "the window, too few to judge drift (widen --window)"
+            )
     log = data.get("log") or {}
     if log.get("dropped"):
         lines.append(
