@@ -101,7 +101,15 @@ $(BROWSER): $(STAMP)
 	fi; \
 	touch $@
 
+# tests/test_image.py builds and runs images with a real Docker engine: tests/docker/engine.sh
+# finds one, or (as root) installs Debian's docker.io and starts a private dockerd, and makes
+# a base image with python3 from Debian's packages (no registry is reachable from CI).
+ENGINE := tests/docker/engine.sh
+BASE_IMAGE := nbdeploy-test/python3:bookworm
+
 test: lint typecheck $(K8S_SCHEMAS) $(BROWSER)
+	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
+	export $$engine NBDEPLOY_TEST_BASE_IMAGE=$(BASE_IMAGE); \
 	$(BIN)/python -m pytest
 
 # bench/monitor.py compares drift with Evidently's, run in an environment of its own
@@ -132,6 +140,10 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python bench/capture.py --quick
 	$(BIN)/python bench/rollout.py --quick
 	$(BIN)/python bench/monitor.py --quick
+	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
+	if [ -z "$$engine" ]; then echo "make bench: bench/image.py needs a Docker engine (run as root, or set DOCKER_HOST)" >&2; exit 1; fi; \
+	export $$engine NBDEPLOY_BENCH_BASE_IMAGE=$(BASE_IMAGE); \
+	$(BIN)/python bench/image.py --quick
 
 clean:
 	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data

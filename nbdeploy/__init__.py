@@ -34,6 +34,8 @@ if TYPE_CHECKING:
         stop,
         weights,
     )
+    from nbdeploy.image.build import build_image
+    from nbdeploy.image.container import run_image
     from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
     from nbdeploy.widgets.dashboard import dashboard
 
@@ -53,6 +55,8 @@ _LAZY = {
     "requests": "nbdeploy.api",
     "show_code": "nbdeploy.api",
     "kubernetes": "nbdeploy.api",
+    "build_image": "nbdeploy.image.build",
+    "run_image": "nbdeploy.image.container",
     "metrics": "nbdeploy.api",
     "dashboard": "nbdeploy.widgets.dashboard",
     "log_metric": "nbdeploy.pipeline.context",
@@ -62,6 +66,7 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "build_image",
     "dashboard",
     "deploy",
     "get_run",
@@ -78,6 +83,7 @@ __all__ = [
     "requests",
     "rollback",
     "run",
+    "run_image",
     "runs",
     "show_code",
     "status",

@@ -31,7 +31,7 @@ def run(
     *,
     text_parameters: Mapping[str, str] | None = None,
     sweep: Sequence[str] = (),
-    parallel: int = 1,
+    parallel: int | None = None,
     output_dir: str | Path | None = None,
     output_path: str | Path | None = None,
     kernel: str | None = None,
@@ -43,6 +43,9 @@ def run(
     on_done: Callable[..., None] | None = None,
     notify: Notify = _ignore,
     warn: Notify = _ignore,
+    executor: str | None = None,
+    scheduler: str | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> Any:
     """Run a notebook (or a ``pipeline.yaml``) as a tracked pipeline.
 
@@ -57,7 +60,8 @@ def run(
     sweep
         ``"NAME=V1,V2"`` options: run the cartesian product of the values.
     parallel
-        How many kernels run at once (sweeps and pipelines).
+        How many kernels run at once (sweeps and pipelines); default 1, with the dask
+        executor one per worker.
     output_dir, output_path
         Where output notebooks go (default: the run's folder under NBDEPLOY_HOME).
     kernel
@@ -69,6 +73,14 @@ def run(
         NBDEPLOY_HOME).
     force
         Pipelines: re-run steps whose inputs are unchanged instead of reusing them.
+    executor, scheduler
+        ``"local"`` (default; a pipeline.yaml's ``executor:`` otherwise) or ``"dask"``:
+        each run is a task on the Dask cluster at ``scheduler`` (default:
+        ``NBDEPLOY_DASK_SCHEDULER``, else a ``distributed.LocalCluster`` here). A scheduler
+        alone means ``"dask"``.
+    inputs
+        With the dask executor, a notebook's files and folders that travel with each run
+        (default: the notebook's folder). Pipeline steps name theirs in ``inputs:``.
 
     Returns
     -------
@@ -76,11 +88,16 @@ def run(
     Bad input (unknown parameter, wrong type, unknown kernel, malformed pipeline) raises
     an ``NbdeployError`` before any kernel starts.
     """
+    from nbdeploy.errors import ParameterError
+
     if Path(notebook).suffix in PIPELINE_SUFFIXES:
         if sweep:
-            from nbdeploy.errors import ParameterError
-
             raise ParameterError("--sweep applies to a notebook, not to a pipeline.yaml")
+        if inputs:
+            raise ParameterError(
+                "--input applies to a notebook; in a pipeline.yaml each step names its "
+                "files in `inputs:`"
+            )
         from nbdeploy.pipeline.dag import run_pipeline
 
         return run_pipeline(
@@ -97,7 +114,18 @@ def run(
             on_event=on_done,
             notify=notify,
             warn=warn,
+            executor=executor,
+            scheduler=scheduler,
         )
+    from nbdeploy.pipeline.executors import resolve_executor, start_executor
+
+    spec = resolve_executor(executor, scheduler)
+    if inputs and spec.kind != "dask":
+        raise ParameterError(
+            "--input names the files that travel to Dask workers: use it with --executor dask",
+            "a local run's kernel works in the notebook's folder and reads any file there",
+        )
+    input_paths = [Path(item).expanduser().resolve() for item in inputs] if inputs else None
     if sweep:
         from nbdeploy.pipeline.sweep import run_sweep
 
@@ -115,17 +143,29 @@ def run(
             on_done=on_done,
             notify=notify,
             warn=warn,
+            executor=spec.kind,
+            scheduler=spec.scheduler,
+            inputs=input_paths,
         )
-    from nbdeploy.pipeline.runner import execute_run, prepare_run
+    from nbdeploy.pipeline.runner import RunFiles, prepare_run
 
     if output_path is None and output_dir is not None:
         output_path = Path(output_dir) / Path(notebook).name
     prepared = prepare_run(
         notebook, parameters, text_parameters, kernel=kernel, output_path=output_path
     )
-    outcome: RunOutcome = execute_run(
-        prepared, timeout=timeout, progress=progress, track_mlflow=mlflow, notify=notify, warn=warn
-    )
+    prepared.files = RunFiles(paths=input_paths)
+    with start_executor(spec, parallel or 1, notify=notify) as engine:
+        engine.check([prepared])
+        engine.ready()
+        outcome: RunOutcome = engine.execute_run(
+            prepared,
+            timeout=timeout,
+            progress=progress,
+            track_mlflow=mlflow,
+            notify=notify,
+            warn=warn,
+        )
     return outcome
 
 
@@ -318,22 +358,64 @@ def metrics(name: str, window: str | float = "1h", rows: int | None = None) -> d
     return snapshot(name, parse_window(window), last_rows=rows)
 
 
-def kubernetes(name: str, out: str | Path | None = None, **options: Any) -> Any:
-    """Kubernetes manifests for deployment ``name`` (``nbdeploy k8s``): ``options`` are
-    :class:`nbdeploy.k8s.K8sOptions` fields (strategy, mesh, namespace, replicas, image,
-    ...). With ``out``, a file per object is written there. Returns the
-    :class:`nbdeploy.k8s.Manifests` (objects and notices)."""
+def kubernetes(
+    name: str | None = None,
+    out: str | Path | None = None,
+    *,
+    pipeline: str | Path | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    sweep: Sequence[str] = (),
+    apply: bool = False,
+    context: str | None = None,
+    dry_run: bool = False,
+    **options: Any,
+) -> Any:
+    """Kubernetes manifests (``nbdeploy k8s``) for deployment ``name``, or with ``pipeline``
+    for a notebook or pipeline.yaml: a Job that runs it with ``parameters`` (values as
+    ``-p`` takes them; numbers, booleans, lists and dicts are converted), a CronJob with
+    ``schedule="0 3 * * *"``, one Indexed Job for a ``sweep`` (``["NAME=V1,V2", ...]``).
+
+    ``options`` are :class:`nbdeploy.k8s.K8sOptions` fields for a deployment (strategy,
+    mesh, namespace, replicas, image, ...) and :class:`nbdeploy.k8s.BatchOptions` fields
+    for a pipeline (schedule, namespace, image, parallel, retries, timeout, output_claim,
+    mlflow_uri, ...). With ``out``, a file per object is written there; with ``apply``,
+    the objects are applied to the cluster of the kubeconfig's ``context`` (server-side;
+    ``dry_run``: checked by the cluster, nothing changed). Returns the
+    :class:`nbdeploy.k8s.Manifests` (objects, notices, and what the cluster applied)."""
     from nbdeploy import k8s
 
-    try:
-        settings = k8s.K8sOptions(**options)
-    except TypeError as error:
+    if (name is None) == (pipeline is None):
         raise k8s.ManifestError(
-            f"kubernetes(): {error}", "the options are those of nbdeploy.k8s.K8sOptions"
+            "kubernetes(): give either a deployment name or pipeline=NOTEBOOK_OR_YAML",
+            'kubernetes("churn", strategy="canary") or kubernetes(pipeline="train.ipynb")',
+        )
+    try:
+        if pipeline is not None:
+            batch = k8s.BatchOptions(**options)
+        else:
+            settings = k8s.K8sOptions(**options)
+    except TypeError as error:
+        kind = "BatchOptions" if pipeline is not None else "K8sOptions"
+        raise k8s.ManifestError(
+            f"kubernetes(): {error}", f"the options are those of nbdeploy.k8s.{kind}"
         ) from None
-    result = k8s.manifests(name, settings)
-    if out is not None:
-        k8s.write(result.objects, out)
+    if pipeline is not None:
+        result = k8s.pipeline_manifests(pipeline, batch, parameters=parameters, sweep=sweep)
+        namespace = batch.namespace
+    elif parameters or sweep:
+        raise k8s.ManifestError("kubernetes(): parameters and sweep go with pipeline=...")
+    else:
+        assert name is not None
+        result = k8s.manifests(name, settings)
+        namespace = settings.namespace
+    k8s.write_and_apply(
+        result,
+        out=out,
+        apply=apply,
+        context=context,
+        namespace=namespace,
+        dry_run=dry_run,
+    )
     return result
 
 

@@ -17,7 +17,8 @@ from typing import Any
 from nbdeploy import __version__
 from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
 from nbdeploy.errors import NbdeployError
-from nbdeploy.k8s.options import add_k8s_arguments
+from nbdeploy.image.options import add_image_commands
+from nbdeploy.k8s.options import add_apply_arguments, add_batch_arguments, add_k8s_arguments
 from nbdeploy.pipeline.options import add_parameter_option, add_run_arguments, run_request_from_args
 
 
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a notebook, a sweep of it, or a pipeline.yaml of notebooks.",
     )
     add_run_arguments(run)
+    run.add_argument(
+        "--sweep-index",
+        metavar="N",
+        help="run only combination N (from 0, in the sweep's order) of --sweep; env: N from "
+        "JOB_COMPLETION_INDEX, as in the pods of nbdeploy k8s --pipeline --sweep",
+    )
 
     params = commands.add_parser("params", help="list a notebook's parameters")
     params.add_argument("notebook")
@@ -147,16 +154,21 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="one JSON object")
     k8s = commands.add_parser(
         "k8s",
-        help="write Kubernetes manifests for a deployment (and its rollout strategy)",
+        help="Kubernetes manifests for a deployment (and its rollout strategy) or a pipeline",
         description="Kubernetes manifests for deployment NAME, its versions served from the "
-        "images nbdeploy image build makes. Without --out they are printed as one YAML "
-        "stream (nbdeploy k8s NAME | kubectl apply -f -).",
+        "images nbdeploy image build makes; or with --pipeline a Job (a CronJob with "
+        "--schedule, an Indexed Job for a --sweep) that runs a notebook or pipeline.yaml. "
+        "Without --out or --apply they are printed as one YAML stream (nbdeploy k8s NAME | "
+        "kubectl apply -f -).",
     )
-    k8s.add_argument("name")
+    k8s.add_argument("name", nargs="?", help="a deployment (or --pipeline instead)")
     add_k8s_arguments(k8s)
     k8s.add_argument("--out", metavar="DIR", help="write a file per object into DIR")
     k8s.add_argument("--json", action="store_true")
+    add_batch_arguments(k8s)
+    add_apply_arguments(k8s)
 
+    add_image_commands(commands)
     prune = commands.add_parser(
         "prune", help="remove old versions (never the live one or the rollback target)"
     )
@@ -211,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "show": cmd_show,
             "prune": cmd_prune,
             "k8s": cmd_k8s,
+            "image": cmd_image,
             "metrics": cmd_metrics,
             "report": cmd_report,
         }[args.command]
@@ -245,6 +258,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nbdeploy.pipeline.progress import LiveOutput, NullProgress, TerminalProgress
 
     request = run_request_from_args(args)
+    if args.sweep_index is not None:
+        from nbdeploy.k8s.batch import pick_combination
+
+        request, chosen, count = pick_combination(args.notebook, request, args.sweep_index)
+        _notice(f"combination {chosen.index} (of {count}, from 0): {chosen.label()}")
     is_pipeline = Path(args.notebook).suffix in api.PIPELINE_SUFFIXES
     quiet = args.json
 
@@ -582,27 +600,49 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_k8s(args: argparse.Namespace) -> int:
     from nbdeploy import k8s
-    from nbdeploy.k8s.options import options_from_args
 
-    result = k8s.manifests(args.name, options_from_args(args))
-    files = [str(path) for path in k8s.write(result.objects, args.out)] if args.out else []
+    result = k8s.from_args(args)
+    files = k8s.write_and_apply(
+        result,
+        out=args.out,
+        apply=args.apply,
+        context=args.context,
+        namespace=args.namespace,
+        dry_run=args.dry_run,
+    )
     for notice in result.notices:
         _notice(notice)
+    applied = [
+        {
+            "kind": obj.get("kind"),
+            "name": obj.get("metadata", {}).get("name"),
+            "namespace": obj.get("metadata", {}).get("namespace"),
+        }
+        for obj in result.applied
+    ]
     if args.json:
         _print_json(
             {
                 "objects": [
                     {"kind": obj["kind"], "name": obj["metadata"]["name"]} for obj in result.objects
                 ],
-                "files": files,
+                "files": [str(path) for path in files],
                 "notices": result.notices,
+                "applied": applied,
+                "dry_run": args.dry_run,
             }
         )
-    elif files:
-        for path in files:
-            print(path)
-    else:
-        sys.stdout.write(k8s.to_yaml(result.objects))
+        return 0
+    for path in files:
+        print(path)
+    if not args.apply:
+        if not files:
+            sys.stdout.write(k8s.to_yaml(result.objects))
+        return 0
+    verb = "accepted (dry run: nothing changed)" if args.dry_run else "applied"
+    for entry in applied:
+        where = f" in namespace {entry['namespace']}" if entry["namespace"] else ""
+        print(f"{verb}: {entry['kind']}/{entry['name']}{where}")
     return 0
 
 
@@ -623,3 +663,42 @@ def run() -> None:
 
 if __name__ == "__main__":
     run()
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.image_command == "run":
+        from nbdeploy.image.container import run_image
+
+        running = run_image(args.spec, image=args.image, port=args.port)
+        name = running.server.deployment
+        if args.json:
+            _print_json(running.to_dict())
+        else:
+            print(f"✓ {running.image} serving on {running.url}")
+            print(f"  stop: nbdeploy stop {name}; logs: nbdeploy logs {name}")
+        return 0
+    from nbdeploy.image.build import build_image
+    from nbdeploy.image.options import image_build_arguments
+    from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
+
+    progress = NullProgress() if args.json else TerminalProgress(sys.stderr)
+    result = build_image(
+        args.spec, progress=progress, notify=_notice, **image_build_arguments(args)
+    )
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.context_dir:
+        print(f"✓ Dockerfile and build context of {result.image} in {result.context_dir}")
+        print(f"  build it: docker build -t {result.image} {result.context_dir}")
+    else:
+        reused = " (dependencies reused)" if result.dependencies_reused else ""
+        print(
+            f"✓ built {result.image}: {result.size / 1e6:.0f} MB in {result.seconds:.1f} s{reused}"
+        )
+        if result.pushed:
+            print(f"  pushed {result.pushed} {result.digest or ''}".rstrip())
+        if args.pipeline:
+            print(f"  its Job: nbdeploy k8s --pipeline {args.pipeline}")
+        else:
+            print(f"  run it here: nbdeploy image run {result.deployment}:{result.version}")
+    return 0

@@ -149,7 +149,9 @@ class DeployMagics(Magics):
 
         parser = _MagicParser(prog=f"%deploy {target}")
         add_deploy_arguments(parser)
-        options = DeployOptions.from_args(parser.parse_args(words))
+        add_image_arguments(parser)
+        parsed = parser.parse_args(words)
+        options = DeployOptions.from_args(parsed)
         namespace = self._shell.user_ns
         notebook = os.environ.get(SESSION_ENV)
         in_kernel = is_kernel_shell(self.shell)
@@ -182,7 +184,32 @@ class DeployMagics(Magics):
             show_deployment(result)
         else:
             print(describe_deploy(result))
+        if parsed.image:
+            self._build_image(result, parsed, in_kernel)
         return None
+
+    def _build_image(self, result: Any, parsed: Any, in_kernel: bool) -> None:
+        """``%deploy ... --image``: the new version's image, its build steps as a bar."""
+        from nbdeploy.image.build import build_image
+        from nbdeploy.pipeline.progress import TerminalProgress, ending
+
+        spec = f"{result.deployment.name}:{result.version.version}"
+        if in_kernel:
+            from nbdeploy.widgets.progress import WidgetProgress
+
+            progress: Any = WidgetProgress(f"image {spec}", log_output=True)
+        else:
+            progress = TerminalProgress()
+        with ending(progress) as tracked:
+            built = build_image(
+                spec,
+                base_image=parsed.base_image,
+                offline=parsed.offline,
+                progress=tracked,
+                notify=_note,
+            )
+        reused = " (dependencies reused)" if built.dependencies_reused else ""
+        print(f"✓ image {built.image}: {built.size / 1e6:.0f} MB in {built.seconds:.1f} s{reused}")
 
     def _status(self, words: list[str]) -> Any:
         from nbdeploy import api
@@ -445,3 +472,14 @@ class _FrameworkWatch:
         finally:
             self.busy = False
         return None
+
+
+def add_image_arguments(parser: Any) -> None:
+    """``%deploy ... --image [--base-image IMAGE] [--offline]``."""
+    parser.add_argument(
+        "--image", action="store_true", help="then build the version's container image"
+    )
+    parser.add_argument("--base-image", metavar="IMAGE", help="with --image: the base image")
+    parser.add_argument(
+        "--offline", action="store_true", help="with --image: build with no network"
+    )

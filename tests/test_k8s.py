@@ -1,19 +1,34 @@
 """Kubernetes manifests per rollout strategy: what each one routes where, checked against
 the schemas of Kubernetes itself (kubernetes-validate, strict) and of the custom resources
-(Argo Rollouts, Istio, Gateway API: their CRD schemas, strict, through tests/k8s/)."""
+(Argo Rollouts, Istio, Gateway API: their CRD schemas, strict, through tests/k8s/).
+
+Pipelines: the Job, CronJob and Indexed Job (sweep) that run ``nbdeploy run``, for every
+combination of their options; the pod's command run here, as Kubernetes would run it, to
+show that the completion index picks the combination and the values arrive intact.
+``--apply``: no cluster can run here, so it is tested for its errors (no kubeconfig, an
+unreachable server, refused credentials or objects) and, against a recording API server
+on 127.0.0.1, for the requests it sends."""
 
 from __future__ import annotations
 
+import http.server
+import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from conftest import require_component
+from conftest import VENV_BIN, require_component
 
 import nbdeploy
 from nbdeploy.deployment import traffic
@@ -329,3 +344,770 @@ def test_python_api(tmp_path: Path) -> None:
     assert to_yaml(result.objects).count("\n---\n") == len(result.objects) - 1
     with pytest.raises(ManifestError, match="unexpected keyword argument 'replica'"):
         nbdeploy.kubernetes("churn", replica=3)
+
+
+# -- pipelines: a Job, a CronJob, an Indexed Job per sweep ------------------------------
+TRAIN = [
+    (
+        "n: int = 1  # trees\nscale: float = 1.0\nnote: str = ''\nlabel: str = 'a'",
+        ["parameters"],
+    ),
+    "import nbdeploy\n"
+    "nbdeploy.log_metric('product', n * scale)\n"
+    "nbdeploy.log_param('note_seen', note)\n"
+    "nbdeploy.log_param('label_seen', label)",
+]
+PREPARE = [
+    ("rows: int = 3\ndata_path: str = 'rows.txt'", ["parameters"]),
+    "from pathlib import Path\nPath(data_path).write_text('x\\n' * rows)",
+]
+PIPELINE_YAML = """\
+steps:
+  - name: prepare
+    notebook: prepare.ipynb
+    outputs: {data_path: data/rows.txt}
+  - name: train
+    notebook: Train Model.ipynb
+    needs: [prepare]
+"""
+# Shell syntax, a newline, quotes and Kubernetes' own $(VAR) and $$: all of it must reach
+# the notebook as written, as one argument.
+HOSTILE = "$(rm -rf /)\n`reboot`; echo $HOME ${PATH} $(NBDEPLOY_HOME) $$ 'it\"s' && exit 1"
+
+
+@pytest.fixture
+def project(tmp_path: Path, make_notebook: Any) -> Path:
+    """A project folder: a notebook, a second one and the pipeline.yaml of both."""
+    folder = tmp_path / "churn project"
+    make_notebook("Train Model.ipynb", TRAIN, folder=folder)
+    make_notebook("prepare.ipynb", PREPARE, folder=folder)
+    (folder / "pipeline.yaml").write_text(PIPELINE_YAML, encoding="utf-8")
+    return folder
+
+
+def container_of(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return spec["template"]["spec"]["containers"][0]
+
+
+def job_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+
+
+def kubelet_expansion(text: str, env: dict[str, str]) -> str:
+    """What Kubernetes makes of a container's args and env values: ``$(NAME)`` of a
+    defined variable is its value, ``$$`` is ``$``, anything else stays as written
+    (k8s.io/kubernetes third_party/forked/golang/expansion)."""
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([^)]*)\)", expand, text)
+
+
+PIPELINE_CASES: dict[str, dict[str, Any]] = {
+    "job": {},
+    "job with a claim, MLflow and limits": {
+        "parameters": {"n": 5, "note": HOSTILE},
+        "output_claim": "nbdeploy-runs",
+        "mlflow_uri": "http://mlflow.ml.svc.cluster.local:5000",
+        "timeout": 3600,
+        "retries": 2,
+        "cpu": "2",
+        "memory": "4Gi",
+        "namespace": "ml",
+        "image": "registry.example.com:5000/ml/train:1.2",
+        "workdir": "/srv/app",
+    },
+    "sweep": {"sweep": ["n=1,2,3", "scale=[0.5, 2.0]"], "parallel": 4},
+    "sweep with a claim": {"sweep": ["n=1,2"], "output_claim": "runs", "retries": 1},
+    "cronjob": {"schedule": "0 3 * * *"},
+    "cronjob of a sweep with a claim": {
+        "schedule": "*/15 * * * mon-fri",
+        "sweep": ["n=1,2"],
+        "output_claim": "runs",
+        "timeout": 600,
+    },
+    "pipeline.yaml": {"target": "pipeline.yaml", "parallel": 2, "parameters": {"rows": 7}},
+    "pipeline.yaml on a schedule": {
+        "target": "pipeline.yaml",
+        "schedule": "@hourly",
+        "output_claim": "runs",
+        "mlflow_uri": "databricks",
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(PIPELINE_CASES))
+def test_every_pipeline_job_is_schema_valid(project: Path, case: str) -> None:
+    options = dict(PIPELINE_CASES[case])
+    target = project / options.pop("target", "Train Model.ipynb")
+    result = nbdeploy.kubernetes(pipeline=target, **options)
+    assert len(result.objects) == 1
+    assert schema_errors(result.objects) == []
+    job = result.objects[0]
+    assert job["kind"] == ("CronJob" if "schedule" in options else "Job")
+    assert job["metadata"]["name"] == ("churn-project" if "yaml" in case else "train-model")
+    pod = job_spec(job)["template"]["spec"]
+    container = container_of(job)
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["command"] == ["nbdeploy"]
+    assert container["args"][0] == "run"
+    if options.get("namespace"):
+        assert job["metadata"]["namespace"] == options["namespace"]
+
+
+def test_a_job_runs_nbdeploy_run_with_the_parameters(project: Path) -> None:
+    notebook = project / "Train Model.ipynb"
+    job = nbdeploy.kubernetes(pipeline=notebook, parameters={"n": 5, "scale": 0.5}).objects[0]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0  # a failed run is not run again unless asked
+    assert spec["ttlSecondsAfterFinished"] == 86400
+    assert "activeDeadlineSeconds" not in spec and "completionMode" not in spec
+    bad_input = spec["podFailurePolicy"]["rules"][1]
+    assert bad_input["action"] == "FailJob" and bad_input["onExitCodes"]["values"] == [2]
+    container = container_of(job)
+    assert container["image"] == "nbdeploy/pipeline-train-model:latest"
+    assert container["workingDir"] == "/home/nbdeploy/work"
+    assert container["args"] == [
+        "run", "/home/nbdeploy/work/Train Model.ipynb", "--log-output",
+        "-p", "n", "5", "-p", "scale", "0.5",
+    ]  # fmt: skip
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NBDEPLOY_HOME"] == "/var/lib/nbdeploy/home"
+    assert "MLFLOW_TRACKING_URI" not in env
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"memory": "2Gi"},
+    }
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["home"] == {"name": "home", "emptyDir": {}}
+
+    options = {
+        "timeout": 90.5,
+        "retries": 2,
+        "output_claim": "runs",
+        "mlflow_uri": "http://mlflow:5000",
+        "workdir": "/srv/app/",
+        "job_name": "nightly-train",
+        "image": "reg.example.com/ml/train:3",
+    }
+    job = nbdeploy.kubernetes(pipeline=notebook, **options).objects[0]
+    assert job["metadata"]["name"] == "nightly-train"
+    assert job["spec"]["activeDeadlineSeconds"] == 91
+    assert job["spec"]["backoffLimit"] == 2
+    container = container_of(job)
+    assert container["image"] == "reg.example.com/ml/train:3"
+    assert container["args"][1] == "/srv/app/Train Model.ipynb"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["home"]["persistentVolumeClaim"] == {"claimName": "runs"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["home"] == {
+        "name": "home",
+        "mountPath": "/var/lib/nbdeploy/home",
+        "subPathExpr": "$(POD_NAME)",  # a folder per pod on the shared claim
+    }
+
+
+def test_a_sweep_is_one_indexed_job(project: Path) -> None:
+    notebook = project / "Train Model.ipynb"
+    sweep = ["scale=[0.5, 2.0]", "n=1,2,3"]
+    job = nbdeploy.kubernetes(pipeline=notebook, sweep=sweep, parallel=4, retries=1).objects[0]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == 6
+    assert spec["parallelism"] == 4
+    assert spec["backoffLimitPerIndex"] == 1 and "backoffLimit" not in spec
+    assert spec["podFailurePolicy"]["rules"][1]["action"] == "FailIndex"
+    args = container_of(job)["args"]
+    assert args[3:] == [
+        "--sweep", "scale=[0.5, 2.0]", "--sweep", "n=1,2,3", "--sweep-index", "env",
+    ]  # fmt: skip
+    assert job["metadata"]["annotations"]["nbdeploy.io/combinations"] == "6"
+    few = nbdeploy.kubernetes(pipeline=notebook, sweep=["n=1,2"], parallel=10).objects[0]
+    assert few["spec"]["parallelism"] == 2
+
+
+def test_a_schedule_makes_a_cronjob(project: Path) -> None:
+    notebook = project / "Train Model.ipynb"
+    cron = nbdeploy.kubernetes(pipeline=notebook, schedule="0  3 * *\tMON-FRI").objects[0]
+    assert cron["kind"] == "CronJob"
+    assert cron["spec"]["schedule"] == "0 3 * * MON-FRI"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["successfulJobsHistoryLimit"] == 3
+    assert cron["spec"]["failedJobsHistoryLimit"] == 3
+    assert "ttlSecondsAfterFinished" not in job_spec(cron)  # the history limits keep them
+    assert container_of(cron)["args"][:2] == ["run", "/home/nbdeploy/work/Train Model.ipynb"]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        ("* * * *", "has 5 fields"),
+        ("0 3 * * * *", "has 5 fields"),
+        ("TZ=UTC 0 3 * * *", "has 5 fields"),
+        ("61 * * * *", "minute '61': out of range: 0 to 59"),
+        ("0 24 * * *", "hour '24'"),
+        ("0 0 32 * *", "day of month '32'"),
+        ("0 0 * 13 *", "month '13'"),
+        ("0 0 * * 8", "day of week '8'"),
+        ("*/0 * * * *", "the step after '/'"),
+        ("0 0 * foo *", "or a name (jan...dec)"),
+        ("5-1 * * * *", "a range's start is after its end"),
+        ("@often", "has 5 fields"),
+        ("$(reboot) * * * *", "minute '$(reboot)'"),
+    ],
+)
+def test_bad_schedules_are_refused_clearly(project: Path, schedule: str, problem: str) -> None:
+    with pytest.raises(ManifestError, match="--schedule") as caught:
+        nbdeploy.kubernetes(pipeline=project / "Train Model.ipynb", schedule=schedule)
+    assert problem in str(caught.value)
+    assert 'e.g. "0 3 * * *"' in str(caught.value)
+
+
+def test_hostile_values_and_names_stay_single_arguments(project: Path, make_notebook: Any) -> None:
+    notebook = project / "Train Model.ipynb"
+    label = "; rm -rf / #"
+    job = nbdeploy.kubernetes(
+        pipeline=notebook, parameters={"note": HOSTILE, "label": label, "n": -3}
+    ).objects[0]
+    container = container_of(job)
+    assert container["command"] == ["nbdeploy"]  # no shell anywhere
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    argv = [kubelet_expansion(arg, env) for arg in container["args"]]
+    assert argv[3:] == ["-p", "note", HOSTILE, "-p", "label", label, "-p", "n", "-3"]
+    assert schema_errors([job]) == []
+
+    # What nbdeploy run's parser would take for an option, or no argv can hold: refused.
+    for value in ("--json", "-x", "a\0b"):
+        with pytest.raises(nbdeploy.errors.ParameterError, match="parameter 'note'"):
+            nbdeploy.kubernetes(pipeline=notebook, parameters={"note": value})
+    with pytest.raises(nbdeploy.errors.ParameterError, match="unknown parameter 'x; rm'"):
+        nbdeploy.kubernetes(pipeline=notebook, parameters={"x; rm": "1"})
+    with pytest.raises(nbdeploy.errors.ParameterError, match="is not of the form NAME=V1"):
+        nbdeploy.kubernetes(pipeline=notebook, sweep=["$(x)=1,2"])
+    for option, value, message in [
+        ("workdir", "/srv/$(HOME)", "--workdir"),
+        ("workdir", "/srv/../etc", "--workdir"),
+        ("mlflow_uri", "http://mlflow:5000\nX: y", "--mlflow-uri"),
+        ("output_claim", "Runs Claim", "--output-claim"),
+        ("job_name", "Train_Model", "--job-name 'Train_Model'"),
+        ("job_name", "a" * 53, "at most 52 characters"),
+        ("image", "reg example/x", "is not an image reference"),
+    ]:
+        with pytest.raises(ManifestError, match=re.escape(message)):
+            nbdeploy.kubernetes(pipeline=notebook, **{option: value})
+
+    # Names come from the notebook's name as a DNS-1123 label, or are refused.
+    odd = make_notebook("Ünïcode Model (v2)!.ipynb", TRAIN, folder=project)
+    assert nbdeploy.kubernetes(pipeline=odd).objects[0]["metadata"]["name"] == "unicode-model-v2"
+    long = make_notebook("x" * 80 + ".ipynb", TRAIN, folder=project)
+    assert nbdeploy.kubernetes(pipeline=long).objects[0]["metadata"]["name"] == "x" * 52
+    hopeless = make_notebook("___.ipynb", TRAIN, folder=project)
+    with pytest.raises(ManifestError, match=r"cannot make a Kubernetes name out of '___\.ipynb'"):
+        nbdeploy.kubernetes(pipeline=hopeless)
+    named = nbdeploy.kubernetes(pipeline=hopeless, job_name="cleanup").objects[0]
+    assert named["metadata"]["name"] == "cleanup"
+
+
+def test_parameters_are_checked_before_any_yaml_is_written(
+    project: Path, cli: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "manifests"
+    notebook = str(project / "Train Model.ipynb")
+    pipeline = str(project / "pipeline.yaml")
+    cases = [
+        (["--pipeline", notebook, "-p", "n", "lots"], "parameter 'n' of Train Model.ipynb "
+         "expects int, got lots"),
+        (["--pipeline", notebook, "-p", "scal", "2"], "did you mean 'scale'?"),
+        (["--pipeline", notebook, "--sweep", "n=1,two"], "expects int, got two"),
+        (["--pipeline", pipeline, "-p", "alpha", "1"], "no step of pipeline.yaml declares "
+         "the parameter(s) alpha"),
+        (["--pipeline", pipeline, "-p", "rows", "many"], "pipeline.yaml, step 'prepare': "
+         "parameter 'rows'"),
+        (["--pipeline", pipeline, "--sweep", "rows=1,2"], "--sweep applies to a notebook"),
+        (["--pipeline", notebook, "--parallel", "2"], "--parallel applies to a sweep"),
+        (["--pipeline", notebook, "--replicas", "3"], "--replicas: only for a deployment"),
+        (["churn", "--schedule", "0 3 * * *"], "--schedule: only for --pipeline"),
+        (["churn", "--pipeline", notebook], "give either a deployment NAME or --pipeline"),
+        (["--pipeline", notebook, "--dry-run"], "--context and --dry-run go with --apply"),
+        (["--pipeline", str(project / "missing.ipynb")], "notebook not found"),
+    ]  # fmt: skip
+    for arguments, message in cases:
+        done = cli("k8s", *arguments, "--out", str(out))
+        assert done.code == 2, (arguments, done)
+        assert message in done.err, (arguments, done.err)
+        assert "Traceback" not in done.err
+        assert not out.exists(), arguments
+
+    done = cli("k8s", "--pipeline", pipeline, "-p", "rows", "9", "--parallel", "2", "--out",
+               str(out), "--json")  # fmt: skip
+    assert done.code == 0, done.err
+    assert done.json["objects"] == [{"kind": "Job", "name": "churn-project"}]
+    assert "nbdeploy/pipeline-churn-project:latest" in done.err
+    import yaml
+
+    job = yaml.safe_load(Path(done.json["files"][0]).read_text())
+    assert container_of(job)["args"] == [
+        "run", "/home/nbdeploy/work/pipeline.yaml", "--log-output",
+        "-p", "rows", "9", "--parallel", "2",
+    ]  # fmt: skip
+
+
+def test_sweep_index_numbers_the_combinations_as_nbdeploy_run_sweep_runs_them(
+    make_notebook: Any, monkeypatch: pytest.MonkeyPatch, python_kernel: str
+) -> None:
+    """Pod i of the Indexed Job runs combination i of the order run_sweep prepares them in
+    (its text axes before its JSON ones, whatever order the options came in)."""
+    from nbdeploy.k8s.batch import sweep_combinations
+    from nbdeploy.pipeline import sweep as sweep_module
+
+    notebook = make_notebook("grid.ipynb", TRAIN)
+    options = ["scale=[0.5, 2.0]", "n=1,2,3", "label=x,y"]
+    prepared: list[dict[str, Any]] = []
+    prepare_run = sweep_module.prepare_run
+
+    class Enough(Exception):
+        pass
+
+    def recording(nb: Any, values: Any = None, text_values: Any = None, **kwargs: Any) -> Any:
+        prepared.append({**(values or {}), **(text_values or {})})
+        if len(prepared) == 12:
+            raise Enough  # every combination prepared: no need to run any
+        return prepare_run(nb, values, text_values, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "prepare_run", recording)
+    with pytest.raises(Enough):
+        sweep_module.run_sweep(notebook, options)
+    combinations = sweep_combinations(options)
+    assert [{**c.typed, **c.text} for c in combinations] == prepared
+    assert [c.index for c in combinations] == list(range(12))
+    assert combinations[1].label() == "n=1, label=x, scale=2.0"  # the last axis varies fastest
+
+
+def test_sweep_index_errors(make_notebook: Any, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = str(make_notebook("grid.ipynb", TRAIN))
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    for arguments, message in [
+        (["--sweep-index", "0"], "give the sweep too"),
+        (["--sweep", "n=1,2", "--sweep-index", "2"], "has 2 combinations, numbered 0 to 1"),
+        (["--sweep", "n=1,2", "--sweep-index", "first"], "--sweep-index 'first': a combination's"),
+        (["--sweep", "n=1,2", "--sweep-index", "env"], "JOB_COMPLETION_INDEX is not set"),
+    ]:  # fmt: skip
+        done = cli("run", notebook, *arguments)
+        assert done.code == 2, (arguments, done)
+        assert message in done.err, (arguments, done.err)
+
+
+@pytest.mark.integration
+def test_the_pods_command_runs_the_combination_of_its_index(
+    project: Path, cli: Any, home: Path, tmp_path: Path, python_kernel: str
+) -> None:
+    """The Indexed Job's container command, run here as the kubelet would run it in pod 1:
+    it runs combination 1 of the sweep, with every value as given."""
+    import yaml
+
+    label = "; rm -rf / #"
+    done = cli(
+        "k8s", "--pipeline", str(project / "Train Model.ipynb"),
+        "-p", "note", HOSTILE, "-p", "label", label,
+        "--sweep", "scale=[0.5, 2.0]", "--sweep", "n=1,2",
+        "--out", str(tmp_path / "k8s"), "--json",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    job = yaml.safe_load(Path(done.json["files"][0]).read_text())
+    assert schema_errors([job]) == []
+    assert job["spec"]["completions"] == 4
+    container = container_of(job)
+    # The kubelet: the container's env, and JOB_COMPLETION_INDEX in each pod of the Job.
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env["JOB_COMPLETION_INDEX"] = "1"
+    argv = [kubelet_expansion(arg, env) for arg in container["command"] + container["args"]]
+    assert argv[4:10] == ["-p", "note", HOSTILE, "-p", "label", label]
+    # Here: the image's nbdeploy is this one, its project folder the test's.
+    workdir = container["workingDir"]
+    assert argv[2] == f"{workdir}/Train Model.ipynb"
+    argv[0] = str(VENV_BIN / "nbdeploy")
+    argv[2] = str(project / "Train Model.ipynb")
+    env["NBDEPLOY_HOME"] = str(home)
+    completed = subprocess.run(
+        argv,
+        cwd=project,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "combination 1 (of 4, from 0): n=1, scale=2.0" in completed.stderr
+    records = cli("runs", "--json").json
+    assert len(records) == 1  # one combination, not the sweep
+    record = records[0]
+    assert record["status"] == "succeeded"
+    assert record["parameters"] == {"note": HOSTILE, "label": label, "n": 1, "scale": 2.0}
+    assert record["metrics"] == {"product": 2.0}
+    assert record["logged_params"] == {"note_seen": HOSTILE, "label_seen": label}
+
+
+# -- serving pods log their requests --------------------------------------------------
+def test_serving_pods_log_their_requests(tmp_path: Path) -> None:
+    from nbdeploy.deployment.serving import REQUEST_LOG_DIR_ENV, VERSION_ENV
+
+    add_versions(tmp_path, count=3, live=2)
+    pod = manifests("churn").objects[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[REQUEST_LOG_DIR_ENV] == "/var/lib/nbdeploy/requests"
+    assert env[VERSION_ENV] == "2"  # the live version's number
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["requests"] == {"name": "requests", "mountPath": "/var/lib/nbdeploy/requests"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["requests"] == {"name": "requests", "emptyDir": {"sizeLimit": "2Gi"}}
+
+    objects = manifests("churn", K8sOptions(strategy="canary", request_log_claim="logs")).objects
+    assert schema_errors(objects) == []
+    rollout = by_kind(objects, "Rollout")[0]["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in rollout["volumes"]}["requests"]["persistentVolumeClaim"] == {
+        "claimName": "logs"
+    }
+    mount = {m["name"]: m for m in rollout["containers"][0]["volumeMounts"]}["requests"]
+    assert mount["subPathExpr"] == "$(POD_NAME)"
+    env = {e["name"]: e for e in rollout["containers"][0]["env"]}
+    assert env["NBDEPLOY_VERSION"]["value"] == "3"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    with pytest.raises(ManifestError, match="--request-log-claim 'Logs!'"):
+        manifests("churn", K8sOptions(request_log_claim="Logs!"))
+
+
+# -- --apply: the kubeconfig's cluster ----------------------------------------------------
+def require_kubernetes_client() -> None:
+    require_component(
+        "the kubernetes Python client",
+        importlib.util.find_spec("kubernetes") is not None,
+        "pip install 'nbdeploy[k8s]'",
+    )
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No kubeconfig and no cluster around: KUBECONFIG names a file yet to be written and
+    HOME is an empty folder. Returns the KUBECONFIG path."""
+    require_kubernetes_client()
+    empty_home = tmp_path / "user-home"
+    empty_home.mkdir()
+    monkeypatch.setenv("HOME", str(empty_home))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "kube" / "config"
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+TOKEN = "nbdeploy-test-token"
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> None:
+    import yaml
+
+    context: dict[str, Any] = {"cluster": "test", "user": "tester"}
+    if namespace:
+        context["namespace"] = namespace
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {"server": server}}],
+                "users": [{"name": "tester", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "test", "context": context}],
+                "current-context": "test",
+            }
+        )
+    )
+
+
+class FakeApiServer(http.server.ThreadingHTTPServer):
+    """A Kubernetes API server as far as server-side apply needs one: discovery documents
+    for the APIs nbdeploy writes, and PATCH answered with the object sent (in the namespace
+    of its path). Records every request; ``refuse`` maps a kind to (status, message);
+    ``refuse_all`` answers every request with that status; ``groups`` drops API groups."""
+
+    daemon_threads = True
+    APIS: ClassVar[dict[str, list[str]]] = {
+        "v1": ["Service"],
+        "apps/v1": ["Deployment"],
+        "batch/v1": ["Job", "CronJob"],
+        "autoscaling/v2": ["HorizontalPodAutoscaler"],
+        "policy/v1": ["PodDisruptionBudget"],
+        "argoproj.io/v1alpha1": ["Rollout", "AnalysisTemplate"],
+        "networking.istio.io/v1beta1": ["VirtualService"],
+        "gateway.networking.k8s.io/v1": ["HTTPRoute"],
+    }
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ApiHandler)
+        self.requests: list[dict[str, Any]] = []
+        self.refuse: dict[str, tuple[int, str]] = {}
+        self.refuse_all: int | None = None
+        self.apis = dict(self.APIS)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def patches(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "PATCH"]
+
+    def discovery(self, path: str) -> tuple[int, Any]:
+        groups = [api for api in self.apis if "/" in api]
+        if path == "/version":
+            return 200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/apis":
+            listed = []
+            for api in groups:
+                name, version = api.split("/")
+                entry = {"groupVersion": api, "version": version}
+                listed.append({"name": name, "versions": [entry], "preferredVersion": entry})
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": listed}
+        api = path.removeprefix("/api/").removeprefix("/apis/")
+        if api in self.apis:
+            resources = [
+                {
+                    "name": kind.lower() + "s",
+                    "singularName": kind.lower(),
+                    "namespaced": True,
+                    "kind": kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                }
+                for kind in self.apis[api]
+            ]
+            return 200, {"kind": "APIResourceList", "groupVersion": api, "resources": resources}
+        return 404, status_body(404, f"the server could not find the requested resource {path}")
+
+
+def status_body(code: int, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+            "code": code}  # fmt: skip
+
+
+class _ApiHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeApiServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _record(self, body: Any) -> dict[str, Any]:
+        url = urllib.parse.urlsplit(self.path)
+        request = {
+            "method": self.command,
+            "path": url.path,
+            "query": dict(urllib.parse.parse_qsl(url.query)),
+            "headers": {key.lower(): value for key, value in self.headers.items()},
+            "body": body,
+        }
+        self.server.requests.append(request)
+        return request
+
+    def _answer(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        request = self._record(None)
+        if self.server.refuse_all:
+            self._answer(self.server.refuse_all, status_body(self.server.refuse_all, "denied"))
+            return
+        self._answer(*self.server.discovery(request["path"]))
+
+    def do_PATCH(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"null")
+        request = self._record(body)
+        refused = self.server.refuse.get(body.get("kind")) if isinstance(body, dict) else None
+        if self.server.refuse_all:
+            refused = (self.server.refuse_all, "denied")
+        if refused:
+            self._answer(refused[0], status_body(*refused))
+            return
+        answer = json.loads(json.dumps(body))
+        parts = request["path"].split("/")
+        answer["metadata"]["namespace"] = parts[parts.index("namespaces") + 1]
+        self._answer(200, answer)
+
+
+@pytest.fixture
+def api_server(kube: Path) -> Iterator[FakeApiServer]:
+    """A recording API server on 127.0.0.1, the cluster of the kubeconfig."""
+    server = FakeApiServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    write_kubeconfig(kube, server.url, namespace="team")
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_apply_without_a_kubeconfig_says_so_and_writes_nothing(
+    project: Path, kube: Path, cli: Any, tmp_path: Path
+) -> None:
+    add_versions(tmp_path)
+    out = tmp_path / "manifests"
+    for target in (["--pipeline", str(project / "Train Model.ipynb")], ["churn"]):
+        done = cli("k8s", *target, "--apply", "--out", str(out))
+        assert done.code == 2, done
+        assert (
+            f"no Kubernetes cluster configured: no kubeconfig at {kube} and not running in a "
+            "cluster" in done.err
+        )
+        assert "set KUBECONFIG or use --out DIR to write the manifests" in done.err
+        assert "Traceback" not in done.err
+        assert not out.exists()  # nothing half-done
+
+
+def test_apply_to_an_unreachable_server_names_its_address(
+    project: Path, kube: Path, cli: Any
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_kubeconfig(kube, f"https://127.0.0.1:{port}")
+    started = time.monotonic()
+    done = cli("k8s", "--pipeline", str(project / "Train Model.ipynb"), "--apply")
+    assert done.code == 1, done
+    assert (
+        f"cannot reach the Kubernetes API server at https://127.0.0.1:{port} (context test): "
+        "connection refused" in done.err
+    )
+    assert "kubectl cluster-info" in done.err and "Traceback" not in done.err
+    assert time.monotonic() - started < 60
+
+
+def test_apply_sends_server_side_apply_of_the_manifests_written(
+    project: Path, api_server: FakeApiServer, cli: Any, tmp_path: Path
+) -> None:
+    import yaml
+
+    add_versions(tmp_path, count=2, live=1)
+    cases = [
+        (["--pipeline", str(project / "Train Model.ipynb"), "--sweep", "n=1,2", "-p", "note",
+          HOSTILE, "--namespace", "ml"], "ml"),
+        (["churn", "--strategy", "canary", "--mesh", "gateway-api", "--max-replicas", "4"],
+         "team"),  # no --namespace: the kubeconfig context's
+    ]  # fmt: skip
+    for number, (arguments, namespace) in enumerate(cases):
+        api_server.requests.clear()
+        out = tmp_path / f"out-{number}"
+        done = cli("k8s", *arguments, "--apply", "--out", str(out), "--json")
+        assert done.code == 0, done.err
+        written = [yaml.safe_load(Path(path).read_text()) for path in done.json["files"]]
+        patches = api_server.patches()
+        # A server-side dry run of every object first, then each for real, in order.
+        assert [p["query"].get("dryRun") for p in patches] == ["All"] * len(written) + [None] * len(
+            written
+        )
+        for patch in patches:
+            assert patch["headers"]["content-type"] == "application/apply-patch+yaml"
+            assert patch["headers"]["authorization"] == f"Bearer {TOKEN}"
+            assert patch["query"]["fieldManager"] == "nbdeploy"
+            assert patch["query"]["force"].lower() == "true"
+        applied = patches[len(written) :]
+        assert [p["body"] for p in applied] == written  # exactly what nbdeploy k8s writes
+        for patch, obj in zip(applied, written, strict=True):
+            group_version = obj["apiVersion"]
+            prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+            plural = obj["kind"].lower() + "s"
+            name = obj["metadata"]["name"]
+            assert patch["path"] == f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+        assert done.json["applied"] == [
+            {"kind": obj["kind"], "name": obj["metadata"]["name"], "namespace": namespace}
+            for obj in written
+        ]
+        assert done.json["dry_run"] is False
+    assert any(p["path"].startswith("/apis/argoproj.io/v1alpha1/") for p in patches)
+    assert any(p["path"].startswith("/apis/gateway.networking.k8s.io/v1/") for p in patches)
+
+    api_server.requests.clear()
+    dry = cli("k8s", "churn", "--apply", "--dry-run", "--context", "test")
+    assert dry.code == 0, dry.err
+    assert {p["query"].get("dryRun") for p in api_server.patches()} == {"All"}
+    assert "accepted (dry run: nothing changed): Deployment/churn in namespace team" in dry.out
+
+
+def test_apply_errors_name_the_object_and_the_apis_message(
+    project: Path, api_server: FakeApiServer, cli: Any, tmp_path: Path
+) -> None:
+    add_versions(tmp_path, count=2, live=1)
+    invalid = 'Service "churn" is invalid: spec.ports[0].port: Invalid value: 0'
+    api_server.refuse["Service"] = (422, invalid)
+    done = cli("k8s", "churn", "--apply")
+    assert done.code == 1, done
+    assert (
+        f"the API server at {api_server.url} refused Service/churn in namespace team (422): "
+        f"{invalid}; nothing was changed" in done.err
+    )
+    assert all(p["query"].get("dryRun") == "All" for p in api_server.patches())
+    assert "Traceback" not in done.err
+
+    api_server.refuse = {"Deployment": (403, 'deployments.apps "churn" is forbidden')}
+    done = cli("k8s", "churn", "--apply")
+    assert done.code == 1, done
+    assert "refused the credentials of context test for Deployment/churn" in done.err
+    assert "(403 Forbidden)" in done.err and "kubectl auth can-i" in done.err
+
+    api_server.refuse = {}
+    api_server.refuse_all = 401
+    done = cli("k8s", "churn", "--apply")
+    assert done.code == 1, done
+    assert "refused the credentials of context test" in done.err and "401" in done.err
+
+    api_server.refuse_all = None
+    del api_server.apis["argoproj.io/v1alpha1"]
+    done = cli("k8s", "churn", "--strategy", "canary", "--apply")
+    assert done.code == 1, done
+    assert "has no AnalysisTemplate API (argoproj.io/v1alpha1)" in done.err
+    assert "install Argo Rollouts" in done.err
+
+    done = cli("k8s", "churn", "--apply", "--context", "production")
+    assert done.code == 2, done
+    assert "production" in done.err and "kubectl config get-contexts" in done.err
+
+
+def test_apply_from_python(project: Path, api_server: FakeApiServer, tmp_path: Path) -> None:
+    result = nbdeploy.kubernetes(
+        pipeline=project / "Train Model.ipynb",
+        schedule="@daily",
+        out=tmp_path / "k8s",
+        apply=True,
+    )
+    assert [obj["kind"] for obj in result.applied] == ["CronJob"]
+    assert result.applied[0]["metadata"]["namespace"] == "team"
+    assert api_server.patches()[-1]["path"] == "/apis/batch/v1/namespaces/team/cronjobs/train-model"
+
+
+def test_apply_without_the_kubernetes_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbdeploy.k8s.apply import connect
+
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if not installed
+    with pytest.raises(nbdeploy.errors.NbdeployError, match="kubernetes Python client") as caught:
+        connect()
+    assert "pip install 'nbdeploy[k8s]'" in str(caught.value)

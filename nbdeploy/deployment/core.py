@@ -31,8 +31,10 @@ from nbdeploy.deployment.registry import record_live, register_version
 from nbdeploy.deployment.rollouts import switch_to
 from nbdeploy.deployment.store import (
     FAILED_START,
+    READY,
     ROUTER,
     SERVING,
+    STARTING,
     STOPPED,
     Deployment,
     DeploymentStore,
@@ -262,7 +264,11 @@ def check_host(host: str) -> None:
 
 def _stop_all(deployments: DeploymentStore, name: str) -> None:
     for server in deployments.active_servers(name):
-        if server.pid:
+        if server.container:
+            from nbdeploy.image.container import stop_server
+
+            stop_server(server)
+        elif server.pid:
             stop_process(server.pid, server.start_ticks, marker=server.log_path)
         deployments.end_server(server.id, STOPPED)
 
@@ -295,6 +301,11 @@ def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[st
     servers = [s for s in deployments.recent_servers(name, 50) if s.role != ROUTER]
     if not servers:
         return []
+    for server in servers[:2]:
+        if server.container and server.status in (READY, STARTING):
+            from nbdeploy.image.container import copy_logs
+
+            copy_logs(server.container, Path(server.log_path))
     failed = servers[0] if servers[0].role == FAILED_START else None
     serving = next((s for s in servers if s.role != FAILED_START), None)
     if failed is None or serving is None:

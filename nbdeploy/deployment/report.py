@@ -158,6 +158,19 @@ def status_table(deployments: list[Deployment]) -> str:
                 since,
             ]
         )
+        for server in deployment.servers:
+            if server.container:  # nbdeploy image run: beside the router, not behind it
+                started = time.strftime("%Y-%m-%d %H:%M", time.localtime(server.started_at))
+                rows.append(
+                    [
+                        f"  ↳ {deployment.name} (container {server.container[:12]})",
+                        server.status,
+                        f"v{server.version}",
+                        server.url,
+                        "-",
+                        started,
+                    ]
+                )
     return table(["name", "status", "version", "url", "traffic", "since"], rows)
 
 

@@ -25,6 +25,9 @@ READY, STARTING = "ready", "starting"
 # taking traffic, the one before it kept warm for an instant rollback, one started but not
 # yet routed, and a start that failed.
 ROUTER, LIVE, STANDBY, CANDIDATE = "router", "live", "standby", "candidate"
+# A container of a version's image (nbdeploy image run), beside the local processes: it has
+# its own address and takes no traffic from the router.
+CONTAINER = "container"
 FAILED_START = "failed-start"
 
 
@@ -67,6 +70,7 @@ class Server:
     started_at: float
     stopped_at: float | None = None
     error: str | None = None
+    container: str | None = None  # the engine's id, for a server that is a container
 
     @property
     def url(self) -> str:
@@ -236,7 +240,7 @@ class DeploymentStore:
         name: str,
         version: int,
         *,
-        pid: int,
+        pid: int | None,
         start_ticks: int | None,
         host: str,
         port: int,
@@ -244,11 +248,12 @@ class DeploymentStore:
         role: str = "live",
         status: str = READY,
         started_at: float | None = None,
+        container: str | None = None,
     ) -> Server:
         with self.store.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO servers (deployment, version, pid, start_ticks, host, port, role, "
-                "status, log_path, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "status, log_path, started_at, container) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     version,
@@ -260,6 +265,7 @@ class DeploymentStore:
                     status,
                     log_path,
                     started_at or time.time(),
+                    container,
                 ),
             )
             server_id = int(cursor.lastrowid or 0)
@@ -333,6 +339,13 @@ class DeploymentStore:
         deployment as failed when its live server is gone."""
         router_died = False
         for server in self.active_servers(name):
+            if server.container:
+                from nbdeploy.image import container
+
+                gone = container.gone(server.container, Path(server.log_path))
+                if gone is not None:
+                    self.end_server(server.id, FAILED, gone)
+                continue
             if is_running(server.pid, server.start_ticks):
                 continue
             kill_marked(server.log_path)  # workers the dead process manager left behind

@@ -1,11 +1,14 @@
 """The options of ``nbdeploy k8s`` (and of :func:`nbdeploy.kubernetes`), checked before
-anything is written. Kept light: the command line's help imports it."""
+anything is written: those of a deployment's manifests (:class:`K8sOptions`), of a
+pipeline's Job or CronJob (:class:`BatchOptions`, with ``--pipeline``) and of ``--apply``.
+Kept light: the command line's help imports it."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from nbdeploy.deployment.options import percentages
 from nbdeploy.errors import NbdeployError
@@ -14,6 +17,7 @@ STRATEGIES = ("rolling", "blue-green", "canary", "ab", "shadow")
 MESHES = ("istio", "gateway-api")
 DEFAULT_PROMETHEUS = "http://prometheus-server.monitoring.svc.cluster.local"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a DNS-1123 subdomain
 _URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 
 
@@ -36,6 +40,7 @@ class K8sOptions:
     cpu: str | None = None
     memory: str | None = None
     prometheus: str = DEFAULT_PROMETHEUS
+    request_log_claim: str | None = None  # a PersistentVolumeClaim for the request logs
 
 
 def add_k8s_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +91,12 @@ def add_k8s_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PROMETHEUS,
         help="canary analysis: the Prometheus that scrapes the pods",
     )
+    parser.add_argument(
+        "--request-log-claim",
+        metavar="CLAIM",
+        help="keep the pods' request logs on this PersistentVolumeClaim (a folder per pod; "
+        "ReadWriteMany with several replicas) instead of an emptyDir",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> K8sOptions:
@@ -103,6 +114,7 @@ def options_from_args(args: argparse.Namespace) -> K8sOptions:
         cpu=args.cpu,
         memory=args.memory,
         prometheus=args.prometheus,
+        request_log_claim=args.request_log_claim,
     )
 
 
@@ -112,10 +124,6 @@ def check(options: K8sOptions) -> None:
         problems.append(f"--strategy {options.strategy!r}: one of {', '.join(STRATEGIES)}")
     if options.mesh not in MESHES:
         problems.append(f"--mesh {options.mesh!r}: one of {', '.join(MESHES)}")
-    if options.namespace is not None and not _DNS_LABEL.match(options.namespace):
-        problems.append(
-            f"--namespace {options.namespace!r}: lowercase letters, digits and '-' (at most 63)"
-        )
     if not 1 <= options.replicas <= 1000:
         problems.append(f"--replicas {options.replicas}: between 1 and 1000")
     if options.max_replicas is not None and not (options.replicas <= options.max_replicas <= 1000):
@@ -126,13 +134,32 @@ def check(options: K8sOptions) -> None:
         problems.append(f"--interval {options.interval:g}: seconds between 1 and 86400")
     if not _URL.match(options.prometheus):
         problems.append(f"--prometheus {options.prometheus!r}: an http(s) URL")
-    for text, option in ((options.cpu, "--cpu"), (options.memory, "--memory")):
+    problems += _common_problems(options.namespace, options.cpu, options.memory)
+    problems += _claim_problems(options.request_log_claim, "--request-log-claim")
+    if problems:
+        raise ManifestError("; ".join(problems), "nbdeploy k8s --help lists the options")
+
+
+def _common_problems(namespace: str | None, cpu: str | None, memory: str | None) -> list[str]:
+    problems: list[str] = []
+    if namespace is not None and not _DNS_LABEL.match(namespace):
+        problems.append(
+            f"--namespace {namespace!r}: lowercase letters, digits and '-' (at most 63)"
+        )
+    for text, option in ((cpu, "--cpu"), (memory, "--memory")):
         try:
             check_quantity(text, option)
         except ValueError as error:
             problems.append(str(error))
-    if problems:
-        raise ManifestError("; ".join(problems), "nbdeploy k8s --help lists the options")
+    return problems
+
+
+def _claim_problems(claim: str | None, option: str) -> list[str]:
+    if claim is None or _CLAIM.match(claim):
+        return []
+    return [
+        f"{option} {claim!r}: a PersistentVolumeClaim name (lowercase letters, digits, '-', '.')"
+    ]
 
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -142,3 +169,238 @@ def check_quantity(text: str | None, option: str) -> str | None:
     if text is not None and not _QUANTITY.match(text):
         raise ValueError(f"{option} {text!r}: a Kubernetes quantity such as 500m, 2, 512Mi or 1Gi")
     return text
+
+
+# -- pipelines: a Job or CronJob that runs nbdeploy run (nbdeploy k8s --pipeline) -------
+DEFAULT_WORKDIR = "/home/nbdeploy/work"  # where the image holds the project
+MAX_JOB_NAME = 52  # a CronJob's name leaves 11 characters for its Jobs' suffix
+_WORKDIR = re.compile(r"^(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)+/?$")
+_MLFLOW_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*(:[^\s\x00-\x1f\x7f]+)?$")
+
+
+@dataclass
+class BatchOptions:
+    """How a pipeline's Job (or CronJob) runs; the notebook or pipeline.yaml, its
+    parameters and its sweep are given beside these."""
+
+    schedule: str | None = None  # a cron expression: a CronJob
+    namespace: str | None = None
+    image: str | None = None  # default nbdeploy/pipeline-NAME:latest
+    job_name: str | None = None  # default: from the notebook's (or folder's) name
+    parallel: int | None = None  # pods at once for a sweep; kernels at once for a pipeline
+    retries: int = 0  # a failed pod (a sweep: a failed combination) is run again this often
+    timeout: float | None = None  # seconds for the whole Job: activeDeadlineSeconds
+    workdir: str = DEFAULT_WORKDIR
+    cpu: str | None = None
+    memory: str | None = None
+    output_claim: str | None = None  # NBDEPLOY_HOME on this PersistentVolumeClaim
+    mlflow_uri: str | None = None  # MLFLOW_TRACKING_URI inside the pods
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``nbdeploy k8s --pipeline`` (``-p`` and ``--sweep`` come from
+    ``nbdeploy run``'s own definitions, so that they read the same)."""
+    from nbdeploy.pipeline.options import add_parameter_option
+
+    group = parser.add_argument_group(
+        "pipelines (--pipeline)",
+        "a Job that runs `nbdeploy run` inside an image holding nbdeploy, the notebook's "
+        "packages and the project folder (that of the notebook or pipeline.yaml) at "
+        "--workdir; -p NAME VALUE sets a parameter, as for nbdeploy run",
+    )
+    group.add_argument(
+        "--pipeline",
+        metavar="NOTEBOOK_OR_YAML",
+        help="write a Job (a CronJob with --schedule) that runs this notebook or pipeline.yaml",
+    )
+    group.add_argument(
+        "--schedule", metavar="CRON", help='a CronJob on this schedule, e.g. "0 3 * * *"'
+    )
+    add_parameter_option(parser)
+    group.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="as nbdeploy run --sweep: one Indexed Job, a pod per combination; repeatable",
+    )
+    group.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="a sweep: pods at once (default 1); a pipeline.yaml: notebooks at once in its pod",
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="run a failed pod (a sweep: a failed combination) again up to N times (default 0)",
+    )
+    group.add_argument("--timeout", type=float, metavar="SECONDS", help="a limit for the whole Job")
+    group.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help=f"where the image holds the project folder (default {DEFAULT_WORKDIR})",
+    )
+    group.add_argument(
+        "--output-claim",
+        metavar="CLAIM",
+        help="keep NBDEPLOY_HOME (run records, output notebooks, artifacts) on this "
+        "PersistentVolumeClaim, a folder per pod (default: an emptyDir, gone with the pod)",
+    )
+    group.add_argument("--mlflow-uri", metavar="URI", help="MLFLOW_TRACKING_URI inside the pods")
+    group.add_argument(
+        "--job-name",
+        metavar="NAME",
+        help="the Job's name (default: from the notebook's name, or pipeline.yaml's folder)",
+    )
+
+
+def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("applying (--apply)")
+    group.add_argument(
+        "--apply",
+        action="store_true",
+        help="send the objects to the cluster of your kubeconfig (server-side apply; needs "
+        "pip install 'nbdeploy[k8s]')",
+    )
+    group.add_argument("--context", metavar="NAME", help="the kubeconfig context to apply to")
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --apply: the cluster checks and admits the objects but changes nothing",
+    )
+
+
+_SERVING_ONLY = ("strategy", "mesh", "replicas", "max_replicas", "candidate", "weight",
+                 "steps", "interval", "prometheus", "request_log_claim")  # fmt: skip
+_PIPELINE_ONLY = ("schedule", "parameter", "sweep", "parallel", "retries", "timeout",
+                  "workdir", "output_claim", "mlflow_uri", "job_name")  # fmt: skip
+
+
+def check_command(args: argparse.Namespace) -> None:
+    """``nbdeploy k8s``: a deployment NAME or --pipeline, each with its own options."""
+    if bool(args.name) == bool(args.pipeline):
+        raise ManifestError(
+            "give either a deployment NAME or --pipeline NOTEBOOK_OR_YAML",
+            "nbdeploy k8s churn (a deployment's manifests), or nbdeploy k8s --pipeline "
+            "train.ipynb (a Job that runs the notebook)",
+        )
+    if args.pipeline:
+        defaults = K8sOptions()
+        given = [name for name in _SERVING_ONLY if getattr(args, name) != getattr(defaults, name)]
+        where = "a deployment's manifests (nbdeploy k8s NAME), not with --pipeline"
+    else:
+        given = [name for name in _PIPELINE_ONLY if getattr(args, name) not in (None, [])]
+        where = "--pipeline NOTEBOOK_OR_YAML, not for a deployment's manifests"
+    if given:
+        options = ", ".join("-p" if n == "parameter" else "--" + n.replace("_", "-") for n in given)
+        raise ManifestError(f"{options}: only for {where}")
+    if not args.apply and (args.context or args.dry_run):
+        raise ManifestError("--context and --dry-run go with --apply")
+
+
+def batch_options_from_args(args: argparse.Namespace) -> BatchOptions:
+    given = {f.name: getattr(args, f.name) for f in fields(BatchOptions)}
+    return BatchOptions(**{name: value for name, value in given.items() if value is not None})
+
+
+def check_batch(options: BatchOptions) -> None:
+    problems = _common_problems(options.namespace, options.cpu, options.memory)
+    if options.schedule is not None:
+        try:
+            options.schedule = check_schedule(options.schedule)
+        except ValueError as error:
+            problems.append(str(error))
+    if options.image is not None:
+        from nbdeploy.k8s.workload import check_image
+
+        try:
+            check_image(options.image)
+        except ValueError as error:
+            problems.append(str(error))
+    if options.job_name is not None and not (
+        _DNS_LABEL.match(options.job_name) and len(options.job_name) <= MAX_JOB_NAME
+    ):
+        problems.append(
+            f"--job-name {options.job_name!r}: lowercase letters, digits and '-', starting "
+            f"and ending with a letter or digit, at most {MAX_JOB_NAME} characters"
+        )
+    if options.parallel is not None and not 1 <= options.parallel <= 10000:
+        problems.append(f"--parallel {options.parallel}: between 1 and 10000")
+    if not 0 <= options.retries <= 100:
+        problems.append(f"--retries {options.retries}: between 0 and 100")
+    if options.timeout is not None and not (math.isfinite(options.timeout) and options.timeout > 0):
+        problems.append(f"--timeout {options.timeout:g}: a positive number of seconds")
+    if not _WORKDIR.match(options.workdir) or "/../" in options.workdir + "/":
+        problems.append(
+            f"--workdir {options.workdir!r}: an absolute path of letters, digits, '.', '_', "
+            "'-' and '/' (without '..')"
+        )
+    problems += _claim_problems(options.output_claim, "--output-claim")
+    if options.mlflow_uri is not None and not _MLFLOW_URI.match(options.mlflow_uri):
+        problems.append(
+            f"--mlflow-uri {options.mlflow_uri!r}: a tracking URI such as "
+            "http://mlflow.ml.svc.cluster.local:5000 (no spaces or control characters)"
+        )
+    if problems:
+        raise ManifestError("; ".join(problems), "nbdeploy k8s --help lists the options")
+
+
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# (what, lowest, highest, names from the lowest on)
+_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _DAYS),
+)
+
+
+def check_schedule(text: str) -> str:
+    """A CronJob's schedule as Kubernetes reads it: five fields (minute, hour, day of
+    month, month, day of week), or one of @hourly, @daily, @weekly, @monthly, @yearly.
+    Returns it with single spaces; ValueError says what is wrong."""
+    parts = text.split()
+    if len(parts) == 1 and parts[0].lower() in _CRON_MACROS:
+        return parts[0].lower()
+    example = 'e.g. "0 3 * * *" (03:00 every day) or "*/15 * * * 1-5"'
+    if len(parts) != 5:
+        raise ValueError(
+            f"--schedule {text!r}: a cron expression has 5 fields (minute, hour, day of "
+            f"month, month, day of week), this one has {len(parts)}; {example}"
+        )
+    for part, (what, low, high, names) in zip(parts, _CRON_FIELDS, strict=True):
+        for item in part.split(","):
+            problem = _cron_item(item, low, high, names)
+            if problem:
+                raise ValueError(f"--schedule {text!r}: {what} {item!r}: {problem}; {example}")
+    return " ".join(parts)
+
+
+def _cron_item(item: str, low: int, high: int, names: tuple[str, ...]) -> str | None:
+    base, slash, step = item.partition("/")
+    if slash and not (step.isdigit() and int(step) >= 1):
+        return "the step after '/' is a whole number of at least 1"
+    if base in ("*", "?"):
+        return None
+    bounds = base.split("-")
+    if len(bounds) > 2:
+        return "a value, a range A-B, or *"
+    values = []
+    for bound in bounds:
+        if bound.isdigit():
+            values.append(int(bound))
+        elif bound.lower() in names:
+            values.append(low + names.index(bound.lower()))
+        else:
+            allowed = f"a number from {low} to {high}"
+            return allowed + (f" or a name ({names[0]}...{names[-1]})" if names else "")
+    if any(not low <= value <= high for value in values):
+        return f"out of range: {low} to {high}"
+    if len(values) == 2 and values[0] > values[1]:
+        return "a range's start is after its end"
+    return None

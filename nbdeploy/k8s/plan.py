@@ -33,6 +33,7 @@ from nbdeploy.k8s.workload import NAME_LABEL, Resources, VersionSpec
 class Manifests:
     objects: list[dict[str, Any]]
     notices: list[str] = field(default_factory=list)
+    applied: list[dict[str, Any]] = field(default_factory=list)  # as the cluster answered
 
 
 def build(deployments: DeploymentStore, name: str, options: K8sOptions) -> Manifests:
@@ -84,7 +85,9 @@ class _Planner:
         self.current = current
         self.versions = versions
         self.options = options
-        self.resources = Resources(cpu=options.cpu, memory=options.memory)
+        self.resources = Resources(
+            cpu=options.cpu, memory=options.memory, request_log_claim=options.request_log_claim
+        )
         self.notices: list[str] = []
 
     # -- versions ----------------------------------------------------------------------

@@ -6,29 +6,36 @@ A version runs from its container image (``nbdeploy image build``) exactly as it
 here: BentoML's HTTP server on port 3000, answering /readyz when its model is loaded and
 /livez while it lives, Prometheus metrics on /metrics. Pods run as a non-root user with a
 read-only root file system (scratch space on /tmp), no privilege escalation, no
-capabilities and no service-account token: a model server needs none of them.
+capabilities and no service-account token: a model server needs none of them. Each pod
+logs its requests (what ``nbdeploy metrics`` reads) to /var/lib/nbdeploy/requests: an
+emptyDir, or a folder per pod on a PersistentVolumeClaim (``--request-log-claim``).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CONTAINER_PORT = 3000  # where a version's image serves
+from nbdeploy.deployment.serving import REQUEST_LOG_DIR_ENV, VERSION_ENV
+from nbdeploy.image.reference import (
+    DEFAULT_REPOSITORY,
+    IMAGE_USER,
+    SERVING_PORT,
+    is_image_reference,
+)
+
+CONTAINER_PORT = SERVING_PORT
 SERVICE_PORT = 80
-RUN_AS_USER = 10001  # the images' user (uid and gid)
+RUN_AS_USER = IMAGE_USER
 NAME_LABEL = "app.kubernetes.io/name"
 VERSION_LABEL = "app.kubernetes.io/version"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "nbdeploy"}
-DEFAULT_REPOSITORY = "nbdeploy/{name}"  # the tag is the version: nbdeploy/churn:v3
-
-# <registry[:port]/>path[:tag] or path@sha256:digest, as Docker reads image references.
-_IMAGE = re.compile(
-    r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})?$"
-)
+REQUEST_LOG_DIR = "/var/lib/nbdeploy/requests"
+# The request log keeps at most 16 segments of 64 MiB (service/requestlog_runtime.py):
+# an emptyDir that outgrows its limit gets its pod evicted, so leave room.
+REQUEST_LOG_SIZE = "2Gi"
+POD_NAME_ENV = "POD_NAME"
 
 
 @dataclass(frozen=True)
@@ -56,17 +63,13 @@ class VersionSpec:
 class Resources:
     cpu: str | None = None  # requested per pod; default from the workers
     memory: str | None = None  # requested and the limit; default from the model's size
+    request_log_claim: str | None = None  # a PersistentVolumeClaim for the request log
 
 
 def image_for(repository: str | None, name: str, number: int, *, versions_needed: int) -> str:
     """The image of version ``number``: REPOSITORY:vN, or the reference as given when it
     names a tag or digest (then it can stand for one version only)."""
-    reference = repository or DEFAULT_REPOSITORY.format(name=name)
-    if not _IMAGE.match(reference):
-        raise ValueError(
-            f"--image {reference!r} is not an image reference such as "
-            "registry.example.com/team/churn or churn:v3"
-        )
+    reference = check_image(repository or DEFAULT_REPOSITORY.format(name=name))
     last = reference.rsplit("/", 1)[-1]
     if ":" in last or "@" in last:
         if versions_needed > 1:
@@ -77,6 +80,16 @@ def image_for(repository: str | None, name: str, number: int, *, versions_needed
             )
         return reference
     return f"{reference}:v{number}"
+
+
+def check_image(reference: str) -> str:
+    """``reference`` when Docker can read it as an image reference; ValueError otherwise."""
+    if not is_image_reference(reference):
+        raise ValueError(
+            f"--image {reference!r} is not an image reference such as "
+            "registry.example.com/team/churn or churn:v3"
+        )
+    return reference
 
 
 def artifacts_size(directory: str | Path) -> int:
@@ -115,11 +128,19 @@ def _memory(version: VersionSpec, resources: Resources) -> str:
 def pod_template(version: VersionSpec, resources: Resources) -> dict[str, Any]:
     memory = _memory(version, resources)
     cpu = resources.cpu or f"{250 * version.workers}m"
+    requests_volume, requests_mount, requests_env = writable_volume(
+        "requests", REQUEST_LOG_DIR, claim=resources.request_log_claim, size=REQUEST_LOG_SIZE
+    )
     container = {
         "name": "model",
         "image": version.image,
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "env": [
+            *requests_env,
+            {"name": REQUEST_LOG_DIR_ENV, "value": REQUEST_LOG_DIR},
+            {"name": VERSION_ENV, "value": str(version.number)},
+        ],
         "resources": {
             "requests": {"cpu": cpu, "memory": memory},
             "limits": {"cpu": f"{version.workers}", "memory": memory},
@@ -129,12 +150,8 @@ def pod_template(version: VersionSpec, resources: Resources) -> dict[str, Any]:
         "startupProbe": _probe("/livez", period=2, failures=60),
         "readinessProbe": _probe("/readyz", period=5, failures=2),
         "livenessProbe": _probe("/livez", period=10, failures=3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+        "securityContext": container_security(read_only_root=True),
+        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}, requests_mount],
     }
     return {
         "metadata": {
@@ -149,18 +166,51 @@ def pod_template(version: VersionSpec, resources: Resources) -> dict[str, Any]:
         },
         "spec": {
             "automountServiceAccountToken": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS_USER,
-                "runAsGroup": RUN_AS_USER,
-                "fsGroup": RUN_AS_USER,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod_security(),
             "terminationGracePeriodSeconds": 30,
             "containers": [container],
-            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}, requests_volume],
         },
     }
+
+
+def pod_security() -> dict[str, Any]:
+    """The pod's security context: the images' non-root user, the runtime's seccomp
+    profile; volumes are group-writable for that user."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security(*, read_only_root: bool) -> dict[str, Any]:
+    """A container's security context: no privilege escalation, no capabilities."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def writable_volume(
+    name: str, path: str, *, claim: str | None, size: str | None
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """A writable folder at ``path``: an emptyDir (of at most ``size``), or on the
+    PersistentVolumeClaim ``claim`` a folder per pod (named after the pod, so that pods
+    sharing the claim never write into each other's files). Returns the volume, its
+    mount and the environment the mount needs."""
+    mount: dict[str, Any] = {"name": name, "mountPath": path}
+    if claim is None:
+        return {"name": name, "emptyDir": {"sizeLimit": size} if size else {}}, mount, []
+    pod_name = {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    return (
+        {"name": name, "persistentVolumeClaim": {"claimName": claim}},
+        {**mount, "subPathExpr": f"$({POD_NAME_ENV})"},
+        [pod_name],
+    )
 
 
 def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:

@@ -8,6 +8,10 @@ A step::
       parameters: {n_estimators: 100}
       outputs: {model_path: models/model.joblib}   # files this step writes
       needs: [prepare]            # steps that must succeed first
+      inputs: [data/raw.csv]      # with a Dask executor: what travels (default: its folder)
+
+and, at the top, ``executor: dask`` (or ``{kind: dask, scheduler: tcp://HOST:8786}``) runs
+the steps on a Dask cluster (:mod:`nbdeploy.pipeline.executors`).
 
 Each output is passed as a parameter of the same name to the step itself (where to write)
 and to every step that needs it (where to read), when their notebooks declare that name.
@@ -27,14 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError, PipelineSpecError
+from nbdeploy.pipeline.executors import (
+    Executor,
+    ExecutorSpec,
+    parse_executor_field,
+    resolve_executor,
+    start_executor,
+)
 from nbdeploy.pipeline.progress import NullProgress, Progress
 from nbdeploy.pipeline.runner import (
     Notify,
     PreparedRun,
+    RunFiles,
     RunOutcome,
-    RunPool,
     _ignore,
-    execute_run,
     file_digest,
     json_safe,
     prepare_run,
@@ -43,7 +53,7 @@ from nbdeploy.store import StateStore, default_store
 from nbdeploy.store.runs import FAILED, SUCCEEDED, RunRecord, RunStore
 
 CACHED, SKIPPED = "cached", "skipped"
-_STEP_KEYS = {"name", "notebook", "parameters", "outputs", "needs", "kernel", "timeout"}
+_STEP_KEYS = {"name", "notebook", "parameters", "outputs", "needs", "kernel", "timeout", "inputs"}
 
 
 @dataclass
@@ -55,12 +65,14 @@ class Step:
     needs: list[str] = field(default_factory=list)
     kernel: str | None = None
     timeout: float | None = None
+    inputs: list[Path] | None = None  # what travels to a Dask worker (None: its folder)
 
 
 @dataclass
 class Pipeline:
     path: Path
     steps: list[Step]
+    executor: ExecutorSpec | None = None
 
     @property
     def root(self) -> Path:
@@ -142,7 +154,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
                 f"{where}, step {step.name!r}: `needs` names unknown steps: {', '.join(unknown)}",
                 f"known steps: {', '.join(names)}",
             )
-    pipeline = Pipeline(path=pipeline_path, steps=steps)
+    executor = None
+    if spec.get("executor") is not None:
+        executor = parse_executor_field(spec["executor"], where)
+    pipeline = Pipeline(path=pipeline_path, steps=steps, executor=executor)
     topological_order(pipeline)  # raises on a cycle
     return pipeline
 
@@ -176,6 +191,15 @@ def _parse_step(raw: Any, position: int, where: str, root: Path) -> Step:
     timeout = raw.get("timeout")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
         raise PipelineSpecError(f"{label}: `timeout` must be a positive number of seconds")
+    inputs = raw.get("inputs")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if inputs is not None and (
+        not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs)
+    ):
+        raise PipelineSpecError(
+            f"{label}: `inputs` must be a list of files or folders (relative to {where})"
+        )
     return Step(
         name=name,
         notebook=_inside(root, raw["notebook"], f"{label}: notebook"),
@@ -186,6 +210,11 @@ def _parse_step(raw: Any, position: int, where: str, root: Path) -> Step:
         needs=needs,
         kernel=raw.get("kernel"),
         timeout=timeout,
+        inputs=(
+            None
+            if inputs is None
+            else [_inside(root, item, f"{label}: input {item!r}") for item in inputs]
+        ),
     )
 
 
@@ -231,7 +260,7 @@ def run_pipeline(
     *,
     text_values: Mapping[str, str] | None = None,
     values: Mapping[str, Any] | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
     force: bool = False,
     timeout: float | None = None,
     kernel: str | None = None,
@@ -242,12 +271,53 @@ def run_pipeline(
     on_event: Callable[[StepResult], None] | None = None,
     notify: Notify = _ignore,
     warn: Notify = _ignore,
+    executor: str | None = None,
+    scheduler: str | None = None,
 ) -> PipelineResult:
-    """Run every step of ``path``; a failed step skips its dependents, not the others."""
+    """Run every step of ``path``; a failed step skips its dependents, not the others.
+
+    ``executor``/``scheduler`` (as for sweeps) override the file's ``executor:``."""
+    pipeline = load_pipeline(path)
+    spec = resolve_executor(executor, scheduler, pipeline.executor)
+    with start_executor(spec, parallel, notify=notify) as engine:
+        return _run_pipeline(
+            engine,
+            pipeline,
+            text_values=text_values,
+            values=values,
+            force=force,
+            timeout=timeout,
+            kernel=kernel,
+            output_dir=output_dir,
+            track_mlflow=track_mlflow,
+            store=store,
+            progress_for=progress_for,
+            on_event=on_event,
+            notify=notify,
+            warn=warn,
+        )
+
+
+def _run_pipeline(
+    engine: Executor,
+    pipeline: Pipeline,
+    *,
+    text_values: Mapping[str, str] | None,
+    values: Mapping[str, Any] | None,
+    force: bool,
+    timeout: float | None,
+    kernel: str | None,
+    output_dir: str | Path | None,
+    track_mlflow: bool,
+    store: StateStore | None,
+    progress_for: Callable[[str], Progress] | None,
+    on_event: Callable[[StepResult], None] | None,
+    notify: Notify,
+    warn: Notify,
+) -> PipelineResult:
     from nbdeploy.notebook.parameters import parse_parameters
     from nbdeploy.notebook.reader import read_notebook
 
-    pipeline = load_pipeline(path)
     order = topological_order(pipeline)
     store = store or default_store()
     records = RunStore(store)
@@ -262,7 +332,7 @@ def run_pipeline(
         raise PipelineSpecError(
             f"no step of {pipeline.path.name} declares the parameter(s) {', '.join(unused)}"
         )
-    for step in order:
+    checked = [
         _prepare_step(
             step,
             notebooks[step.name],
@@ -274,8 +344,14 @@ def run_pipeline(
             kernel,
             output_dir,
         )
+        for step in order
+    ]
+    engine.check(checked)
+    engine.ready()
 
-    group = records.create_group("pipeline", str(pipeline.path), {"steps": [s.name for s in order]})
+    group = records.create_group(
+        "pipeline", str(pipeline.path), {"steps": [s.name for s in order], **engine.group_spec()}
+    )
     results: dict[str, StepResult] = {}
     pending = {step.name: step for step in order}
     running: dict[Future[StepResult], str] = {}
@@ -285,9 +361,8 @@ def run_pipeline(
         if on_event:
             on_event(result)
 
-    with RunPool(
-        records, group.id, max_workers=max(1, parallel), thread_name_prefix="nbdeploy-step"
-    ) as pool:
+    parallel = engine.parallel
+    with engine.pool(records, group.id, thread_name_prefix="nbdeploy-step") as pool:
         while pending or running:
             for name, step in list(pending.items()):
                 if any(need in pending or need in running.values() for need in step.needs):
@@ -299,7 +374,7 @@ def run_pipeline(
                         StepResult(name, SKIPPED, message=f"{', '.join(failed)} did not succeed")
                     )
                     continue
-                if len(running) >= max(1, parallel):
+                if len(running) >= parallel:
                     break
                 del pending[name]
                 upstream = {
@@ -336,6 +411,7 @@ def run_pipeline(
                 progress = progress_for(name) if progress_for else NullProgress()
                 future = pool.submit(
                     _run_step,
+                    engine,
                     prepared,
                     store,
                     step.timeout or timeout,
@@ -393,6 +469,15 @@ def _prepare_step(
         ) from None
     prepared.step = step.name
     prepared.outputs = {key: str(path) for key, path in step.outputs.items()}
+    prepared.files = RunFiles(
+        root=pipeline.root,
+        paths=step.inputs,
+        exclude=[
+            *(path for other in pipeline.steps for path in other.outputs.values()),
+            *([Path(output_dir).resolve()] if output_dir else []),
+        ],
+        handed={key: str(path) for key, path in upstream.items()},
+    )
     prepared.fingerprint = _fingerprint(prepared, upstream)
     return prepared
 
@@ -427,6 +512,7 @@ def _cached_run(records: RunStore, prepared: PreparedRun) -> RunRecord | None:
 
 
 def _run_step(
+    engine: Executor,
     prepared: PreparedRun,
     store: StateStore,
     timeout: float | None,
@@ -436,7 +522,7 @@ def _run_step(
     notify: Notify,
     warn: Notify,
 ) -> StepResult:
-    outcome: RunOutcome = execute_run(
+    outcome: RunOutcome = engine.execute_run(
         prepared,
         store=store,
         timeout=timeout,

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,17 +60,19 @@ def execute_notebook(
     start_timeout: int = 60,
     epilogue: str | None = None,
     on_kernel: Callable[[Callable[[], None]], None] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> ExecutionResult:
     """Run ``notebook`` with ``values`` injected; the output notebook is written even when a
     cell fails. ``epilogue`` is code run in the same kernel after the last cell (as
     ``nbdeploy deploy`` does); its printed output is ``ExecutionResult.epilogue_output``.
     ``on_kernel`` gets, once the kernel has started, a function that kills it (from any
-    thread: the run then ends with the kernel dead). Never raises for failures inside the
-    notebook: see ``ExecutionResult``."""
+    thread: the run then ends with the kernel dead). ``environment``: the kernel's
+    (default: this process's). Never raises for failures inside the notebook: see
+    ``ExecutionResult``."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
-    env = dict(os.environ)
+    env = dict(os.environ if environment is None else environment)
     env[RUN_DIR_ENV] = str(run_dir)
     env[RUN_ID_ENV] = run_id
     env.pop("JPY_SESSION_NAME", None)  # the run's kernel is not the notebook's own kernel

@@ -42,7 +42,31 @@ def add_run_arguments(run: argparse.ArgumentParser, notebook_optional: bool = Fa
         help="run every combination of these values (JSON list form: NAME=[...]); repeatable",
     )
     run.add_argument(
-        "--parallel", type=int, default=1, metavar="N", help="kernels at once (default 1)"
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="kernels at once (default 1; with --executor dask: one per worker)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default=None,
+        help="where sweeps and pipeline steps run: here (local, the default) or on Dask",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler, e.g. tcp://HOST:8786 (default: $NBDEPLOY_DASK_SCHEDULER, "
+        "else a cluster on this machine); implies --executor dask",
+    )
+    run.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="with Dask: a file or folder that travels with each run (default: the "
+        "notebook's folder); repeatable",
     )
     run.add_argument("--output-dir", metavar="DIR", help="where output notebooks are written")
     run.add_argument("--kernel", metavar="NAME", help="kernel to use (default: the notebook's)")
@@ -75,7 +99,7 @@ def load_parameters_file(path: str) -> dict[str, Any]:
 def run_request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``api.run`` that ``nbdeploy run`` / ``%deploy run`` options
     give; checks the option values."""
-    if args.parallel < 1:
+    if args.parallel is not None and args.parallel < 1:
         raise ParameterError("--parallel must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise ParameterError("--timeout must be a positive number of seconds")
@@ -89,4 +113,7 @@ def run_request_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "mlflow": not args.no_mlflow,
         "force": args.force,
+        "executor": args.executor,
+        "scheduler": args.scheduler,
+        "inputs": args.input,
     }

@@ -3,6 +3,11 @@
 ``prepare_run`` does every check that needs no kernel (so sweeps and pipelines fail before
 any kernel starts); ``execute_run`` executes and records the run in the state store and,
 unless disabled, in MLflow. A run interrupted by Ctrl-C is recorded as interrupted.
+
+Where the notebook itself executes is ``execute_run``'s ``run_notebook``: by default a
+kernel on this machine (:func:`run_here`); the Dask executor
+(:mod:`nbdeploy.pipeline.executors`) runs it on a worker and hands back the same files, so
+recording is one code path for both.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nbdeploy import config
 from nbdeploy.notebook.parameters import (
@@ -38,9 +43,11 @@ from nbdeploy.store.runs import (
 )
 
 if TYPE_CHECKING:
+    from nbdeploy.pipeline.execute import ExecutionResult
     from nbdeploy.pipeline.tracking import MlflowTracker
 
 Notify = Callable[[str], None]
+OnKernel = Callable[[Callable[[], None]], None]
 INTERRUPTED_MLFLOW_WAIT_S = 10.0  # MLflow after Ctrl-C: do not keep the user waiting
 INTERRUPTED_MESSAGE = "interrupted (Ctrl-C)"
 
@@ -111,6 +118,17 @@ def _kernel_done(group_id: str, run_id: str) -> None:
 
 
 @dataclass
+class RunFiles:
+    """The files a run reads besides its notebook, for executors that run it on another
+    machine (see :mod:`nbdeploy.pipeline.executors`); a local run ignores them."""
+
+    root: Path | None = None  # the folder mirrored there (default: the notebook's)
+    paths: list[Path] | None = None  # files and folders that travel (None: the notebook's folder)
+    exclude: list[Path] = field(default_factory=list)  # never travel (outputs, output folders)
+    handed: dict[str, str] = field(default_factory=dict)  # parameters naming upstream outputs
+
+
+@dataclass
 class PreparedRun:
     """A run that passed every check and is ready to execute."""
 
@@ -122,6 +140,55 @@ class PreparedRun:
     step: str | None = None
     fingerprint: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    files: RunFiles = field(default_factory=RunFiles)
+
+
+class RunNotebook(Protocol):
+    """Executes a prepared run's notebook: writes the output notebook to ``output_path``,
+    what it logged to ``run_dir`` (results.jsonl, artifacts/) and its declared outputs to
+    their paths; calls ``on_kernel`` with a function that stops the run once it is under
+    way. Failures inside the notebook are in the result, not raised."""
+
+    def __call__(
+        self,
+        prepared: PreparedRun,
+        *,
+        output_path: Path,
+        run_dir: Path,
+        run_id: str,
+        timeout: float | None,
+        progress: Progress | None,
+        epilogue: str | None,
+        on_kernel: OnKernel | None,
+    ) -> ExecutionResult: ...
+
+
+def run_here(
+    prepared: PreparedRun,
+    *,
+    output_path: Path,
+    run_dir: Path,
+    run_id: str,
+    timeout: float | None,
+    progress: Progress | None,
+    epilogue: str | None,
+    on_kernel: OnKernel | None,
+) -> ExecutionResult:
+    """Execute the notebook in a kernel on this machine, in the notebook's folder."""
+    from nbdeploy.pipeline.execute import execute_notebook
+
+    return execute_notebook(
+        prepared.notebook,
+        prepared.values,
+        kernel=prepared.kernel.name,
+        output_path=output_path,
+        run_dir=run_dir,
+        run_id=run_id,
+        timeout=timeout,
+        progress=progress,
+        epilogue=epilogue,
+        on_kernel=on_kernel,
+    )
 
 
 @dataclass
@@ -177,9 +244,10 @@ def execute_run(
     notify: Notify = _ignore,
     warn: Notify = _ignore,
     epilogue: str | None = None,
+    run_notebook: RunNotebook = run_here,
 ) -> RunOutcome:
     """Execute a prepared run and record it; failures inside the notebook are outcomes, not
-    exceptions.
+    exceptions. ``run_notebook`` executes the notebook (default: a kernel here).
 
     Ctrl-C (KeyboardInterrupt) ends the run as interrupted: the record says so, the output
     notebook keeps what ran, and the KeyboardInterrupt is raised again. Any other error out
@@ -219,7 +287,18 @@ def execute_run(
         fingerprint=prepared.fingerprint,
         run_id=run_id,
     )
-    run = _Run(prepared, records, run_id, run_dir, output_path, tracker, progress, warn, group_id)
+    run = _Run(
+        prepared,
+        records,
+        run_id,
+        run_dir,
+        output_path,
+        tracker,
+        progress,
+        warn,
+        group_id,
+        run_notebook,
+    )
     try:
         if prepared.kernel.notice:
             notify(prepared.kernel.notice)
@@ -245,10 +324,10 @@ class _Run:
     progress: Progress | None
     warn: Notify
     group_id: str | None = None
+    run_notebook: RunNotebook = run_here
 
     def execute(self, timeout: float | None, epilogue: str | None) -> RunOutcome:
         from nbdeploy.pipeline.context import read_results
-        from nbdeploy.pipeline.execute import execute_notebook
 
         prepared, nb, run_id, group_id = (
             self.prepared,
@@ -257,10 +336,8 @@ class _Run:
             self.group_id,
         )
         try:
-            result = execute_notebook(
-                nb,
-                prepared.values,
-                kernel=prepared.kernel.name,
+            result = self.run_notebook(
+                prepared,
                 output_path=self.output_path,
                 run_dir=self.run_dir,
                 run_id=run_id,

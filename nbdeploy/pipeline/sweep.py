@@ -1,7 +1,8 @@
 """Parameter sweeps: the cartesian product of ``--sweep`` values, run N kernels at a time.
 
 Every combination is checked before any kernel starts; a failed combination does not stop
-the others.
+the others. The combinations run here or on a Dask cluster
+(:mod:`nbdeploy.pipeline.executors`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from typing import Any
 
 from nbdeploy.errors import ParameterError
 from nbdeploy.notebook.reader import read_notebook
+from nbdeploy.pipeline.executors import Executor, resolve_executor, start_executor
 from nbdeploy.pipeline.kernels import KernelChoice, choose_kernel
 from nbdeploy.pipeline.progress import NullProgress, Progress
 from nbdeploy.pipeline.runner import (
     Notify,
+    RunFiles,
     RunOutcome,
-    RunPool,
     _ignore,
-    execute_run,
     json_safe,
     prepare_run,
 )
@@ -97,7 +98,7 @@ def run_sweep(
     *,
     values: Mapping[str, Any] | None = None,
     text_values: Mapping[str, str] | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
     kernel: str | None = None,
     output_dir: str | Path | None = None,
     timeout: float | None = None,
@@ -107,6 +108,52 @@ def run_sweep(
     on_done: Callable[[int, RunOutcome], None] | None = None,
     notify: Notify = _ignore,
     warn: Notify = _ignore,
+    executor: str | None = None,
+    scheduler: str | None = None,
+    inputs: list[Path] | None = None,
+) -> SweepResult:
+    """Run every combination, ``parallel`` at a time (default 1 here; with Dask, every
+    worker). ``executor``: "local" (default) or "dask", ``scheduler`` the Dask scheduler's
+    address (default: a local cluster); ``inputs``: the files and folders that travel with
+    each run to a Dask worker (default: the notebook's folder)."""
+    spec = resolve_executor(executor, scheduler)
+    with start_executor(spec, parallel, notify=notify) as engine:
+        return _run_sweep(
+            engine,
+            notebook,
+            sweep_options,
+            values=values,
+            text_values=text_values,
+            kernel=kernel,
+            output_dir=output_dir,
+            timeout=timeout,
+            track_mlflow=track_mlflow,
+            store=store,
+            progress_for=progress_for,
+            on_done=on_done,
+            notify=notify,
+            warn=warn,
+            inputs=inputs,
+        )
+
+
+def _run_sweep(
+    engine: Executor,
+    notebook: str | Path,
+    sweep_options: list[str],
+    *,
+    values: Mapping[str, Any] | None,
+    text_values: Mapping[str, str] | None,
+    kernel: str | None,
+    output_dir: str | Path | None,
+    timeout: float | None,
+    track_mlflow: bool,
+    store: StateStore | None,
+    progress_for: Callable[[int, dict[str, Any]], Progress] | None,
+    on_done: Callable[[int, RunOutcome], None] | None,
+    notify: Notify,
+    warn: Notify,
+    inputs: list[Path] | None,
 ) -> SweepResult:
     nb = read_notebook(notebook)
     axes_text: dict[str, list[str]] = {}
@@ -132,21 +179,30 @@ def run_sweep(
             output_path=output_path,
             kernel_choice=KernelChoice(choice.name),
         )
+        run.files = RunFiles(
+            paths=inputs, exclude=[Path(output_dir).resolve()] if output_dir is not None else []
+        )
         prepared.append(run)
+    engine.check(prepared)
+    engine.ready()
     store = store or default_store()
     records = RunStore(store)
     swept = list(axes_text) + list(axes_typed)
     group = records.create_group(
         "sweep",
         str(nb.path),
-        {"axes": json_safe({**axes_text, **axes_typed}), "parallel": parallel},
+        {
+            "axes": json_safe({**axes_text, **axes_typed}),
+            "parallel": engine.parallel,
+            **engine.group_spec(),
+        },
     )
     result = SweepResult(group_id=group.id, notebook=str(nb.path), swept=swept)
     outcomes: dict[int, RunOutcome] = {}
 
     def one(index: int) -> RunOutcome:
         progress = progress_for(index, combos[index]) if progress_for else NullProgress()
-        return execute_run(
+        return engine.execute_run(
             prepared[index],
             store=store,
             timeout=timeout,
@@ -156,9 +212,7 @@ def run_sweep(
             warn=warn,
         )
 
-    with RunPool(
-        records, group.id, max_workers=max(1, parallel), thread_name_prefix="nbdeploy-sweep"
-    ) as pool:
+    with engine.pool(records, group.id, thread_name_prefix="nbdeploy-sweep") as pool:
         futures = {pool.submit(one, index): index for index in range(len(prepared))}
         for future in as_completed(futures):
             index = futures[future]

@@ -160,6 +160,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX run_metrics_by_run ON run_metrics(run_id)",
         ),
     ),
+    Migration(
+        5,
+        "a server may be a container of the version's image (nbdeploy image run) rather "
+        "than a local process: its container id",
+        ("ALTER TABLE servers ADD COLUMN container TEXT",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
