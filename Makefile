@@ -13,7 +13,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }
 DEMO_HOME := $(CURDIR)/.demo/home
 
-.PHONY: help install demo test lint typecheck unit bench clean
+.PHONY: help install demo test lint typecheck unit bench clean labextension
 
 help:
 	@echo "make demo   set up .venv; run the example pipeline, deploy its model, serve requests"
@@ -26,11 +26,52 @@ $(STAMP): pyproject.toml
 	@echo "==> setting up $(VENV) (first time: about 2 minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip $(QUIET_PIP)
-	$(PIP) install --quiet -e '.[dev]' $(QUIET_PIP)
+	HATCH_JUPYTER_BUILDER_SKIP_NPM=1 $(PIP) install --quiet -e '.[dev]' $(QUIET_PIP)
 	$(BIN)/python -c "import nbdeploy, papermill, mlflow, ipykernel" 
 	touch $@
 
-demo: $(STAMP)
+# Node.js and npm from Debian's packages when they are missing and make runs as root;
+# otherwise a message that says what to install. $(1): what needs them.
+define ENSURE_NPM
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing Node.js (Debian packages) for $(1)"; \
+	    apt-get update -qq && apt-get install -y -qq nodejs npm; \
+	  else \
+	    echo "make: $(1) needs Node.js and npm; install them (Debian/Ubuntu: sudo apt-get install nodejs npm) and run make again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+endef
+
+# The JupyterLab extension (labextension/, TypeScript): its packages from the committed
+# lockfile, then built into nbdeploy/labextension (the wheel ships that, prebuilt), and
+# linked into the venv so that JupyterLab loads this checkout's build.
+LABEXT_MODULES := labextension/node_modules/.installed
+LABEXT_BUILD := nbdeploy/labextension/install.json
+LABEXT_LINKED := $(VENV)/.nbdeploy-labextension
+LABEXT_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*.css labextension/style/*.js) \
+	labextension/package.json labextension/tsconfig.json labextension/install.json
+
+$(LABEXT_MODULES): labextension/package-lock.json
+	$(call ENSURE_NPM,the JupyterLab extension build)
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(LABEXT_BUILD): $(LABEXT_MODULES) $(LABEXT_SOURCES)
+	@echo "==> building the JupyterLab extension (labextension/ -> nbdeploy/labextension)"
+	cd labextension && npm run --silent build
+	touch $@
+
+$(LABEXT_LINKED): $(LABEXT_BUILD) $(STAMP)
+	rm -rf $(VENV)/share/jupyter/labextensions/nbdeploy-labextension
+	mkdir -p $(VENV)/share/jupyter/labextensions
+	ln -s $(CURDIR)/nbdeploy/labextension $(VENV)/share/jupyter/labextensions/nbdeploy-labextension
+	touch $@
+
+labextension: $(LABEXT_LINKED)
+
+demo: $(STAMP) $(LABEXT_LINKED)
 	@echo "==> the example notebooks' parameters"
 	$(BIN)/nbdeploy params example_notebooks/train.ipynb
 	@echo
@@ -107,7 +148,7 @@ $(BROWSER): $(STAMP)
 ENGINE := tests/docker/engine.sh
 BASE_IMAGE := nbdeploy-test/python3:bookworm
 
-test: lint typecheck $(K8S_SCHEMAS) $(BROWSER)
+test: lint typecheck $(K8S_SCHEMAS) $(BROWSER) $(LABEXT_LINKED)
 	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
 	export $$engine NBDEPLOY_TEST_BASE_IMAGE=$(BASE_IMAGE); \
 	$(BIN)/python -m pytest
@@ -140,10 +181,12 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python bench/capture.py --quick
 	$(BIN)/python bench/rollout.py --quick
 	$(BIN)/python bench/monitor.py --quick
+	$(BIN)/python bench/lab.py --quick
 	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
 	if [ -z "$$engine" ]; then echo "make bench: bench/image.py needs a Docker engine (run as root, or set DOCKER_HOST)" >&2; exit 1; fi; \
 	export $$engine NBDEPLOY_BENCH_BASE_IMAGE=$(BASE_IMAGE); \
 	$(BIN)/python bench/image.py --quick
 
 clean:
-	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data
+	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache example_notebooks/data \
+	  nbdeploy/labextension labextension/lib labextension/tsconfig.tsbuildinfo

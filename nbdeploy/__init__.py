@@ -103,6 +103,18 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab extension: installed wheels carry it as shared data;
+    ``jupyter labextension develop --overwrite .`` links it in a checkout."""
+    return [{"src": "labextension", "dest": "nbdeploy-labextension"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter Server extension (``jpserver_extensions: {"nbdeploy": true}``): the
+    REST API of :mod:`nbdeploy.server`."""
+    return [{"module": "nbdeploy.server"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbdeploy``: registers the ``%deploy`` magics."""
     from nbdeploy.magics import register

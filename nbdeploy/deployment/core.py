@@ -277,8 +277,9 @@ def _stop_all(deployments: DeploymentStore, name: str) -> None:
 def status(name: str | None = None, store: StateStore | None = None) -> list[Deployment]:
     """Deployments as they really are (dead servers are marked failed)."""
     deployments = DeploymentStore(store or default_store())
-    names = [name] if name else [d.name for d in deployments.all()]
-    return [deployments.reconcile(each) for each in names]
+    if name:
+        return [deployments.reconcile(name)]
+    return deployments.reconcile_all()
 
 
 def stop(name: str, store: StateStore | None = None) -> Deployment:

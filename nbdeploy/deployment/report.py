@@ -158,7 +158,7 @@ def status_table(deployments: list[Deployment]) -> str:
                 since,
             ]
         )
-        for server in deployment.servers:
+        for server in getattr(deployment, "servers", []):
             if server.container:  # nbdeploy image run: beside the router, not behind it
                 started = time.strftime("%Y-%m-%d %H:%M", time.localtime(server.started_at))
                 rows.append(

@@ -133,8 +133,48 @@ class DeploymentStore:
             return None
 
     def all(self) -> list[Deployment]:
-        rows = self.store.connection().execute("SELECT * FROM deployments ORDER BY name").fetchall()
-        return [self._deployment(row) for row in rows]
+        return [self._deployment(row) for row in self._deployment_rows()]
+
+    def _deployment_rows(self) -> list[Any]:
+        return self.store.connection().execute("SELECT * FROM deployments ORDER BY name").fetchall()
+
+    def reconcile_all(self) -> list[Deployment]:
+        """Every deployment as :meth:`reconcile` leaves it, in two queries when nothing
+        changed (a list of hundreds of deployments must stay fast): only those with a
+        server that is gone, or serving without a live server, are reconciled one by one."""
+        rows = self._deployment_rows()
+        servers = self._active_servers_by_deployment()
+        stale = []
+        for row in rows:
+            active = servers.get(row["name"], [])
+            gone = any(
+                server.container is not None or not is_running(server.pid, server.start_ticks)
+                for server in active
+            )
+            unserved = row["status"] == SERVING and not any(s.role == LIVE for s in active)
+            if gone or unserved:
+                stale.append(row["name"])
+        if stale:
+            for name in stale:
+                self.reconcile(name)
+            rows = (
+                self.store.connection()
+                .execute("SELECT * FROM deployments ORDER BY name")
+                .fetchall()
+            )
+            servers = self._active_servers_by_deployment()
+        return [self._deployment(row, servers.get(row["name"], [])) for row in rows]
+
+    def _active_servers_by_deployment(self) -> dict[str, list[Server]]:
+        rows = (
+            self.store.connection()
+            .execute("SELECT * FROM servers WHERE status IN (?, ?) ORDER BY id", (READY, STARTING))
+            .fetchall()
+        )
+        grouped: dict[str, list[Server]] = {}
+        for row in rows:
+            grouped.setdefault(row["deployment"], []).append(self._server(row))
+        return grouped
 
     def ensure(self, name: str, host: str, port: int) -> Deployment:
         """The deployment's row, created (stopped, no version yet) when new."""
@@ -365,7 +405,7 @@ class DeploymentStore:
         return deployment
 
     # -- rows to objects ---------------------------------------------------------------
-    def _deployment(self, row: Any) -> Deployment:
+    def _deployment(self, row: Any, servers: list[Server] | None = None) -> Deployment:
         return Deployment(
             name=row["name"],
             host=row["host"],
@@ -375,7 +415,7 @@ class DeploymentStore:
             status=row["status"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
-            servers=self.active_servers(row["name"]),
+            servers=self.active_servers(row["name"]) if servers is None else servers,
         )
 
     @staticmethod

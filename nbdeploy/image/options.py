@@ -37,8 +37,8 @@ def add_image_commands(commands: Any) -> None:
     build.add_argument(
         "--offline",
         action="store_true",
-        help="use no network: wheels from this environment and the cache; build with "
-        'network "none"',
+        help="download nothing: wheels only from this environment and the cache, the base "
+        'image only from the engine (builds always run with network "none")',
     )
     build.add_argument("--push", metavar="REGISTRY", help="tag and push to this registry")
     build.add_argument(

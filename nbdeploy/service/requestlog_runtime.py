@@ -69,6 +69,9 @@ DEFAULT_BODY_KB = 64
 ERROR_CHARS = 2000
 FLUSH_SECONDS = 0.1  # rows reach the disk this long after their request, in one transaction
 MAX_BATCH = 5000
+# A segment another worker holds locked: this many attempts, 50 ms apart and doubling
+# (about 3 s in all), before the rows are dropped.
+LOCKED_ATTEMPTS = 7
 RETRY_SECONDS = 5.0  # after a writing error, rows are dropped (and counted) this long
 STATS_SECONDS = 2.0
 STATS_KEEP_DAYS = 30
@@ -343,20 +346,26 @@ class RequestLog:
                 self.last_error_time = time.time()
         if not rows:
             return
-        try:
-            connection = self._segment()
-            connection.execute("BEGIN IMMEDIATE")
+        for attempt in range(LOCKED_ATTEMPTS):
             try:
-                connection.executemany(INSERT, rows)
-                connection.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
-                raise
-        except Exception as error:
-            self.dropped_errors += len(rows)
-            self._failed(error)
-            return
+                self._insert(rows)
+                break
+            except sqlite3.OperationalError as error:
+                # Another worker holds the segment (it may be setting it up: WAL mode and
+                # the schema need the file alone, and SQLite does not always wait for
+                # that): wait a little and write the same rows, rather than drop them.
+                locked = "locked" in str(error) or "busy" in str(error)
+                if locked and attempt + 1 < LOCKED_ATTEMPTS:
+                    self._disconnect()
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                self.dropped_errors += len(rows)
+                self._failed(error)
+                return
+            except Exception as error:
+                self.dropped_errors += len(rows)
+                self._failed(error)
+                return
         self.written += len(rows)
         if self._failing_until:
             self._failing_until = 0.0
@@ -365,6 +374,17 @@ class RequestLog:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _insert(self, rows: list[Any]) -> None:
+        connection = self._segment()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(INSERT, rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise
 
     def _failed(self, error: Exception) -> None:
         text = f"{type(error).__name__}: {error}"

@@ -1,0 +1,358 @@
+"""Browser: nbdeploy's JupyterLab extension (labextension/) in a real JupyterLab started
+here, driven by Playwright with Debian's Chromium.
+
+The "Deployments" sidebar shows a deployment made through the REST API; the notebook
+toolbar's "Deploy" dialog deploys example_notebooks/train.ipynb with a changed parameter,
+the sidebar watches it serve and rolls it back; "Run pipeline" records a run that the
+sidebar lists. The page's console must stay free of errors.
+
+Needs Chromium, Playwright and the built extension (``make test`` builds it into
+nbdeploy/labextension with Node); without one of them the tests are skipped, and fail when
+CI is set. On a failure (always, with NBDEPLOY_KEEP_SCREENSHOTS=1) a screenshot, the
+page's console and JupyterLab's log are kept under ``.artifacts/browser/`` (the path is
+printed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_component
+from test_browser import (  # the browser and its fixtures are shared with test_browser
+    LAB_START_SECONDS,
+    browser_ready,
+    console,
+    free_port,
+    page,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
+__all__ = ["browser_ready", "console", "page"]  # fixtures used by name below
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "example_notebooks"
+EXTENSION_NAME = "nbdeploy-labextension"
+BUILT = REPO / "nbdeploy" / "labextension"
+DEPLOY_SECONDS = 240  # the notebook runs in a kernel, then a build and a start
+RUN_SECONDS = 180
+
+
+def api(lab: dict[str, Any], method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """A call to nbdeploy's REST API with the server's token (no XSRF needed then)."""
+    request = urllib.request.Request(
+        f"{lab['url']}/nbdeploy/api/{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"token {lab['token']}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def wait_for_operation(lab: dict[str, Any], operation: dict[str, Any], seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while operation["status"] == "running":
+        assert time.monotonic() < deadline, operation
+        time.sleep(1)
+        status, operation = api(lab, "GET", f"operations/{operation['id']}")
+        assert status == 200, operation
+    assert operation["status"] == "succeeded", operation
+    return operation
+
+
+@pytest.fixture(scope="module")
+def lab(browser_ready, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """JupyterLab on 127.0.0.1 with a token, the example notebooks as its root, its own
+    nbdeploy home, nbdeploy's server extension and the extension built in this checkout."""
+    require_component(
+        "the built JupyterLab extension",
+        (BUILT / "package.json").exists() and (BUILT / "static").is_dir(),
+        "build it: cd labextension && npm ci && npm run build (make test does it)",
+    )
+    base = tmp_path_factory.mktemp("lab-ui")
+    root, home = base / "root", base / "nbdeploy-home"
+    shutil.copytree(EXAMPLES, root, ignore=shutil.ignore_patterns("data", ".ipynb_checkpoints"))
+    # This checkout's build, whatever is installed (a stale copy, or nothing yet).
+    extensions = base / "labextensions"
+    extensions.mkdir()
+    (extensions / EXTENSION_NAME).symlink_to(BUILT, target_is_directory=True)
+    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    token, port = secrets.token_hex(16), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "JPY_"))}
+    env.update(
+        NBDEPLOY_HOME=str(home),
+        JUPYTERLAB_SETTINGS_DIR=str(base / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
+        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+    )
+    log = (base / "lab.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.allow_root=True",
+            # enabled on install; named here so that an older editable install works too
+            "--ServerApp.jpserver_extensions={'nbdeploy': True}",
+            f"--LabApp.extra_labextensions_path={extensions}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + LAB_START_SECONDS
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start: {(base / 'lab.log').read_text()}")
+                time.sleep(0.3)
+        yield {"url": url, "token": token, "home": home, "root": root, "log": base / "lab.log"}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server, its kernels and their children
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        from nbdeploy.deployment import core
+        from nbdeploy.store import StateStore
+
+        if (home / "state.db").exists():
+            state = StateStore(home / "state.db")
+            for deployment in core.status(store=state):
+                core.stop(deployment.name, store=state)
+
+
+@pytest.fixture(scope="module")
+def first_version(lab) -> dict[str, Any]:
+    """predict v1, deployed through the REST API (the toolbar's deploy makes v2)."""
+    status, answer = api(
+        lab,
+        "POST",
+        "deployments",
+        {"path": "train.ipynb", "parameters": {"n_estimators": 20}, "mlflow": False},
+    )
+    assert status == 202, answer
+    return wait_for_operation(lab, answer["operation"], DEPLOY_SECONDS)
+
+
+def open_lab(page: Any, lab: dict[str, Any], path: str = "") -> None:
+    from playwright.sync_api import expect
+
+    where = f"tree/{path}" if path else ""
+    page.goto(f"{lab['url']}/lab/{where}?token={lab['token']}")
+    if path:
+        kernel_idle = page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))
+        expect(kernel_idle).to_be_visible(timeout=60_000)
+    else:
+        expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+
+
+def open_panel(page: Any) -> Any:
+    from playwright.sync_api import expect
+
+    panel = page.locator("#nbdeploy-deployments")
+    if not panel.is_visible():
+        page.locator(".lm-TabBar-tab[data-id='nbdeploy-deployments']").click()
+    expect(panel).to_be_visible()
+    return panel
+
+
+def nbdeploy_errors(console: list[str]) -> list[str]:
+    """Console errors of the page (all of them count: the extension must cause none)."""
+    return list(console)
+
+
+def test_the_panel_shows_a_deployment_made_through_the_api(lab, first_version, page, console):
+    from playwright.sync_api import expect
+
+    open_lab(page, lab)
+    panel = open_panel(page)
+    card = panel.locator(".nbdl-card[data-name='predict']")
+    expect(card).to_be_visible(timeout=15_000)
+    expect(card.locator(".nbdl-badge")).to_have_text("serving")
+    expect(card.locator(".nbdl-version")).to_have_text("v1")
+    url = card.locator(".nbdl-url")
+    expect(url).to_have_text(re.compile(r"^http://127\.0\.0\.1:\d+"))
+    expect(card.locator(".nbdl-field-strategy")).to_have_text("blue-green")
+    expect(card.locator(".nbdl-field-traffic")).to_contain_text("v1")
+    copy = card.get_by_role("button", name="Copy the URL of predict")
+    copy.click()
+    expect(copy).to_have_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == url.inner_text()
+
+    # Requests to the service show up as requests/s and p99 (the summary refreshes).
+    service = url.inner_text()
+    for _ in range(20):
+        body = json.dumps({"rows": [[0.1] * 20]}).encode()
+        request = urllib.request.Request(
+            f"{service}/predict", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+    expect(card.locator(".nbdl-field-p99")).to_have_text(re.compile(r"\d ms$"), timeout=30_000)
+    expect(card.locator(".nbdl-field-rps")).not_to_have_text("–")
+
+    # Keyboard: the actions are buttons that take the focus in order.
+    card.get_by_role("button", name="Copy the URL of predict").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Stop predict"
+
+    # The dashboard opens in the main area with tiles and tables.
+    card.get_by_role("button", name="Open the dashboard of predict").click()
+    board = page.locator(".nbdl-dashboard")
+    expect(board).to_be_visible(timeout=15_000)
+    expect(board.locator(".nbdl-tile").first).to_be_visible(timeout=15_000)
+    expect(board.locator(".nbdl-table caption", has_text="versions")).to_be_visible()
+
+    # The theme: light, then JupyterLab Dark; the panel follows its colours.
+    def colours() -> list[str]:
+        return page.evaluate(
+            "() => ['#nbdeploy-deployments', '.nbdl-card', '.nbdl-dashboard'].flatMap(s => {"
+            " const c = getComputedStyle(document.querySelector(s));"
+            " return [c.color, c.backgroundColor]; })"
+        )
+
+    light = colours()
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^JupyterLab Dark$")).click()
+    expect(page.locator("body[data-jp-theme-light='false']")).to_have_count(1, timeout=10_000)
+    page.wait_for_function(
+        "() => getComputedStyle(document.querySelector('#nbdeploy-deployments')).color"
+        f" !== {json.dumps(light[0])}"
+    )
+    dark = colours()
+    assert all(before != after for before, after in zip(light, dark, strict=True)), (light, dark)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^JupyterLab Light$")).click()
+    expect(page.locator("body[data-jp-theme-light='true']")).to_have_count(1, timeout=10_000)
+
+    assert nbdeploy_errors(console) == []
+
+
+@pytest.mark.timeout(900)
+def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, console):
+    from playwright.sync_api import expect
+
+    open_lab(page, lab, "train.ipynb")
+    page.locator(".jp-NotebookPanel-toolbar .nbdl-toolbar-deploy").click()
+    dialog = page.locator(".nbdl-operation-dialog")
+    expect(dialog).to_be_visible()
+    trees = dialog.locator("input[name='n_estimators']")
+    expect(trees).to_have_value("50", timeout=15_000)  # the default, filled in
+    expect(dialog.locator("input[name='test_size']")).to_have_value("0.25")
+    expect(dialog.locator("select[id$='-function']")).to_have_value("predict")
+    expect(dialog.locator("select[id$='-strategy']")).to_have_value("blue-green")
+    # A value that does not fit its type is refused at its field, before any request.
+    trees.fill("2.5")
+    expect(dialog.locator(".nbdl-param[data-name='n_estimators'] .nbdl-field-error")).to_have_text(
+        "n_estimators: enter a whole number (int)"
+    )
+    deploy = dialog.get_by_role("button", name="Deploy")
+    expect(deploy).to_be_disabled()
+    trees.fill("30")
+    expect(deploy).to_be_enabled()
+    expect(dialog.locator(".nbdl-param[data-name='n_estimators'] .nbdl-field-error")).to_have_text(
+        ""
+    )
+    dialog.locator("input[id$='-mlflow']").uncheck()  # quicker; MLflow is covered elsewhere
+    deploy.click()
+    expect(dialog.locator(".nbdl-progress-area")).to_be_visible()
+    outcome = dialog.locator(".nbdl-outcome")
+    expect(outcome).to_contain_text(
+        re.compile(r"predict v2 is serving at http://127\.0\.0\.1:\d+"),
+        timeout=DEPLOY_SECONDS * 1000,
+    )
+    expect(dialog.locator(".nbdl-log li").first).to_be_visible()
+    dialog.get_by_role("button", name="Close").last.click()
+    expect(dialog).to_be_hidden()
+    status, runs = api(lab, "GET", "runs?limit=5")
+    assert status == 200 and runs[0]["parameters"].get("n_estimators") == 30, runs
+
+    panel = open_panel(page)
+    card = panel.locator(".nbdl-card[data-name='predict']")
+    expect(card.locator(".nbdl-version")).to_have_text("v2", timeout=15_000)
+    expect(card.locator(".nbdl-badge")).to_have_text("serving")
+
+    # Roll back: confirm in JupyterLab's dialog, then v1 is live again.
+    card.get_by_role("button", name="Roll back predict").click()
+    confirm = page.locator(".jp-Dialog").filter(has_text="Roll predict back?")
+    expect(confirm).to_be_visible()
+    confirm.get_by_role("button", name="Rollback predict").click()
+    expect(card.locator(".nbdl-message")).to_have_text("rolled back: v1 is live", timeout=60_000)
+    expect(card.locator(".nbdl-version")).to_have_text("v1")
+    status, detail = api(lab, "GET", "deployments/predict")
+    assert status == 200 and detail["live_version"] == 1, detail
+
+    assert nbdeploy_errors(console) == []
+
+
+@pytest.mark.timeout(600)
+def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
+    from playwright.sync_api import expect
+
+    open_lab(page, lab, "train.ipynb")
+    page.locator(".jp-NotebookPanel-toolbar .nbdl-toolbar-run").click()
+    dialog = page.locator(".nbdl-operation-dialog")
+    trees = dialog.locator("input[name='n_estimators']")
+    expect(trees).to_have_value("50", timeout=15_000)
+    trees.fill("10")
+    dialog.locator("input[id$='-mlflow']").uncheck()
+    dialog.get_by_role("button", name="Run").click()
+    outcome = dialog.locator(".nbdl-outcome")
+    expect(outcome).to_contain_text(
+        re.compile(r"run [\w-]+ succeeded: accuracy 0\.\d+"), timeout=RUN_SECONDS * 1000
+    )
+    page.keyboard.press("Escape")  # closes the dialog from the keyboard
+    expect(dialog).to_be_hidden()
+
+    panel = open_panel(page)
+    run = panel.locator(
+        ".nbdl-run", has=page.locator(".nbdl-run-params", has_text="n_estimators=10")
+    )
+    expect(run).to_be_visible(timeout=15_000)
+    expect(run.locator(".nbdl-badge")).to_have_text("succeeded")
+    expect(run.locator(".nbdl-run-metrics")).to_contain_text("accuracy")
+    # The output notebook lives in the nbdeploy home, outside the server's root: its path
+    # is shown with a copy button.
+    path = run.locator(".nbdl-run-output code")
+    expect(path).to_have_text(re.compile(r"\.ipynb$"))
+    assert Path(path.inner_text()).is_file()
+
+    assert nbdeploy_errors(console) == []
