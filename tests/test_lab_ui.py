@@ -350,9 +350,15 @@ def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
     expect(run.locator(".nbdl-badge")).to_have_text("succeeded")
     expect(run.locator(".nbdl-run-metrics")).to_contain_text("accuracy")
     # The output notebook lives in the nbdeploy home, outside the server's root: its path
-    # is shown with a copy button.
+    # is shown with a copy button, and it opens as a read-only page the server renders.
     path = run.locator(".nbdl-run-output code")
     expect(path).to_have_text(re.compile(r"\.ipynb$"))
     assert Path(path.inner_text()).is_file()
+    run.get_by_role("button", name=re.compile("Show the output notebook")).click()
+    frame = page.frame_locator(".jp-MainAreaWidget iframe").last
+    expect(frame.locator("body")).to_contain_text(
+        re.compile(r"accuracy 0\.\d+ on \d+ held-out rows"), timeout=30_000
+    )
+    expect(frame.locator(".celltag_injected-parameters")).to_contain_text("n_estimators = 10")
 
     assert nbdeploy_errors(console) == []

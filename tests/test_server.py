@@ -365,6 +365,15 @@ async def test_run_a_notebook_and_a_sweep_through_the_api(jp_fetch: Any, noteboo
     assert run["parameters"]["factor"] == 4.5 and run["metrics"] == {"score": 45.0}
     code, runs = await call(jp_fetch, "runs", params={"limit": "5"})
     assert code == 200 and [r["id"] for r in runs] == [run_id]
+    # The output notebook as a static page: HTML, no script, a sandboxing policy.
+    page = await jp_fetch("nbdeploy", "api", "runs", run_id, "output")
+    assert page.code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Content-Security-Policy"].startswith("sandbox")
+    html = page.body.decode()
+    assert "Parameters injected by nbdeploy" in html and ">4.5<" in html
+    assert "<script" not in html.lower()
+    code, missing = await call(jp_fetch, "runs", "no-such-run", "output")
+    assert code == 404, missing
 
     sweep = {"path": "work/model.ipynb", "sweep": {"factor": [1, 2]}, "mlflow": False}
     code, started = await call(jp_fetch, "runs", method="POST", body=sweep)

@@ -7,8 +7,8 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, MainAreaWidget, WidgetTracker } from '@jupyterlab/apputils';
-import { PageConfig } from '@jupyterlab/coreutils';
+import { ICommandPalette, IFrame, MainAreaWidget, WidgetTracker } from '@jupyterlab/apputils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
@@ -115,6 +115,22 @@ const plugin: JupyterFrontEndPlugin<void> = {
       relativeToRoot: path => (documents ? relativeToRoot(path) : null),
       openPath: path => {
         documents?.openOrReveal(path);
+      },
+      openRunOutput: (runId, title) => {
+        // The server renders the notebook to static HTML; the frame runs no script.
+        const frame = new IFrame({ sandbox: [] });
+        frame.url = URLExt.join(
+          PageConfig.getBaseUrl(),
+          'nbdeploy/api/runs',
+          encodeURIComponent(runId),
+          'output'
+        );
+        const widget = new MainAreaWidget({ content: frame });
+        widget.id = `nbdeploy-run-output-${runId}`;
+        widget.title.label = title;
+        widget.title.closable = true;
+        shell.add(widget, 'main');
+        shell.activateById(widget.id);
       }
     });
     panel.title.icon = deployIcon;

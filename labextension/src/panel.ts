@@ -27,6 +27,8 @@ export interface IPanelOptions {
   relativeToRoot: (absolute: string) => string | null;
   /** Open a notebook of the server root. */
   openPath: (path: string) => void;
+  /** Show a run's output notebook (outside the server root) as a read-only page. */
+  openRunOutput: (runId: string, title: string) => void;
 }
 
 type Action = 'stop' | 'rollback' | 'promote';
@@ -291,9 +293,20 @@ class RunItem {
       open.addEventListener('click', () => this.panel.options.openPath(relative));
       this.output.append(open);
     } else {
-      // Outside the server root JupyterLab cannot open it: show where it is.
+      // Outside the server root JupyterLab cannot open it as a document: show it as a
+      // read-only page rendered by the server, and say where it is.
+      const view = h('button', {
+        class: 'nbdl-link',
+        type: 'button',
+        'aria-label': `Show the output notebook of run ${run.id}`,
+        title: path,
+        text: 'open output notebook'
+      });
+      const title = `${run.notebook.split('/').pop() ?? 'run'} (${run.id})`;
+      view.addEventListener('click', () => this.panel.options.openRunOutput(run.id, title));
       this.output.append(
-        h('span', { class: 'nbdl-muted', text: 'output: ' }),
+        view,
+        h('span', { class: 'nbdl-muted', text: ' · ' }),
         h('code', { class: 'nbdl-path', title: path, text: path }),
         copyButton(`Copy the output notebook path of run ${run.id}`, () => path)
       );

@@ -217,6 +217,23 @@ class RunHandler(NbdeployHandler):
         self.reply(await self.call(views.get_run, run_id))
 
 
+class RunOutputHandler(NbdeployHandler):
+    """The output notebook as HTML, shown in a sandboxed frame: no script of the notebook's
+    outputs runs, nothing loads from elsewhere."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        html = await self.call(views.run_output_html, run_id)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:",
+        )
+        # APIHandler.finish would label the page JSON: finish as a plain Jupyter page.
+        super(APIHandler, self).finish(html)
+
+
 # -- notebooks and operations ----------------------------------------------------------------
 class NotebookParamsHandler(NbdeployHandler):
     @web.authenticated
@@ -269,6 +286,7 @@ def handlers(base_url: str) -> list[tuple[str, type[NbdeployHandler]]]:
         (at(f"deployments/{NAME}/metrics/?"), MetricsHandler),
         (at(f"deployments/{NAME}/?"), DeploymentHandler),
         (at("runs/?"), RunsHandler),
+        (at(r"runs/(?P<run_id>[^/]+)/output/?"), RunOutputHandler),
         (at(r"runs/(?P<run_id>[^/]+)/?"), RunHandler),
         (at("notebooks/params/?"), NotebookParamsHandler),
         (at("operations/?"), OperationsHandler),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -402,6 +403,32 @@ def runs(limit: int) -> list[dict[str, Any]]:
     from nbdeploy import api
 
     return [_finite(record.to_dict()) for record in api.runs(limit=limit)]
+
+
+def run_output_html(run_id: str) -> str:
+    """``GET runs/ID/output``: the run's output notebook as static HTML (nbconvert), for
+    the sidebar to show when the notebook lies outside the server's root (run folders live
+    in NBDEPLOY_HOME). The path comes from nbdeploy's own run record, never a request."""
+    from nbconvert import HTMLExporter
+
+    from nbdeploy import api
+
+    record = api.get_run(run_id)
+    path = Path(record.output_path or "")
+    if path.suffix != ".ipynb" or not path.is_file():
+        raise ApiError(
+            404,
+            f"run {record.id} has no output notebook (yet)",
+            None,
+            "a run writes it as its cells execute; a run that never started has none",
+        )
+    body, _ = HTMLExporter(template_name="lab").from_filename(str(path))
+    # A static page: the template's scripts (require.js, MathJax from a CDN) and any an
+    # output carries would not run in the sandboxed frame anyway.
+    return _SCRIPT.sub("", str(body))
+
+
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
 
 
 def get_run(run_id: str) -> dict[str, Any]:
