@@ -89,6 +89,9 @@ class ImageContext:
     kind: str = "service"
     command: list[str] = field(default_factory=list)
     workdir: str = ""
+    # The wheels' contents: a project built from its folder keeps its version number when
+    # its code changes, so the lock alone cannot tell the dependency image is stale.
+    wheels_digest: str = ""
 
     @property
     def top_entries(self) -> list[str]:
@@ -197,7 +200,8 @@ def start_context(context: ImageContext, offline: bool, notify: Callable[[str], 
         )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / LOCK_FILE).write_text(context.lock.text(), encoding="utf-8")
-    wheelhouse.assemble(context.lock, directory / "wheels", offline=offline, notify=notify)
+    wheels = wheelhouse.assemble(context.lock, directory / "wheels", offline=offline, notify=notify)
+    context.wheels_digest = wheelhouse.digest(wheels)
 
 
 def finish_context(context: ImageContext) -> None:
@@ -226,6 +230,7 @@ def dockerfile(context: ImageContext, part: str) -> str:
             else ""
         ),
         lock_digest=context.lock.digest,
+        wheels_digest=context.wheels_digest,
         version=int(context.version),
         workdir=context.workdir,
         labels=[(key, dockerfile_string(value)) for key, value in sorted(context.labels.items())],

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import importlib.metadata as metadata
 import io
+import os
 import re
 import subprocess
 import sys
@@ -169,6 +170,18 @@ def assemble(
     return wheels
 
 
+def digest(wheels: list[Path]) -> str:
+    """What the wheelhouse holds, byte for byte (packed wheels are reproducible, so an
+    unchanged environment gives the same digest)."""
+    total = hashlib.sha256()
+    for wheel in sorted(wheels, key=lambda path: path.name):
+        total.update(wheel.name.encode() + b"\0")
+        with open(wheel, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                total.update(block)
+    return total.hexdigest()
+
+
 def python_mismatches(locked: Lock, version: str) -> list[str]:
     """Locked distributions whose Requires-Python excludes ``version`` (X.Y.Z)."""
     from packaging.specifiers import SpecifierSet
@@ -300,8 +313,13 @@ def _build_from_source(entry: Locked, folder: Path, target: Path, offline: bool)
     if not offline:
         attempts.append(base)
     errors = ""
+    # A JupyterLab extension's build hook (nbdeploy's own) would run npm: an image needs the
+    # Python package only, and a built extension is used when it is there.
+    environment = {**os.environ, "HATCH_JUPYTER_BUILDER_SKIP_NPM": "1"}
     for command in attempts:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, env=environment
+        )
         wheel = _cached(target, entry)
         if result.returncode == 0 and wheel is not None:
             return wheel
