@@ -113,15 +113,7 @@ unit: $(STAMP)
 K8S_SCHEMAS := tests/k8s/node_modules/.installed
 
 $(K8S_SCHEMAS): tests/k8s/package-lock.json
-	@if ! command -v npm >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "==> installing Node.js (Debian packages) for the Kubernetes schema checks"; \
-	    apt-get update -qq && apt-get install -y -qq nodejs npm; \
-	  else \
-	    echo "make test: the Kubernetes schema checks need Node.js and npm; install them (Debian/Ubuntu: sudo apt-get install nodejs npm) and run make test again" >&2; \
-	    exit 1; \
-	  fi; \
-	fi
+	$(call ENSURE_NPM,the Kubernetes schema checks)
 	cd tests/k8s && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 

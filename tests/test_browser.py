@@ -10,6 +10,7 @@ console and JupyterLab's log are kept under ``ARTIFACTS`` (the path is printed).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -92,9 +93,19 @@ def browser_ready() -> None:
 def lab(browser_ready, tmp_path_factory) -> Iterator[dict[str, Any]]:
     """JupyterLab on 127.0.0.1 with a token, its own root, settings and nbdeploy home."""
     base = tmp_path_factory.mktemp("lab")
-    root, home = base / "root", base / "nbdeploy-home"
+    root = base / "root"
     root.mkdir()
     (root / "ui.ipynb").write_text(json.dumps(notebook_json(CELLS)), encoding="utf-8")
+    with running_lab(base, root) as lab:
+        yield lab
+
+
+@contextlib.contextmanager
+def running_lab(base: Path, root: Path, *arguments: str) -> Iterator[dict[str, Any]]:
+    """JupyterLab (with ``arguments``) on 127.0.0.1 with a token, serving ``root``, with its
+    settings, runtime and nbdeploy home under ``base``; stopped with its kernels at the end,
+    and the deployments made meanwhile with it."""
+    home = base / "nbdeploy-home"
     # No "get notified about Jupyter news?" toast over the outputs.
     notifications = base / "settings" / "@jupyterlab" / "apputils-extension"
     notifications.mkdir(parents=True)
@@ -122,6 +133,7 @@ def lab(browser_ready, tmp_path_factory) -> Iterator[dict[str, Any]]:
             "--ServerApp.allow_root=True",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *arguments,
         ],
         cwd=root,
         env=env,
@@ -140,7 +152,7 @@ def lab(browser_ready, tmp_path_factory) -> Iterator[dict[str, Any]]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not start: {(base / 'lab.log').read_text()}")
                 time.sleep(0.3)
-        yield {"url": url, "token": token, "home": home, "log": base / "lab.log"}
+        yield {"url": url, "token": token, "home": home, "root": root, "log": base / "lab.log"}
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server, its kernels and their children
         try:

@@ -25,6 +25,7 @@ import nbformat
 import psutil
 import pytest
 from conftest import require_component
+from test_dag import PREPARE, TRAIN  # the pipeline test_dag runs locally
 
 from nbdeploy.errors import NbdeployError, PipelineSpecError
 from nbdeploy.pipeline import executors
@@ -393,19 +394,6 @@ def test_unreachable_scheduler_is_a_clear_error(make_notebook: Any, home: Path) 
 
 
 # -- pipelines -----------------------------------------------------------------------------
-PREPARE = [
-    ("rows: int = 3\ndata_path: str = 'data.csv'", ["parameters"]),
-    "import nbdeploy\n"
-    "with open(data_path, 'w') as f:\n"
-    "    f.write('\\n'.join(str(i) for i in range(rows)))\n"
-    "nbdeploy.log_metric('rows', rows)",
-]
-TRAIN = [
-    ("data_path: str = ''\nscale: float = 1.0", ["parameters"]),
-    "import nbdeploy\n"
-    "values = [int(v) for v in open(data_path).read().split()]\n"
-    "nbdeploy.log_metric('total', sum(values) * scale)",
-]
 REPORT = [
     "import nbdeploy\nnbdeploy.log_metric('words', len(open('raw/notes.txt').read().split()))",
 ]

@@ -16,13 +16,8 @@ printed).
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -33,11 +28,10 @@ from typing import Any
 import pytest
 from conftest import require_component
 from test_browser import (  # the browser and its fixtures are shared with test_browser
-    LAB_START_SECONDS,
     browser_ready,
     console,
-    free_port,
     page,
+    running_lab,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("python_kernel")]
@@ -87,74 +81,20 @@ def lab(browser_ready, tmp_path_factory) -> Iterator[dict[str, Any]]:
         "build it: cd labextension && npm ci && npm run build (make test does it)",
     )
     base = tmp_path_factory.mktemp("lab-ui")
-    root, home = base / "root", base / "nbdeploy-home"
+    root = base / "root"
     shutil.copytree(EXAMPLES, root, ignore=shutil.ignore_patterns("data", ".ipynb_checkpoints"))
     # This checkout's build, whatever is installed (a stale copy, or nothing yet).
     extensions = base / "labextensions"
     extensions.mkdir()
     (extensions / EXTENSION_NAME).symlink_to(BUILT, target_is_directory=True)
-    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    token, port = secrets.token_hex(16), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "JPY_"))}
-    env.update(
-        NBDEPLOY_HOME=str(home),
-        JUPYTERLAB_SETTINGS_DIR=str(base / "settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
-        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-    )
-    log = (base / "lab.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={root}",
-            "--ServerApp.allow_root=True",
-            # enabled on install; named here so that an older editable install works too
-            "--ServerApp.jpserver_extensions={'nbdeploy': True}",
-            f"--LabApp.extra_labextensions_path={extensions}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + LAB_START_SECONDS
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start: {(base / 'lab.log').read_text()}")
-                time.sleep(0.3)
-        yield {"url": url, "token": token, "home": home, "root": root, "log": base / "lab.log"}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server, its kernels and their children
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
-        from nbdeploy.deployment import core
-        from nbdeploy.store import StateStore
-
-        if (home / "state.db").exists():
-            state = StateStore(home / "state.db")
-            for deployment in core.status(store=state):
-                core.stop(deployment.name, store=state)
+    with running_lab(
+        base,
+        root,
+        # enabled on install; named here so that an older editable install works too
+        "--ServerApp.jpserver_extensions={'nbdeploy': True}",
+        f"--LabApp.extra_labextensions_path={extensions}",
+    ) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")

@@ -56,8 +56,7 @@ def check_reference(value: str, what: str) -> str:
 def dockerfile_string(value: str) -> str:
     """``value`` as a double-quoted Dockerfile string: no line breaks or control characters;
     backslashes, quotes and ``$`` (variable expansion) escaped."""
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        value = "".join(char if ord(char) >= 32 and ord(char) != 127 else "?" for char in value)
+    value = "".join(char if 32 <= ord(char) != 127 else "?" for char in value)
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
     return f'"{escaped}"'
 
