@@ -1,20 +1,48 @@
-"""Where nbdeploy keeps its state: NBDEPLOY_HOME and the MLflow tracking URI."""
+"""Where nbdeploy keeps its state: NBDEPLOY_HOME and the MLflow tracking URI.
+
+The home is owner-only (mode 0700, issue 17): it holds request logs with inputs and
+predictions, pickled objects and logs, and on a shared machine other local users must not
+read them; the mode also covers what libraries (MLflow, BentoML) write inside it.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import DIR_MODE, private_dir
 
 HOME_ENV = "NBDEPLOY_HOME"
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def home() -> Path:
-    """The state directory: ``$NBDEPLOY_HOME``, else ``~/.nbdeploy``; created on demand."""
+    """The state directory: ``$NBDEPLOY_HOME``, else ``~/.nbdeploy``; created on demand
+    with mode 0700, and made 0700 again when it is not (one stat per call: it is called
+    often). Raises NbdeployError when the folder belongs to another user."""
     configured = os.environ.get(HOME_ENV)
     path = Path(configured).expanduser() if configured else Path.home() / ".nbdeploy"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        # Parents keep the default mode: they are the user's folders, not ours.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+        status = path.stat()
+    _keep_private(path, status)
     return path.resolve()
+
+
+def _keep_private(path: Path, status: os.stat_result) -> None:
+    if status.st_uid != os.getuid():
+        raise NbdeployError(
+            f"nbdeploy's home {path} belongs to another user (uid {status.st_uid})",
+            f"set {HOME_ENV} to a folder of your own, or remove {path}",
+        )
+    if stat.S_IMODE(status.st_mode) != DIR_MODE:
+        os.chmod(path, DIR_MODE)  # made before issue 17, or opened up by hand
 
 
 def state_db_path() -> Path:
@@ -22,9 +50,7 @@ def state_db_path() -> Path:
 
 
 def runs_dir() -> Path:
-    path = home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(home() / "runs")
 
 
 def mlflow_tracking_uri() -> str:
@@ -36,5 +62,6 @@ def mlflow_tracking_uri() -> str:
 
 
 def mlflow_artifact_root() -> str:
-    """Artifact location for experiments nbdeploy creates in its own tracking store."""
-    return (home() / "mlartifacts").as_uri()
+    """Artifact location for experiments nbdeploy creates in its own tracking store (made
+    0700 here: MLflow would create it with the process's umask)."""
+    return private_dir(home() / "mlartifacts").as_uri()

@@ -35,13 +35,10 @@ def read_key(name: str) -> str | None:
 
 def create_key(name: str) -> str:
     """A new random key for ``name`` (replacing any), saved for its owner only."""
+    from nbdeploy.private_files import write_private_text
+
     key = secrets.token_urlsafe(32)
-    path = _path(name)
-    temporary = path.with_name(f".{name}.{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
-    os.replace(temporary, path)
+    write_private_text(_path(name), key + "\n")
     return key
 
 

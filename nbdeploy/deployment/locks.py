@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nbdeploy import config
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import open_private, private_dir
 
 LOCK_TIMEOUT_ENV = "NBDEPLOY_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_SECONDS = 600.0
@@ -41,8 +42,8 @@ def deployment_lock(
     if timeout is None:
         timeout = float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_SECONDS))
     path = lock_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    private_dir(path.parent)
+    handle = open_private(path, "a+")  # held for the whole block
     try:
         deadline = time.monotonic() + timeout
         told = False

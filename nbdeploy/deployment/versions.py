@@ -24,6 +24,7 @@ from nbdeploy import config
 from nbdeploy.deployment.store import DeploymentStore, Version
 from nbdeploy.deployment.supervisor import free_port
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import private_dir, write_private_text
 
 Notify = Callable[[str], None]
 BUILD_TIMEOUT_SECONDS = 600
@@ -47,9 +48,7 @@ class PreparedVersion:
 
 
 def deployments_dir() -> Path:
-    path = config.home() / "deployments"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(config.home() / "deployments")
 
 
 def prepare_version(
@@ -304,7 +303,7 @@ class ProbeProcess:
         from nbdeploy.service.probe import EXAMPLE
 
         self.example_path = directory / EXAMPLE
-        self.example_path.write_text(json.dumps(example, default=str), encoding="utf-8")
+        write_private_text(self.example_path, json.dumps(example, default=str))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nbdeploy.service.probe", str(directory)],
             stdout=subprocess.PIPE,
@@ -354,7 +353,7 @@ def _version_dir(plan: Any, name: str) -> Path:
 def _move(source: Path, target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)  # a leftover of an interrupted deploy: replace it
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     source.rename(target)
     return target
 
@@ -458,8 +457,8 @@ class WarmBuilder:
 
 def _save_probe(answer: dict[str, Any] | None, cache: Path) -> dict[str, Any] | None:
     if answer is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(answer), encoding="utf-8")
+        private_dir(cache.parent)
+        write_private_text(cache, json.dumps(answer))
     return answer
 
 
@@ -502,7 +501,7 @@ class ForkedProbe:
         self.directory = directory
         self.example = example
         self.example_path = directory / EXAMPLE
-        self.example_path.write_text(json.dumps(example, default=str), encoding="utf-8")
+        write_private_text(self.example_path, json.dumps(example, default=str))
         executor = ThreadPoolExecutor(1, thread_name_prefix="nbdeploy-probe")
         self.future = executor.submit(
             running.run, "probe", directory, _builder_environment(), PROBE_TIMEOUT_SECONDS

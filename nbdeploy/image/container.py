@@ -9,7 +9,6 @@ deployment (role ``container``, with the engine's id), and answers to the same v
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from nbdeploy.deployment.supervisor import LOOPBACK, free_port, probe, tail
 from nbdeploy.errors import NbdeployError
 from nbdeploy.image import engine
 from nbdeploy.image.context import PORT, check_reference
+from nbdeploy.private_files import private_dir, write_private_bytes
 from nbdeploy.store import StateStore, default_store
 
 READY_TIMEOUT_SECONDS = 90.0
@@ -133,8 +133,7 @@ def run_image(
 def _log_path(name: str, version: int) -> Path:
     from nbdeploy.deployment.versions import deployments_dir
 
-    folder = deployments_dir() / name / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(deployments_dir() / name / "logs")
     return folder / f"container-v{version}-{int(time.time() * 1000)}.log"
 
 
@@ -145,10 +144,7 @@ def copy_logs(container_id: str, log_path: Path) -> None:
         output: bytes = api.logs(container_id, stdout=True, stderr=True, tail=LOG_LINES)
     except Exception:
         return
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = log_path.with_suffix(".partial")
-    temporary.write_bytes(output)
-    os.replace(temporary, log_path)
+    write_private_bytes(private_dir(log_path.parent) / log_path.name, output)
 
 
 def gone(container_id: str, log_path: Path) -> str | None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from nbdeploy import config
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import private_dir
 
 # Files pip writes at install time: not part of a wheel.
 _INSTALL_ONLY = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
@@ -138,8 +139,7 @@ def assemble(
 ) -> list[Path]:
     """Put one wheel per locked distribution into ``target`` (hard links into the shared
     cache where possible); return their paths."""
-    cache = config.home() / "wheels"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = private_dir(config.home() / "wheels")
     target.mkdir(parents=True, exist_ok=True)
     wheels: list[Path] = []
     packed = downloaded = built = 0

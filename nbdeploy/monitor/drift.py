@@ -100,6 +100,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import write_private_text
 
 Kind: TypeAlias = Literal["numeric", "categorical"]
 Status: TypeAlias = Literal["ok", "warn", "drift", "no-data"]
@@ -304,11 +305,10 @@ class ReferenceProfile:
             ) from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the profile as a JSON file (atomically: readers never see half a file)."""
+        """Write the profile as a JSON file (atomically: readers never see half a file), owner-
+        only: it summarises the reference data."""
         target = Path(path)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), allow_nan=False), encoding="utf-8")
-        os.replace(temporary, target)
+        write_private_text(target, json.dumps(self.to_dict(), allow_nan=False))
         return target
 
     @classmethod

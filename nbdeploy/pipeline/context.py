@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.numbers import finite_or_none
+from nbdeploy.private_files import make_private, open_private, private_dir
 
 RUN_DIR_ENV = "NBDEPLOY_RUN_DIR"
 RUN_ID_ENV = "NBDEPLOY_RUN_ID"
@@ -40,7 +41,7 @@ def _record(kind: str, **fields: Any) -> bool:
         _notice(kind)
         return False
     line = json.dumps({"kind": kind, "at": time.time(), **fields}, default=str)
-    with _lock, open(run_dir / RESULTS_FILE, "a", encoding="utf-8") as results:
+    with _lock, open_private(run_dir / RESULTS_FILE, "a", encoding="utf-8") as results:
         results.write(line + "\n")
     return True
 
@@ -130,9 +131,9 @@ def log_artifact(path: str | os.PathLike[str]) -> None:
         _notice("artifact")
         return
     target_dir = run_dir / ARTIFACTS_DIR
-    target_dir.mkdir(exist_ok=True)
-    target = target_dir / source.name
+    target = private_dir(target_dir) / source.name
     shutil.copy2(source, target)
+    make_private(target)  # copy2 copied the source's mode: the run's copy is owner-only
     _record("artifact", path=str(target), source=str(source.resolve()))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from nbdeploy.pipeline.context import ARTIFACTS_DIR, RESULTS_FILE
 from nbdeploy.pipeline.progress import NullProgress, Progress
 from nbdeploy.pipeline.runner import _kernel_done, _kernel_started, stop_group
+from nbdeploy.private_files import restrict_umask
 
 WATCH_INTERVAL_S = 1.0
 GONE_STATES = ("cancelled", "released", "forgotten", "error")
@@ -272,6 +273,7 @@ def _leave_ctrl_c_to_the_client(signum: int, frame: Any) -> None:
 
 def dask_setup(worker: Any) -> None:
     """Preload of a local cluster's workers (``preload=["nbdeploy.pipeline.dask_worker"]``)."""
+    restrict_umask()  # a worker process of nbdeploy's own: what its runs write is private
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _leave_ctrl_c_to_the_client)
     # As the nbdeploy command does: jsonschema's IRI format support (imported with nbformat)

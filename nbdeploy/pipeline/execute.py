@@ -26,6 +26,7 @@ from typing import Any
 from nbdeploy.notebook.reader import Notebook
 from nbdeploy.pipeline.context import RUN_DIR_ENV, RUN_ID_ENV
 from nbdeploy.pipeline.progress import NullProgress, Progress
+from nbdeploy.private_files import open_private
 
 KERNEL_LOG = "kernel.log"
 SHUTDOWN_WAIT_SECONDS = 5.0
@@ -79,7 +80,7 @@ def execute_notebook(
     socket_dir = tempfile.mkdtemp(prefix="nbd-")
     km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=os.path.join(socket_dir, "k"))
     result = ExecutionResult(ok=False, output_path=output_path, kernel=kernel)
-    with open(run_dir / KERNEL_LOG, "ab") as kernel_log:
+    with open_private(run_dir / KERNEL_LOG, "ab") as kernel_log:
         try:
             run_sync(km.start_kernel)(
                 env=env, cwd=str(notebook.path.parent), stdout=kernel_log, stderr=kernel_log

@@ -66,6 +66,12 @@ from nbdeploy.pipeline.runner import (
     _ignore,
     execute_run,
 )
+from nbdeploy.private_files import (
+    open_private,
+    private_dir,
+    write_private_bytes,
+    write_private_text,
+)
 from nbdeploy.store.runs import INTERRUPTED, RunStore
 
 if TYPE_CHECKING:
@@ -559,12 +565,11 @@ class DaskExecutor(Executor):
         if payload["notebook"] is not None:
             _write_atomically(output_path, payload["notebook"])
         if payload["kernel_log"]:
-            with open(run_dir / KERNEL_LOG, "ab") as log:
+            with open_private(run_dir / KERNEL_LOG, "ab") as log:
                 log.write(payload["kernel_log"])
         artifacts = run_dir / ARTIFACTS_DIR
         for name, data in payload["artifacts"].items():
-            artifacts.mkdir(exist_ok=True)
-            (artifacts / Path(name).name).write_bytes(data)
+            write_private_bytes(private_dir(artifacts) / Path(name).name, data)
         lines = []
         for line in payload["results"]:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -574,7 +579,7 @@ class DaskExecutor(Executor):
                     line = json.dumps(entry)
             lines.append(line + "\n")
         if lines:
-            (run_dir / RESULTS_FILE).write_text("".join(lines), encoding="utf-8")
+            write_private_text(run_dir / RESULTS_FILE, "".join(lines))
         for name, data in payload["outputs"].items():
             if name in prepared.outputs:
                 _write_atomically(Path(prepared.outputs[name]), data)

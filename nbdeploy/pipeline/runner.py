@@ -32,6 +32,7 @@ from nbdeploy.notebook.parameters import (
 from nbdeploy.notebook.reader import Notebook, read_notebook
 from nbdeploy.pipeline.kernels import KernelChoice, choose_kernel
 from nbdeploy.pipeline.progress import NullProgress, Progress
+from nbdeploy.private_files import DIR_MODE
 from nbdeploy.store import StateStore, default_store
 from nbdeploy.store.runs import (
     FAILED,
@@ -256,7 +257,7 @@ def execute_run(
     records = RunStore(store or default_store())
     run_id = new_id()
     run_dir = config.runs_dir() / run_id
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(mode=DIR_MODE)  # owner-only: the run's outputs, results and artifacts
     output_path = prepared.output_path or run_dir / prepared.notebook.name
     for declared_output in prepared.outputs.values():  # the step writes there: make room
         Path(declared_output).parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
+from nbdeploy.private_files import open_private
 
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 REPLY_TIMEOUT_SECONDS = 300
@@ -31,7 +32,7 @@ class TrackingWorker:
     """The helper process, spoken to in JSON lines: one request, one reply, matched by id."""
 
     def __init__(self) -> None:
-        log = open(config.home() / "mlflow-worker.log", "ab")  # noqa: SIM115 (held by the child)
+        log = open_private(config.home() / "mlflow-worker.log", "ab")  # held by the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nbdeploy.pipeline.tracking_worker"],
             stdin=subprocess.PIPE,

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any
 
+from nbdeploy.private_files import restrict_umask
+
 _clients: dict[str, Any] = {}
 _started: dict[str, dict[str, Any]] = {}  # the reply to each start request, by its id
 
@@ -123,6 +125,7 @@ def set_alias(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    restrict_umask()  # MLflow's store and artifacts under NBDEPLOY_HOME: owner-only
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # jsonschema's IRI format support costs 0.7 s to import and MLflow never needs it.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]

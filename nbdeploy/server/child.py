@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import restrict_umask
 from nbdeploy.server.operations import Operation, OperationFailed
 
 _EVENT_PREFIX = "@@nbdeploy-event "  # other output of the work (prints) is not an event
@@ -106,6 +107,7 @@ def _work(kind: str, arguments: dict[str, Any], operation: Operation) -> Any:
 
 
 def main() -> None:
+    restrict_umask()  # deploys and runs write under NBDEPLOY_HOME: owner-only
     request = json.loads(sys.stdin.readline())
     operation = _ForwardingOperation(id="child", kind=request["kind"], subject=None)
     try:

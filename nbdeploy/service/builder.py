@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
+from nbdeploy.private_files import private_dir, restrict_umask
 from nbdeploy.service.package import BENTO_FILES
 from nbdeploy.service.runtime import LOCAL_MODULES, load_object, prepare
 
@@ -28,7 +29,8 @@ ENTRY = "service:NbdeployService"
 def bentoml_environment() -> dict[str, str]:
     """Environment for BentoML processes: nbdeploy's own store, offline builds, no tracking."""
     return {
-        "BENTOML_HOME": str(config.home() / "bentoml"),
+        # Ours, so made 0700: BentoML would create it with the process's umask.
+        "BENTOML_HOME": str(private_dir(config.home() / "bentoml")),
         # v1 bento layout: uv is used only to lock packages, which nbdeploy never asks for;
         # the default layout installs uv from the index on every build.
         "BENTOML_ENABLE_FEATURES": "no_image",
@@ -145,6 +147,7 @@ def main() -> None:
     that the imports overlap the caller's work, then builds the folder named on its standard
     input; ``builder --delete JSON`` deletes {"bentos": [...], "models": [...]}. Either
     prints one JSON line."""
+    restrict_umask()  # bentos, models and logs under NBDEPLOY_HOME: owner-only
     os.environ.update({k: v for k, v in bentoml_environment().items() if k not in os.environ})
     os.environ["PIP_NO_INDEX"] = "1"  # as in build_task: never install anything
     if sys.argv[1:2] == [DELETE]:

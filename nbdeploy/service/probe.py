@@ -16,10 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nbdeploy.private_files import restrict_umask
+
 EXAMPLE = "example.json"
 
 
 def main() -> None:
+    restrict_umask()  # what the version writes while probed stays owner-only
     result = probe_version(Path(sys.argv[1]))
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

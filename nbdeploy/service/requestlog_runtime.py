@@ -22,7 +22,8 @@ Segments are ``requests-000001.db``, ``requests-000002.db``... (WAL mode, shared
 worker and every version of a deployment): a writer appends to the newest one, starts the
 next when the newest holds ``NBDEPLOY_REQUEST_LOG_SEGMENT_MB`` (default 64), and then
 deletes the oldest beyond ``NBDEPLOY_REQUEST_LOG_KEEP`` segments (default 16: about 1 GiB).
-Rows are never updated or deleted one by one.
+Rows are never updated or deleted one by one. The folder and its files are owner-only
+(0700 and 0600, whatever the server's umask): they hold inputs and predictions.
 
 Redaction (``--redact FIELD``) removes the key at any depth of the parsed request body (and
 of the answer) before a row is stored; a body that cannot be parsed, or is larger than the
@@ -76,6 +77,7 @@ RETRY_SECONDS = 5.0  # after a writing error, rows are dropped (and counted) thi
 STATS_SECONDS = 2.0
 STATS_KEEP_DAYS = 30
 BUSY_TIMEOUT_SECONDS = 5.0
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 SEGMENT_PATTERN = re.compile(r"requests-(\d{6,})\.db")
 STATS_GLOB = "stats-*.json"
@@ -409,7 +411,7 @@ class RequestLog:
     def _segment(self) -> sqlite3.Connection:
         """The connection to the newest segment; the next one once it is full (other
         workers and versions append to the same segments)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         existing = segments(self.directory)
         newest = existing[-1] if existing else segment_path(self.directory, 1)
         if existing and _size(newest) >= self.segment_bytes:
@@ -516,10 +518,11 @@ class RequestLog:
     def _report(self) -> None:
         """The stats file, and the Prometheus counters when there are any."""
         with contextlib.suppress(OSError):
-            self.stats_directory.mkdir(parents=True, exist_ok=True)
+            self.stats_directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             path = self.stats_directory / self._stats_name
             temporary = path.with_name(f".{path.name}.tmp")
-            temporary.write_text(json.dumps(self.stats()), encoding="utf-8")
+            with os.fdopen(_create_private(temporary, os.O_TRUNC), "w", encoding="utf-8") as out:
+                out.write(json.dumps(self.stats()))
             os.replace(temporary, path)
         written, dropped = self.written, self.dropped
         counters = _counters()
@@ -569,7 +572,19 @@ def _size(path: Path) -> int:
     return total
 
 
+def _create_private(path: Path, flags: int = 0) -> int:
+    """A descriptor of ``path`` for writing, created 0600 (an older, wider file of ours made
+    0600): the modes hold whatever the umask (a container's server keeps its own)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | flags, PRIVATE_FILE)
+    with contextlib.suppress(OSError):  # a file of another user on a shared volume
+        if os.fstat(descriptor).st_mode & 0o077:
+            os.fchmod(descriptor, PRIVATE_FILE)
+    return descriptor
+
+
 def _open(path: Path) -> sqlite3.Connection:
+    # Made before SQLite makes it: its -wal and -shm files get the database's mode.
+    os.close(_create_private(path))
     connection = sqlite3.connect(
         str(path), timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
     )

@@ -31,6 +31,7 @@ from typing import IO, Any
 import cloudpickle
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import open_private
 from nbdeploy.service.runtime import OBJECT_REFERENCE
 
 NOTEBOOK_MODULES = frozenset({"__main__", "__mp_main__"})
@@ -256,8 +257,9 @@ def save(
     by_name: set[int] | None = None,
 ) -> None:
     """Pickle ``value`` into ``path`` by value, streamed (large buffers are not copied);
-    the functions in ``by_name`` are pickled by name instead."""
-    with open(path, "wb") as handle:
+    the functions in ``by_name`` are pickled by name instead. The file is owner-only: it
+    holds the notebook's objects."""
+    with open_private(path, "wb") as handle:
         pickler = _Pickler(
             handle,
             label=label,

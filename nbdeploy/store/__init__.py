@@ -2,6 +2,8 @@
 
 Every write is a ``BEGIN IMMEDIATE`` transaction, so two processes deploying or running at
 once serialize their writes instead of corrupting the file. Connections are per thread.
+The file is owner-only (0600), and so are its -wal and -shm files: SQLite gives them the
+database's mode.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from nbdeploy import config
 from nbdeploy.errors import StoreError
+from nbdeploy.private_files import create_private, make_private, private_dir
 from nbdeploy.store.migrations import LATEST_VERSION, MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
@@ -37,7 +40,8 @@ class StateStore:
     # -- connections -------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            create_private(self.path)  # before SQLite creates it with the umask's mode
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
@@ -49,7 +53,13 @@ class StateStore:
         self._enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
+        self._make_private()
         return conn
+
+    def _make_private(self) -> None:
+        """Repair a store made before issue 17 (its files readable by every local user)."""
+        for suffix in ("", "-wal", "-shm"):
+            make_private(f"{self.path}{suffix}")
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch to WAL. Switching a new file needs an exclusive lock, and SQLite does not
@@ -143,7 +153,7 @@ class StateStore:
         """Copy the store aside before upgrading it, so an upgrade can always be undone."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         backup_path = self.path.with_name(f"{self.path.name}.v{version}-{stamp}.bak")
-        target = sqlite3.connect(backup_path)
+        target = sqlite3.connect(create_private(backup_path))
         try:
             conn.backup(target)
         finally:
