@@ -17,6 +17,7 @@ from nbdeploy.deployment.store import DeploymentStore, Version
 from nbdeploy.deployment.supervisor import LOOPBACK, free_port
 from nbdeploy.deployment.versions import build_bento, deployments_dir
 from nbdeploy.errors import DeployError
+from nbdeploy.private_files import private_dir, write_private_text
 from nbdeploy.store import StateStore, default_store
 
 Notify = Callable[[str], None]
@@ -40,8 +41,8 @@ def deploy_mlflow_model(
     ``runs:/ID/PATH``) without a notebook: POST /predict {"rows": [...]}."""
     import hashlib
 
-    from nbdeploy.service import requestlog_runtime
-    from nbdeploy.service.package import REQUEST_LOG_FILE, deployment_name
+    from nbdeploy.service import requestlog_runtime, upstream_guard
+    from nbdeploy.service.package import REQUEST_LOG_FILE, UPSTREAM_GUARD_FILE, deployment_name
     from nbdeploy.templating import render
 
     started = time.monotonic()
@@ -64,12 +65,14 @@ def deploy_mlflow_model(
         max_latency_ms=1000,
     )
     request_log = Path(requestlog_runtime.__file__).read_text(encoding="utf-8")
-    content = hashlib.sha256((content + code + request_log).encode()).hexdigest()
+    guard = Path(upstream_guard.__file__).read_text(encoding="utf-8")
+    content = hashlib.sha256((content + code + request_log + guard).encode()).hexdigest()
     version_dir = deployments_dir() / name / "versions" / content[:16]
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / "service.py").write_text(code, encoding="utf-8")
-    (version_dir / REQUEST_LOG_FILE).write_text(request_log, encoding="utf-8")
-    (version_dir / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements))
+    private_dir(version_dir)  # owner-only, as every version folder (issue 17)
+    write_private_text(version_dir / "service.py", code)
+    write_private_text(version_dir / REQUEST_LOG_FILE, request_log)
+    write_private_text(version_dir / UPSTREAM_GUARD_FILE, guard)
+    write_private_text(version_dir / "requirements.txt", "".join(f"{r}\n" for r in requirements))
     schema = {
         "route": "/predict",
         "inputs": [{"name": "rows", "type": "list[Any]"}],
@@ -86,7 +89,7 @@ def deploy_mlflow_model(
         "mlflow_model_uri": resolved,
         "model_tag": model_tag,
     }
-    (version_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    write_private_text(version_dir / "manifest.json", json.dumps(manifest, indent=2))
     version = deployments.version_with_hash(name, content)
     built = False
     if version is None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
-from nbdeploy.service import requestlog_runtime, runtime, serialize
+from nbdeploy.private_files import make_private, private_dir, write_private_text
+from nbdeploy.service import requestlog_runtime, runtime, serialize, upstream_guard
 from nbdeploy.service.capture import Captured, add_reached_modules, source_or_none
 from nbdeploy.service.schema import InputSchema, function_schema, model_schema, parameter_hints
 
@@ -29,6 +30,7 @@ NAME_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 MANIFEST = runtime.MANIFEST
 RUNTIME_FILE = "nbdeploy_runtime.py"
 REQUEST_LOG_FILE = "nbdeploy_requestlog.py"  # nbdeploy/service/requestlog_runtime.py
+UPSTREAM_GUARD_FILE = "nbdeploy_upstream_guard.py"  # nbdeploy/service/upstream_guard.py
 SOURCE_FILE = "notebook_source.py"
 GENERATED_FILES = (("service.py.j2", "service.py"), ("mlflow_model.py.j2", "mlflow_model.py"))
 # Files a bento carries (besides local_modules/): the service, its runtime and pickles.
@@ -36,6 +38,7 @@ BENTO_FILES = (
     "service.py",
     RUNTIME_FILE,
     REQUEST_LOG_FILE,
+    UPSTREAM_GUARD_FILE,
     SOURCE_FILE,
     MANIFEST,
     runtime.FUNCTION,
@@ -344,6 +347,7 @@ def _render(plan: VersionPlan) -> dict[str, str]:
         rendered[file_name] = text
     rendered[RUNTIME_FILE] = Path(runtime.__file__).read_text(encoding="utf-8")
     rendered[REQUEST_LOG_FILE] = Path(requestlog_runtime.__file__).read_text(encoding="utf-8")
+    rendered[UPSTREAM_GUARD_FILE] = Path(upstream_guard.__file__).read_text(encoding="utf-8")
     rendered[SOURCE_FILE] = _display_source(plan)
     return rendered
 
@@ -418,10 +422,11 @@ def _module_files(path: Path) -> list[Path]:
 
 
 def write_version(plan: VersionPlan, directory: Path) -> None:
-    """Write the planned version into ``directory`` (replaced)."""
+    """Write the planned version into ``directory`` (replaced), owner-only: its pickles
+    hold the notebook's objects."""
     if directory.exists():
         shutil.rmtree(directory)
-    (directory / "objects").mkdir(parents=True)
+    private_dir(directory / "objects")
     captured = plan.captured
     functions = {
         id(value)
@@ -451,17 +456,16 @@ def write_version(plan: VersionPlan, directory: Path) -> None:
         target = directory / runtime.LOCAL_MODULES
         for file in _module_files(path):
             destination = target / file.relative_to(path.parent)
-            destination.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(destination.parent)
             shutil.copyfile(file, destination)
+            make_private(destination)
         del name
     for file_name, text in plan.rendered.items():
-        (directory / file_name).write_text(text, encoding="utf-8")
+        write_private_text(directory / file_name, text)
     write_manifest(plan, directory)
 
 
 def write_manifest(plan: VersionPlan, directory: Path) -> None:
     text = "".join(f"{line}\n" for line in plan.requirements)
-    (directory / "requirements.txt").write_text(text, encoding="utf-8")
-    (directory / MANIFEST).write_text(
-        json.dumps(plan.manifest(), indent=2, default=str), encoding="utf-8"
-    )
+    write_private_text(directory / "requirements.txt", text)
+    write_private_text(directory / MANIFEST, json.dumps(plan.manifest(), indent=2, default=str))

@@ -1,5 +1,8 @@
 """The HTTP/1.1 the router speaks: reading requests and responses from asyncio streams
-(Content-Length and chunked bodies), writing them back, JSON answers of its own."""
+(Content-Length and chunked bodies), writing them back, JSON answers of its own.
+
+A request is read in two steps, its head and then its body, so that the router can refuse
+it (a missing API key) before it reads a byte of a body that may be hundreds of MiB."""
 
 from __future__ import annotations
 
@@ -75,7 +78,9 @@ class Response:
     close: bool = False
 
 
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
+async def read_request_head(reader: asyncio.StreamReader) -> Request | None:
+    """A request's line and headers; its body, still unread, is left empty (:func:`read_body`
+    reads it). None when the client closed the connection between requests."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as error:
@@ -89,9 +94,15 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
         method, target, version = lines[0].split(b" ", 2)
     except ValueError:
         raise BadRequest(400, "malformed request line") from None
-    headers = parse_headers(lines[1:])
-    body = await read_body(reader, headers)
-    return Request(method, target, version, headers, body)
+    return Request(method, target, version, parse_headers(lines[1:]), b"")
+
+
+def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request's head announces a body (which the router has then not read yet)."""
+    lookup = dict(headers)
+    if b"chunked" in lookup.get(b"transfer-encoding", b"").lower():
+        return True
+    return lookup.get(b"content-length", b"0").strip() not in (b"", b"0")
 
 
 def parse_headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -111,7 +122,10 @@ async def read_body(reader: asyncio.StreamReader, headers: list[tuple[bytes, byt
         size_total = 0
         while True:
             line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            try:
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            except ValueError:
+                raise BadRequest(400, "bad chunk size") from None
             if size == 0:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":
                     pass  # trailers: dropped

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -22,20 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbdeploy.deployment.router import CONFIG, LIVE_PATH, STATE, STATUS_PATH
+from nbdeploy.deployment.router import CONFIG, LISTEN_FD_ENV, LIVE_PATH, STATE, STATUS_PATH
 from nbdeploy.deployment.router.http import (
     HEAD_LIMIT,
     HOP_BY_HOP,
     BadRequest,
     Request,
     Response,
+    declares_body,
     encode,
-    read_request,
+    read_body,
+    read_request_head,
     read_response,
     respond,
     same_answer,
     simple,
 )
+from nbdeploy.service.upstream_guard import HEADER as UPSTREAM_HEADER
+from nbdeploy.service.upstream_guard import REFUSED
 
 AB_LOG = "ab-requests.jsonl"
 FEEDBACK_LOG = "ab-feedback.jsonl"
@@ -53,6 +58,22 @@ DRAIN_TIMEOUT_S = 30.0
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 IDLE_SECONDS = 4.0  # below the versions' keep-alive timeout (uvicorn's default: 5 s)
 RECENT_IDS = 200_000  # A/B request ids kept to check feedback against
+# What a failed attempt to reach a version raises (refused, reset, cut short, garbled).
+UNREACHABLE = (OSError, asyncio.IncompleteReadError, BadRequest)
+# When no version could answer, every one is tried again after each of these pauses (about
+# 1.5 s in all): a worker that died is restarted on the same port within about a second.
+RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)
+# A refused request's body is not read, but discarded this long at most before the
+# connection closes: closing with unread data resets it, and the client may lose the answer.
+LINGER_S = 1.0
+UPSTREAM_HEADER_KEY = UPSTREAM_HEADER.lower().encode("latin-1")
+REFUSED_MARK = (UPSTREAM_HEADER_KEY, REFUSED.encode("latin-1"))
+SECRET_PATTERN = re.compile(r"[!-~]{16,256}")  # visible ASCII: a header value as it is
+
+
+class Misrouted(ConnectionError):
+    """The server on an upstream's port refused the upstream's secret: it is not the
+    version the router knew there (that one died, and another server took its port)."""
 
 
 @dataclass
@@ -82,6 +103,7 @@ class Upstream:
     name: str
     host: str
     port: int
+    secret: bytes | None = None  # sent in X-Nbdeploy-Upstream: the version answers only it
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = field(
         default_factory=list
     )
@@ -136,9 +158,14 @@ class Router:
     def reload(self) -> None:
         config = json.loads((self.folder / CONFIG).read_text(encoding="utf-8"))
         wanted = config.get("upstreams", {})
+        wanted_secrets = {name: upstream_secret(spec) for name, spec in wanted.items()}
         for name, upstream in list(self.upstreams.items()):
             spec = wanted.get(name)
-            if spec is None or (spec["host"], spec["port"]) != (upstream.host, upstream.port):
+            if spec is None or (spec["host"], spec["port"], wanted_secrets[name]) != (
+                upstream.host,
+                upstream.port,
+                upstream.secret,
+            ):
                 upstream.retired = True
                 upstream.close_idle()
                 if upstream.inflight == 0:
@@ -147,7 +174,9 @@ class Router:
                     self.upstreams[f"{name}@retired-{id(upstream)}"] = self.upstreams.pop(name)
         for name, spec in wanted.items():
             if name not in self.upstreams:
-                self.upstreams[name] = Upstream(name, spec["host"], int(spec["port"]))
+                self.upstreams[name] = Upstream(
+                    name, spec["host"], int(spec["port"]), secret=wanted_secrets[name]
+                )
         total, cumulative = 0, []
         for name, weight in sorted(config.get("weights", {}).items()):
             if weight > 0 and name in wanted:
@@ -219,17 +248,23 @@ class Router:
         try:
             while not self.stopping:
                 try:
-                    request = await read_request(reader)
+                    request = await read_request_head(reader)
+                    if request is None:
+                        break
+                    early = self.answer_head(request)
+                    if early is None:
+                        request.body = await read_body(reader, request.headers)
                 except BadRequest as error:
                     writer.write(simple(error.status, {"error": str(error)}, close=True))
                     await writer.drain()
                     break
-                if request is None:
-                    break
-                response = await self.dispatch(request)
-                writer.write(encode(response, keep_alive=request.keep_alive and not response.close))
+                response = early or await self.dispatch(request)
+                keep_alive = request.keep_alive and not response.close
+                writer.write(encode(response, keep_alive=keep_alive))
                 await writer.drain()
-                if not request.keep_alive or response.close:
+                if early is not None and declares_body(request.headers):
+                    await linger(reader, writer)
+                if not keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -237,12 +272,16 @@ class Router:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def dispatch(self, request: Request) -> Response:
+    def answer_head(self, request: Request) -> Response | None:
+        """The answer to a request that its head alone decides: the router's own paths, and
+        the refusal of a request without the API key, before a byte of its body is read.
+        None for a request to read on and forward. A body left unread ends the connection
+        (the next request would start inside it)."""
         path = request.path
         if path == LIVE_PATH:
-            return respond(200, {"ok": True, "generation": self.generation})
-        if self.key_hash is not None and path not in HEALTH_PATHS and not self._authorized(request):
-            return respond(
+            response = respond(200, {"ok": True, "generation": self.generation})
+        elif not self._admitted(request):
+            response = respond(
                 401,
                 {
                     "error": "missing or wrong API key",
@@ -250,8 +289,17 @@ class Router:
                 },
                 [(b"WWW-Authenticate", b"Bearer")],
             )
-        if path == STATUS_PATH:
-            return respond(200, self.state())
+            response.close = True  # nothing more from a client without the key
+        elif path == STATUS_PATH:
+            response = respond(200, self.state())
+        else:
+            return None
+        response.close = response.close or declares_body(request.headers)
+        return response
+
+    async def dispatch(self, request: Request) -> Response:
+        """The answer to a request read whole, that :meth:`answer_head` let through."""
+        path = request.path
         if path == FEEDBACK_PATH and request.method == b"POST":
             return self.feedback(request)
         request_id = (request.header(b"x-request-id") or b"").decode("latin-1")[:64]
@@ -299,6 +347,10 @@ class Router:
             return False
         return random.random() * 100 < self.shadow[1]
 
+    def _admitted(self, request: Request) -> bool:
+        """No key is needed, or the request carries it (health paths need none)."""
+        return self.key_hash is None or request.path in HEALTH_PATHS or self._authorized(request)
+
     def _authorized(self, request: Request) -> bool:
         header = request.header(b"authorization") or b""
         scheme, _, token = header.partition(b" ")
@@ -310,21 +362,39 @@ class Router:
     async def forward_with_failover(
         self, chosen: str, request: Request, request_id: str
     ) -> tuple[Response, str | None]:
-        tried: set[str] = set()
-        name: str | None = chosen
+        """Send ``request`` to ``chosen``; when it cannot be reached, to the other versions
+        in turn (:meth:`failover_order`), and when none can, to all of them again after
+        short pauses (bounded: about 1.5 s) before answering 502."""
         last_error = ""
-        while name is not None:
-            tried.add(name)
-            upstream = self.upstreams.get(name)
-            if upstream is not None:
+        for pause in (0.0, *RETRY_PAUSES_S):
+            if pause:
+                await asyncio.sleep(pause)
+            for name in self.failover_order(chosen):
+                upstream = self.upstreams.get(name)
+                if upstream is None:  # removed by a new configuration meanwhile
+                    continue
                 try:
-                    response = await self.counted(upstream, request, request_id)
-                    return response, name
-                except (OSError, asyncio.IncompleteReadError, BadRequest) as error:
+                    return await self.counted(upstream, request, request_id), name
+                except UNREACHABLE as error:
                     last_error = f"{name}: {error}"
-            others = [n for n, _ in self.weights if n not in tried]
-            name = others[0] if others else None
         return respond(502, {"error": "no version could answer", "detail": last_error}), None
+
+    def failover_order(self, chosen: str) -> list[str]:
+        """The upstreams a request for ``chosen`` may go to, in order: ``chosen``, the other
+        versions of the split, then the others that are not retired (a warm standby first).
+        Never the shadow outside the split: its answers are never returned."""
+        split = [name for name, _ in self.weights]
+        shadow = self.shadow[0] if self.shadow else None
+        spare = sorted(
+            (name for name in self.upstreams if name not in split and name != shadow),
+            key=lambda name: name not in self.standby,
+        )
+        order = dict.fromkeys([chosen, *split, *spare])  # in order, once each
+        return [
+            name
+            for name in order
+            if (upstream := self.upstreams.get(name)) is not None and not upstream.retired
+        ]
 
     async def counted(self, upstream: Upstream, request: Request, request_id: str) -> Response:
         started = time.perf_counter()
@@ -490,13 +560,41 @@ class Router:
                 self.write_state()
 
 
+def upstream_secret(spec: dict[str, Any]) -> bytes | None:
+    """The secret an upstream of ``router.json`` answers to (None: it checks none)."""
+    secret = spec.get("secret")
+    if not secret:
+        return None
+    if not isinstance(secret, str) or not SECRET_PATTERN.fullmatch(secret):
+        raise ValueError(f"the secret of upstream {spec.get('port')} is not a header value")
+    return secret.encode("ascii")
+
+
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After answering a request whose body stays unread: half-close, then discard what the
+    client still sends (never keeping it) until it closes, for LINGER_S at most. Closing a
+    socket with unread data resets the connection, which may lose the answer on its way."""
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_S
+    with contextlib.suppress(OSError, asyncio.TimeoutError):
+        while (left := deadline - loop.time()) > 0:
+            if not await asyncio.wait_for(reader.read(64 * 1024), left):
+                return  # the client closed
+
+
 async def forward(upstream: Upstream, request: Request, request_id: str) -> Response:
     lines = [request.method + b" " + request.target + b" HTTP/1.1"]
     for key, value in request.headers:
-        if key not in HOP_BY_HOP and key != b"x-request-id":
+        # A client's own X-Nbdeploy-Upstream is dropped: only the router's may reach a version.
+        if key not in HOP_BY_HOP and key not in (b"x-request-id", UPSTREAM_HEADER_KEY):
             lines.append(key + b": " + value)
     lines.append(b"Content-Length: " + str(len(request.body)).encode())
     lines.append(b"X-Request-ID: " + request_id.encode())
+    if upstream.secret:
+        lines.append(UPSTREAM_HEADER.encode("latin-1") + b": " + upstream.secret)
     payload = b"\r\n".join(lines) + b"\r\n\r\n" + request.body
     while True:
         connection = upstream.take_idle()
@@ -518,6 +616,9 @@ async def forward(upstream: Upstream, request: Request, request_id: str) -> Resp
                 upstream.close_idle()
                 continue
             raise
+        if response.status == 403 and REFUSED_MARK in response.headers:
+            writer.close()
+            raise Misrouted(f"the server on port {upstream.port} refused the router's secret")
         if response.close or upstream.retired:
             writer.close()
         else:
@@ -530,14 +631,22 @@ async def run(folder: Path) -> None:
     router.reload()
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     listen = config["listen"]
-    server = await asyncio.start_server(
-        router.client,
-        listen["host"].strip("[]"),
-        int(listen["port"]),
-        limit=HEAD_LIMIT,
-        reuse_address=True,
-        backlog=2048,
-    )
+    inherited = os.environ.get(LISTEN_FD_ENV)
+    if inherited:
+        # The daemon holds the address across our restarts (connections wait in the
+        # backlog meanwhile) and hands us the socket.
+        server = await asyncio.start_server(
+            router.client, sock=socket.socket(fileno=int(inherited)), limit=HEAD_LIMIT
+        )
+    else:
+        server = await asyncio.start_server(
+            router.client,
+            listen["host"].strip("[]"),
+            int(listen["port"]),
+            limit=HEAD_LIMIT,
+            reuse_address=True,
+            backlog=2048,
+        )
     loop = asyncio.get_running_loop()
     stopped = loop.create_future()
 
