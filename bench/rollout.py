@@ -17,17 +17,19 @@ scorer, ``def predict(rows: list[list[float]]) -> list[float]`` over 20 features
 POSTing one row, ``{"rows": [[...20 floats...]]}``.
 
 1. **Router cost.** v1 is deployed. wrk (``-t2 -c8``, 10 s per run, 5 s with ``--quick``)
-   against the live version's own port (straight to its BentoML service) and against the
-   router's address, same body and connections, alternating which goes first (5 pairs, 3
-   with ``--quick``; medians). ``router_vs_direct_rps`` = router rps / direct rps (goal >=
-   0.85); ``router_added_p50_ms`` = router p50 - direct p50 at those 8 connections (goal
-   <= 1 ms). At 8 connections wrk keeps the service saturated, so that p50 is mostly
-   queueing (about 8 / rps) and follows the throughput; the hop's own latency is measured
-   too, without a goal, at one connection (``router_added_p50_ms_c1``). wrk, the router
-   and the service share the machine's CPUs (2 here), so each run also records the CPU
-   time per request of the router and of the version server (with its workers), and the
-   CPU time of everything else on the machine (``other_cpu_cores``: other people's work
-   skews every number here; ``loadavg_1min_before`` too).
+   against the live version's own port (straight to its BentoML service, with the version's
+   upstream secret in ``X-Nbdeploy-Upstream`` as the router sends it: a version answers
+   nothing else) and against the router's address, same body and connections, alternating
+   which goes first (5 pairs, 3 with ``--quick``; medians). ``router_vs_direct_rps`` =
+   router rps / direct rps (goal >= 0.85); ``router_added_p50_ms`` = router p50 - direct
+   p50 at those 8 connections (goal <= 1 ms). At 8 connections wrk keeps the service
+   saturated, so that p50 is mostly queueing (about 8 / rps) and follows the throughput;
+   the hop's own latency is measured too, without a goal, at one connection
+   (``router_added_p50_ms_c1``). wrk, the router and the service share the machine's CPUs
+   (2 here), so each run also records the CPU time per request of the router and of the
+   version server (with its workers), and the CPU time of everything else on the machine
+   (``other_cpu_cores``: other people's work skews every number here;
+   ``loadavg_1min_before`` too).
 2. **Blue-green under load.** wrk against the router at a limited rate (64 connections,
    each waiting 160 ms between its requests: about 350 req/s, and still well above the
    100 req/s the issue asks for while some connections wait on the slow canary below;
@@ -245,12 +247,19 @@ class Wrk:
         connections: int,
         seconds: int,
         counting: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         script = work / f"wrk-{uuid.uuid4().hex[:8]}.lua"
         text = LUA_COMMON.format(body=json.dumps(json.dumps(BODY)))
+        for name, value in (headers or {}).items():
+            text += f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n"
         if counting:
             text += LUA_COUNTING.replace("DELAY_MS", str(LOAD_DELAY_MS))
-        script.write_text(text)
+        # Owner-only: it may hold a version's upstream secret (never on wrk's command line,
+        # which any local user can read).
+        descriptor = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
         self.url, self.seconds = url, seconds
         self.out_path = script.with_suffix(".out")
         self.err_path = script.with_suffix(".err")
@@ -299,10 +308,17 @@ class Wrk:
         return parse_wrk(out)
 
 
-def run_wrk(url: str, work: Path, env: dict[str, str], connections: int, seconds: int) -> WrkResult:
+def run_wrk(
+    url: str,
+    work: Path,
+    env: dict[str, str],
+    connections: int,
+    seconds: int,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
     wrk = Wrk(
         url, work, env, threads=min(COST_THREADS, connections), connections=connections,
-        seconds=seconds,
+        seconds=seconds, headers=headers,
     )  # fmt: skip
     try:
         return wrk.result()
@@ -483,18 +499,22 @@ def router_cost(
     work: Path,
     env: dict[str, str],
     quick: bool,
+    direct_headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """wrk straight to the live version and through the router, alternating which goes
-    first; medians. ``pids``: the router's and the live version server's."""
+    first; medians. ``pids``: the router's and the live version server's;
+    ``direct_headers``: what a request straight to the version carries (its upstream
+    secret, as the router sends it)."""
     seconds, pairs = (5, 3) if quick else (10, 5)
     targets = {"direct": direct + ROUTE, "router": router + ROUTE}
-    for url in targets.values():  # warm-up: connections, caches, the batcher's first calls
-        run_wrk(url, work, env, COST_CONNECTIONS, 2)
+    headers = {"direct": direct_headers, "router": None}
+    for side, url in targets.items():  # warm-up: connections, caches, the batcher's first calls
+        run_wrk(url, work, env, COST_CONNECTIONS, 2, headers[side])
 
     def measure(side: str, connections: int, length: int) -> CostRun:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy, own = busy_cpu_seconds(), own_and_children_cpu_seconds()
-        result = run_wrk(targets[side], work, env, connections, length)
+        result = run_wrk(targets[side], work, env, connections, length, headers[side])
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         busy, own = busy_cpu_seconds() - busy, own_and_children_cpu_seconds() - own
         if result.failed:
@@ -556,7 +576,10 @@ def run_benchmarks(quick: bool, work: Path, env: dict[str, str]) -> dict[str, An
     log(f"v1 serves at {router} (router) and {direct} (the version itself), {deploy_v1_s:.1f} s")
 
     log("router cost: wrk straight to v1 and through the router")
-    cost = router_cost(router, direct, pids, work, env, quick)
+    # The version answers only its router: the direct side sends the secret the router does.
+    from nbdeploy.deployment import upstream_secrets
+
+    cost = router_cost(router, direct, pids, work, env, quick, upstream_secrets.headers(live))
 
     log("blue-green under load: deploying v2")
     notebook.run(V2_CELL)
@@ -746,7 +769,7 @@ def report(measured: dict[str, Any], quick: bool, leftovers: int, load_before: f
 
 
 def stop_everything(home: Path) -> None:
-    """Stop the deployment (its router and versions) and the home's launcher."""
+    """Stop the deployment (its router and versions), the home's daemon and launcher."""
     if (home / "state.db").exists():
         with contextlib.suppress(Exception):
             import nbdeploy
@@ -754,7 +777,9 @@ def stop_everything(home: Path) -> None:
             nbdeploy.stop(NAME)
     with contextlib.suppress(Exception):
         from nbdeploy.deployment import launcher
+        from nbdeploy.deployment.runtime import client
 
+        client.shutdown()
         launcher.shutdown()
 
 

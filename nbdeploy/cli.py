@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="deployments: status, version, address")
     status.add_argument("name", nargs="?", help="one deployment (default: all)")
     status.add_argument("--json", action="store_true")
+    _add_daemon_parser(commands)
     stop = commands.add_parser("stop", help="stop a deployment's servers")
     stop.add_argument("name")
     stop.add_argument("--json", action="store_true")
@@ -226,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "image": cmd_image,
             "metrics": cmd_metrics,
             "report": cmd_report,
+            "daemon": cmd_daemon,
         }[args.command]
         return handler(args)
     except NbdeployError as error:
@@ -431,12 +433,46 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_last_error(name: str) -> None:
-    from nbdeploy import api
+    from nbdeploy.deployment.core import why_failed
 
-    lines = api.logs(name, 8)
+    lines = why_failed(name, 8)
     if lines:
         print(f"last log lines of {name}:")
         print("\n".join(f"  {line}" for line in lines))
+
+
+def _add_daemon_parser(commands: Any) -> None:
+    daemon = commands.add_parser(
+        "daemon", help="the process that owns and heals every deployment of NBDEPLOY_HOME"
+    )
+    daemon.add_argument(
+        "action",
+        choices=["status", "stop", "restart", "logs", "install"],
+        help="status: pid, uptime and what it supervises; stop/restart (deployments keep "
+        "serving); logs: its log; install: start it at boot (systemd user unit)",
+    )
+    daemon.add_argument("--json", action="store_true", help="status as JSON")
+    daemon.add_argument("--tail", type=int, default=50, metavar="N", help="log lines (50)")
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from nbdeploy.deployment.runtime import admin
+
+    if args.action == "logs":
+        print("\n".join(admin.log_lines(args.tail)))
+        return 0
+    if args.action == "install":
+        print(admin.install())
+        return 0
+    if args.action == "stop":
+        print("stopped the daemon" if admin.stop() else "no daemon was running")
+        return 0
+    state = admin.restart() if args.action == "restart" else admin.status()
+    if args.json:
+        _print_json(state)
+    else:
+        print(admin.describe(state))
+    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -427,18 +427,24 @@ def register(ipython: Any) -> None:
 
 
 def _warm_up() -> None:
-    """Start nbdeploy's launcher in the background, so that the first ``%deploy`` finds
-    BentoML's serving stack (and the frameworks imported so far) loaded. It never delays
-    the notebook: a failure only means the first deploy starts it."""
+    """Start nbdeploy's daemon and its launcher in the background, so that the first
+    ``%deploy`` finds BentoML's serving stack (and the frameworks imported so far) loaded,
+    and deployments that should serve are brought back (after a reboot). It never delays
+    the notebook: a failure only means the first deploy starts them."""
     from nbdeploy.deployment import launcher
 
-    if launcher.enabled() and launcher.running(timeout=1.0) is None:
-        try:
-            process = launcher.start(launcher.framework_modules())
-        except OSError:
-            return
-        if process is not None:
-            threading.Thread(target=process.wait, daemon=True).start()  # no zombie
+    if launcher.enabled():
+        threading.Thread(target=_start_daemon, name="nbdeploy-warm-up", daemon=True).start()
+
+
+def _start_daemon() -> None:
+    from nbdeploy.deployment import launcher
+
+    try:
+        if launcher.running(timeout=1.0) is None:
+            launcher.start(launcher.framework_modules())
+    except Exception:  # a warm-up; the first deploy says what is wrong
+        return
 
 
 class _FrameworkWatch:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
+OWNED_PROCESSES = ("nbdeploy.deployment.launcher", "nbdeploy.deployment.runtime.daemon")
 
 
 def require_component(name: str, available: bool, how: str) -> None:
@@ -27,14 +28,16 @@ def require_component(name: str, available: bool, how: str) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_launchers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Launchers outlive kernels by design: end those of this session's homes with it."""
+    """Daemons and launchers outlive kernels by design: end those of this session's homes
+    with it."""
     yield
     import psutil
 
     base = str(tmp_path_factory.getbasetemp())
     for process in psutil.process_iter(["cmdline"]):
         try:
-            if "nbdeploy.deployment.launcher" not in " ".join(process.info["cmdline"] or []):
+            command = " ".join(process.info["cmdline"] or [])
+            if not any(kind in command for kind in OWNED_PROCESSES):
                 continue
             if process.environ().get("NBDEPLOY_HOME", "").startswith(base):
                 process.terminate()
@@ -57,8 +60,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         monkeypatch.delenv(name, raising=False)
     yield state
     from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.runtime import client
 
-    launcher.shutdown(state)  # the servers it forked were stopped by their tests
+    if state.is_dir():
+        client.shutdown(state)  # the servers it owned were stopped by their tests
+        launcher.shutdown(state)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 from support import post
 
 from nbdeploy.deployment import launcher
+from nbdeploy.deployment.runtime import client
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +75,13 @@ def test_servers_are_forked_from_the_launcher_and_outlive_it(tmp_path, home, cli
     running = launcher.running()
     assert running is not None
     launcher_pid = running.ping()["pid"]
+    daemon = client.ping()
+    assert daemon is not None
     server = psutil.Process(int(first["pid"]))  # type: ignore[call-overload]
-    assert server.ppid() == launcher_pid
+    # Forked by the launcher (the daemon's child), handed to the daemon, which waits on it.
+    assert "nbdeploy.deployment.launcher" in " ".join(server.cmdline())
+    assert psutil.Process(launcher_pid).ppid() == daemon["pid"]
+    assert server.ppid() == daemon["pid"]
     assert scaled(first, [1, 2]) == [2.0, 4.0]
 
     launcher.shutdown()

@@ -220,7 +220,7 @@ def test_an_answer_from_another_process_is_not_readiness(
     skipping the check): its 200 must not pass for the new server's."""
     port = free_port()
     holder = foreign_server(server_script, port, leftovers)
-    monkeypatch.setattr(supervisor, "_check_port_free", lambda host, port: None)
+    monkeypatch.setattr(supervisor, "check_port_free", lambda host, port: None)
     pid_file = tmp_path / "ours.pid"
     # Probe only once ours has written its pid, so that the test knows what to look for.
     real_probe = supervisor.probe

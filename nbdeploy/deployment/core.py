@@ -28,7 +28,6 @@ from nbdeploy.deployment.options import (
     parse_sticky,
 )
 from nbdeploy.deployment.registry import record_live, register_version
-from nbdeploy.deployment.rollouts import switch_to
 from nbdeploy.deployment.store import (
     FAILED_START,
     READY,
@@ -201,7 +200,7 @@ def deploy_captured(
         raise DeployError(str(error)) from None
     check_host(options.host)
     deployments = DeploymentStore(store or default_store())
-    with deployment_lock(name, notify):
+    with deployment_lock(name, notify):  # two builds of one name never run at once
         prepared = prepare_version(
             captured,
             name=name,
@@ -212,33 +211,18 @@ def deploy_captured(
             notify=notify,
             history=history,
         )
-        version = prepared.version
-        registration = register_version(version) if options.mlflow and prepared.new else None
-        current = deployments.find(name)
-        if current is not None:
-            current = deployments.reconcile(name)
-        unchanged = (
-            current is not None
-            and current.status == SERVING
-            and current.live_version == version.version
-            and (options.port is None or options.port == current.port)
-            and options.host == current.host
-        )
-        if unchanged:
-            assert current is not None
-            deployment = current
-        else:
-            deployment = switch_to(
-                deployments,
-                name,
-                version,
-                host=options.host,
-                port=options.port,
-                strategy=options.strategy,
-                keep_warm=options.keep_warm,
-                options=options,
-                notify=notify,
-            )
+    version = prepared.version
+    registration = register_version(version) if options.mlflow and prepared.new else None
+    from nbdeploy.deployment.runtime.client import Interrupted
+
+    try:
+        outcome = switch(name, version.version, options, notify, store)
+    except Interrupted as interrupted:
+        if interrupted.took_effect and options.mlflow:  # the registry follows what serves
+            record_live(deployments, version, registration, [], notify)
+        raise
+    unchanged = bool(outcome.get("unchanged"))
+    deployment = deployments.get(name)
     notices = list(prepared.notices)
     if options.mlflow and not unchanged:
         version = record_live(deployments, version, registration, notices, notify)
@@ -250,6 +234,38 @@ def deploy_captured(
         notices,
         time.monotonic() - started,
         prepared.example,
+    )
+
+
+def switch(
+    name: str,
+    version: int,
+    options: DeployOptions,
+    notify: Notify = _ignore,
+    store: StateStore | None = None,
+) -> dict[str, Any]:
+    """Ask the daemon to roll ``name`` out to ``version`` (a prepared version): its outcome,
+    ``unchanged`` when that version already served as asked."""
+    from dataclasses import asdict
+
+    from nbdeploy.deployment.runtime import client
+
+    return client.call(
+        "switch",
+        name,
+        {
+            "version": version,
+            "host": options.host,
+            "port": options.port,
+            "strategy": options.strategy,
+            "keep_warm": options.keep_warm,
+            "options": asdict(options),
+            # What the version's server runs with: the caller's environment (credentials a
+            # model needs, PYTHONPATH), as when it was started from the notebook.
+            "env": dict(os.environ),
+        },
+        notify,
+        home=client.home_of(store),
     )
 
 
@@ -275,23 +291,42 @@ def _stop_all(deployments: DeploymentStore, name: str) -> None:
 
 # -- the other verbs -------------------------------------------------------------------
 def status(name: str | None = None, store: StateStore | None = None) -> list[Deployment]:
-    """Deployments as they really are (dead servers are marked failed)."""
+    """Deployments as the daemon keeps them (a read: it changes nothing). A daemon is
+    started when deployments want serving and none runs (after a reboot, it brings them
+    back)."""
     deployments = DeploymentStore(store or default_store())
-    if name:
-        return [deployments.reconcile(name)]
-    return deployments.reconcile_all()
+    found = [d.observe() for d in ([deployments.get(name)] if name else deployments.all())]
+    if any(d.status == SERVING for d in found):
+        from nbdeploy.deployment.runtime import client
+
+        client.ensure(client.home_of(store))
+    return found
 
 
 def stop(name: str, store: StateStore | None = None) -> Deployment:
     """Stop the deployment's router and versions (and a canary in progress)."""
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.runtime import client
 
     deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("stop", name, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def stop_deployment(
+    deployments: DeploymentStore, name: str, release: Callable[[str, str, int], None]
+) -> None:
+    """In the daemon: end the canary controller, the versions, then the router (and give
+    up its address)."""
+    from nbdeploy.deployment.strategies import canary
+
     current = deployments.get(name)
     canary.stop_controller(name)
-    _stop_all(deployments, name)
-    deployments.set_state(name, status=STOPPED, live_version=current.live_version)
-    return deployments.get(name)
+    with deployment_lock(name):
+        _stop_all(deployments, name)
+        release(name, current.host, current.port)
+        deployments.set_state(name, status=STOPPED, live_version=current.live_version)
+        deployments.add_event(name, "stopped", version=current.live_version)
 
 
 def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[str]:
@@ -317,6 +352,19 @@ def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[st
         f"---- v{serving.version}: serving now ----",
         *tail(Path(serving.log_path), lines),
     ]
+
+
+def why_failed(name: str, lines: int = 8, store: StateStore | None = None) -> list[str]:
+    """Why ``name`` failed, from the process that failed: the daemon's reason for giving up
+    and that process's last log lines; else the newest server log."""
+    deployments = DeploymentStore(store or default_store())
+    for event in deployments.events(name, 20):
+        if event["kind"] == "gave-up":
+            cause = str(event.get("cause") or "").splitlines()
+            return [str(event.get("reason")), *cause[:1], *cause[1:][-lines:]]
+        if event["kind"] in ("switched", "stopped"):
+            break  # an older failure was dealt with since
+    return logs(name, lines, store)
 
 
 def versions_of(name: str, store: StateStore | None = None) -> list[Version]:

@@ -30,10 +30,8 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -76,6 +74,7 @@ FRAMEWORKS = {
 }
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSAFE_FILE = "launcher-unsafe.json"  # modules whose import started threads
+SOCKET = "launcher.sock"
 
 
 class LauncherError(RuntimeError):
@@ -90,10 +89,19 @@ def enabled() -> bool:
 
 
 def socket_path(home: Path | None = None) -> Path:
-    """A short path (Unix socket paths are limited to ~100 bytes) in a private folder."""
-    home = (home or config.home()).resolve()
-    digest = hashlib.sha256(str(home).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"nbdeploy-{os.getuid()}" / f"launcher-{digest}.sock"
+    """``NBDEPLOY_HOME/run/launcher.sock``: in the home's private folder, which no other
+    user can create first (see :mod:`nbdeploy.deployment.runtime.channel`)."""
+    from nbdeploy.deployment.runtime import channel
+
+    return channel.run_dir((home or config.home()).resolve()) / SOCKET
+
+
+def running_pid(home: Path | None = None) -> int | None:
+    """The pid of the launcher of ``home`` when one answers."""
+    try:
+        return int(Launcher(socket_path(home)).ping(2.0).get("pid") or 0) or None
+    except (LauncherError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,13 +138,15 @@ class Launcher:
 
     def request(self, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
         """Send one request and read its one-line answer."""
+        from nbdeploy.deployment.runtime import channel
+
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(timeout)
-                connection.connect(str(self.path))
+            # Checked to be ours at both ends before anything is sent: a request may carry
+            # the caller's whole environment.
+            with channel.connect(self.path, timeout or 3600.0) as connection:
                 connection.sendall(json.dumps(message).encode() + b"\n")
                 answer = _read_line(connection)
-        except OSError as error:
+        except (OSError, channel.ChannelError) as error:
             raise LauncherError(f"the launcher did not answer: {error}") from error
         if answer is None:
             raise LauncherError("the launcher closed the connection without an answer")
@@ -152,13 +162,13 @@ class Launcher:
         wanted = sorted(set(modules))
         if not wanted:
             return True
+        from nbdeploy.deployment.runtime import channel
+
         message = json.dumps({"op": "preload", "modules": wanted}).encode() + b"\n"
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(5.0)
-                connection.connect(str(self.path))
+            with channel.connect(self.path, 5.0) as connection:
                 connection.sendall(message)
-        except OSError:
+        except (OSError, channel.ChannelError):
             return False
         return True
 
@@ -205,14 +215,23 @@ def running(home: Path | None = None, timeout: float = 20.0) -> Launcher | None:
 
 def start(preload: Iterable[str] = ()) -> subprocess.Popen[bytes] | None:
     """Start this NBDEPLOY_HOME's launcher in the background (it exits at once when one is
-    running already); None when launchers are disabled."""
+    running already); None when launchers are disabled or the daemon started it.
+
+    The daemon starts it, so that the servers it forks become the daemon's children; this
+    process starts it itself only when it is the daemon."""
     if not enabled():
         return None
+    from nbdeploy.deployment.runtime import client
+
+    if not client.in_daemon():
+        client.ask_daemon("launcher", {"preload": sorted(set(preload))})
+        return None
+    from nbdeploy.private_files import open_private
     from nbdeploy.service.builder import bentoml_environment
 
     home = config.home()
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / "launcher.log", "ab") as log:
+    with open_private(home / "launcher.log", "ab") as log:  # owner-only (issue 17)
         return subprocess.Popen(
             [sys.executable, "-m", "nbdeploy.deployment.launcher", *sorted(set(preload))],
             stdin=subprocess.DEVNULL,
@@ -367,6 +386,10 @@ class _Server:
             if os.fork() == 0:
                 self.listener.close()
                 os.close(self.lock)
+                if request["op"] == "serve" and os.fork() != 0:
+                    # A server leaves this process at once: it becomes the child of the
+                    # daemon (a child subreaper), which waits for it and restarts it.
+                    os._exit(0)
                 _child(connection, request)
         else:
             _answer(connection, {"ok": False, "error": f"unknown request {op!r}"})
@@ -399,7 +422,10 @@ def _child(connection: socket.socket, request: dict[str, Any]) -> NoReturn:
         if request["op"] == "serve":
             log_path = Path(request["log"])
             # Where a caller interrupted before our answer finds whom to stop.
-            log_path.with_suffix(".pid").write_text(str(os.getpid()), encoding="utf-8")
+            from nbdeploy.deployment.supervisor import process_start_ticks
+
+            started = process_start_ticks(os.getpid())
+            log_path.with_suffix(".pid").write_text(f"{os.getpid()} {started}", encoding="utf-8")
             _redirect(log_path)
             _answer(connection, {"ok": True, "pid": os.getpid()})
             connection.close()
@@ -450,13 +476,9 @@ def _read_line(connection: socket.socket, limit: int = 1 << 20) -> str | None:
 
 
 def _same_user(connection: socket.socket) -> bool:
-    """The peer runs as this user (checked where the platform says; the folder's mode
-    protects the socket everywhere)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return True
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return bool(uid == os.getuid())
+    from nbdeploy.deployment.runtime import channel
+
+    return channel.same_user(connection)
 
 
 def _single_threaded() -> bool:
@@ -498,21 +520,14 @@ def drop_working_directory_from_path() -> None:
 
 
 def _listen(path: Path) -> socket.socket:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.parent.stat().st_uid != os.getuid():
-        raise PermissionError(f"{path.parent} belongs to another user")
-    os.chmod(path.parent, 0o700)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a launcher that died left it; the lock says none is running
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    os.chmod(path, 0o600)
-    listener.listen(64)
-    return listener
+    from nbdeploy.deployment.runtime import channel
+
+    return channel.listen(path, 64)
 
 
 def main() -> None:
     """``python -m nbdeploy.deployment.launcher [MODULE...]``: serve until idle."""
+    os.umask(0o077)  # it and all it forks write owner-only files (issue 17)
     drop_working_directory_from_path()
     home = config.home()
     home.mkdir(parents=True, exist_ok=True)

@@ -148,10 +148,19 @@ def status_table(deployments: list[Deployment]) -> str:
         )
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(deployment.updated_at))
         serving = deployment.status == SERVING
+        state = deployment.status
+        if getattr(deployment, "recovering", False):  # the daemon restarts what is down now
+            down = [s for s in deployment.servers if s.status in ("down", "starting")]
+            state = "recovering: " + ", ".join(
+                f"{'the router' if s.role == 'router' else f'v{s.version}'} {s.status}"
+                for s in down
+            )
+            if deployment.answering_version != deployment.live_version:
+                state += f", v{deployment.answering_version} answers"
         rows.append(
             [
                 f"{mark} {deployment.name}",
-                deployment.status,
+                state,
                 f"v{deployment.live_version}" if deployment.live_version else "-",
                 deployment.url if serving else "-",
                 describe_split(deployment.name) if serving else "-",

@@ -43,10 +43,13 @@ def switch_to(
     keep_warm: float = DEFAULT_KEEP_WARM_SECONDS,
     options: DeployOptions | None = None,
     notify: Notify = _ignore,
+    cancelled: Callable[[], bool] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Deployment:
     """Route ``name`` to ``version`` with ``strategy`` (see
     :mod:`nbdeploy.deployment.strategies`). When the new version does not take over (or the
-    deploy is interrupted), what served before still serves, and the error says so."""
+    deploy is cancelled before the switch), what served before still serves, and the error
+    says so. ``env`` is the environment the version's server runs with."""
     from nbdeploy.deployment.strategies import Rollout, RolloutError, roll_out
     from nbdeploy.deployment.traffic import RouterError
 
@@ -55,6 +58,8 @@ def switch_to(
         current = deployments.ensure(name, host, port or free_port(host))
     _configure_auth(name, host, options.auth if options is not None else None, notify)
     rollout = Rollout(deployments, name, version, host, port or current.port, notify, keep_warm)
+    rollout.cancelled = cancelled or rollout.cancelled
+    rollout.env = dict(env) if env is not None else None
     if options is not None:
         rollout.steps, rollout.weight = options.steps, options.weight
         rollout.interval, rollout.wait = options.interval, bool(options.wait)
@@ -71,6 +76,7 @@ def switch_to(
         after = deployments.reconcile(name)
         serving = [s for s in after.servers if s.role == LIVE]
         if serving:
+            _restore_route(rollout, serving[0], [s for s in after.servers if s.role == STANDBY])
             deployments.set_state(name, status=SERVING, live_version=serving[0].version)
         elif after.status == SERVING:
             deployments.set_state(name, status=FAILED, live_version=after.live_version)
@@ -90,6 +96,21 @@ def switch_to(
     )
     deployments.add_event(name, "switched", version=live, strategy=strategy)
     return deployments.get(name)
+
+
+def _restore_route(rollout: Any, live: Any, standby: list[Any]) -> None:
+    """After a failed rollout: the router sends everything to what the store says is live
+    (a failure after the route changed must not leave the new split in place)."""
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.strategies import route
+
+    weights = traffic.read_config(rollout.name).get("weights", {})
+    if {k for k, w in weights.items() if w > 0} == {traffic.version_key(live.version)}:
+        return  # already so
+    try:
+        route(rollout, live, standby)
+    except Exception as error:  # the first error is the one reported
+        rollout.notify(f"could not restore the route to v{live.version}: {error}")
 
 
 def _configure_auth(name: str, host: str, auth: str | None, notify: Notify) -> None:
@@ -119,9 +140,20 @@ def _configure_auth(name: str, host: str, auth: str | None, notify: Notify) -> N
 
 def rotate_key(name: str, store: StateStore | None = None) -> str:
     """A new API key for ``name``'s router (the old one stops working at once)."""
+    from nbdeploy.deployment import keys
+    from nbdeploy.deployment.runtime import client
+
+    DeploymentStore(store or default_store()).get(name)
+    client.call("rotate_key", name, home=client.home_of(store))
+    key = keys.read_key(name)
+    assert key is not None
+    return key
+
+
+def new_key(deployments: DeploymentStore, name: str) -> str:
+    """In the daemon: the new key, and the router told its hash."""
     from nbdeploy.deployment import keys, traffic
 
-    deployments = DeploymentStore(store or default_store())
     current = deployments.get(name)
     key = keys.create_key(name)
     with deployment_lock(name, _ignore):
@@ -144,9 +176,18 @@ def rotate_key(name: str, store: StateStore | None = None) -> str:
 def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
     """Serve the version that was live before the current one (no rebuild): at once when
     it is still warm, else started beside the current one first (blue-green)."""
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.runtime import client
 
     deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("rollback", name, notify=notify, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def roll_back(deployments: DeploymentStore, name: str, notify: Notify = _ignore) -> Deployment:
+    """In the daemon: what :func:`rollback` asks for."""
+    from nbdeploy.deployment.strategies import canary
+
     current = deployments.get(name)
     ended = canary.ask(name, "abort")
     if ended is not None:  # a canary in progress: its stable version keeps all traffic
@@ -175,9 +216,20 @@ def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignor
 
 def promote(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
     """A canary in progress takes all the traffic now (its remaining steps are skipped)."""
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.runtime import client
 
     deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("promote", name, notify=notify, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def promote_candidate(
+    deployments: DeploymentStore, name: str, notify: Notify = _ignore
+) -> Deployment:
+    """In the daemon: what :func:`promote` asks for."""
+    from nbdeploy.deployment.strategies import canary
+
     deployments.get(name)
     ended = canary.ask(name, "promote")
     if ended is not None:
@@ -247,10 +299,21 @@ def set_weights(
     name: str, weights: Mapping[str, float], store: StateStore | None = None
 ) -> Deployment:
     """Split traffic by hand among the versions that run (``{"v1": 90, "v2": 10}``)."""
+    from nbdeploy.deployment.runtime import client
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("weights", name, {"weights": dict(weights)}, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def split_traffic(
+    deployments: DeploymentStore, name: str, weights: Mapping[str, float]
+) -> Deployment:
+    """In the daemon: what :func:`set_weights` asks for."""
     from nbdeploy.deployment import traffic
     from nbdeploy.deployment.strategies import target
 
-    deployments = DeploymentStore(store or default_store())
     current = deployments.get(name)
     running = {
         traffic.version_key(s.version): s

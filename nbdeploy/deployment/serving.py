@@ -32,17 +32,22 @@ RESTART_WINDOW_SECONDS = 60.0
 # A worker that dies this soon after its first start never loaded its version: no retry.
 STARTUP_SECONDS = 10.0
 BACKLOG = 2048
+PR_SET_PDEATHSIG = 1
 # What the generated service reads (see nbdeploy/service/requestlog_runtime.py).
 REQUEST_LOG_DIR_ENV = "NBDEPLOY_REQUEST_LOG_DIR"
 REQUEST_LOG_STATS_DIR_ENV = "NBDEPLOY_REQUEST_LOG_STATS_DIR"
 VERSION_ENV = "NBDEPLOY_VERSION"
+# The secret the router sends (see nbdeploy/service/upstream_guard.py).
+UPSTREAM_SECRET_ENV = "NBDEPLOY_UPSTREAM_SECRET"
 
 
 def serve(spec: dict[str, Any]) -> NoReturn:
     """Serve ``spec`` = {"bento_tag", "host", "port", "workers", "metrics_dir"}, and
     optionally "version" (its number), "request_log_dir" (where the service logs its
-    requests; none: no request log) and "request_log_stats_dir", until SIGTERM or SIGINT.
-    Never returns."""
+    requests; none: no request log) and "request_log_stats_dir", and "upstream_secret" or
+    "upstream_secret_file" (the version then answers only requests that carry it: its
+    router's), until SIGTERM or SIGINT. Never returns."""
+    os.umask(0o077)  # forked from the launcher too: logs, metrics, request logs owner-only
     try:
         listener = _bind(str(spec["host"]), int(spec["port"]))
     except OSError as error:
@@ -58,6 +63,16 @@ def serve(spec: dict[str, Any]) -> NoReturn:
         REQUEST_LOG_STATS_DIR_ENV, spec.get("request_log_stats_dir") or spec.get("request_log_dir")
     )
     _set_environment(VERSION_ENV, spec.get("version"))
+    # From a file by preference: a fresh interpreter gets the spec on its command line,
+    # which every local user can read (ps). Unreadable: no start, rather than an open one.
+    secret = spec.get("upstream_secret")
+    try:
+        if not secret and spec.get("upstream_secret_file"):
+            secret = Path(spec["upstream_secret_file"]).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        print(f"nbdeploy: cannot read the upstream secret: {error}", flush=True)
+        os._exit(3)
+    _set_environment(UPSTREAM_SECRET_ENV, secret)
     _Leader(listener, spec).run()
 
 
@@ -114,8 +129,10 @@ class _Leader:
 
     def _spawn(self, index: int) -> None:
         self.spawned[index] = time.monotonic()
+        leader = os.getpid()
         pid = os.fork()
         if pid == 0:
+            _die_with(leader)
             _worker(self.listener, self.spec, index)
         self.workers[pid] = index
 
@@ -129,6 +146,20 @@ class _Leader:
         for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def _die_with(leader: int) -> None:
+    """A worker ends when its leader does, however the leader ends (kill -9 included): an
+    orphaned worker would keep answering on the version's port, where a restarted version
+    must listen (Linux; elsewhere stopping the server finds workers by their marker)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != leader:  # it ended before we asked
+        os._exit(1)
 
 
 def _worker(listener: socket.socket, spec: dict[str, Any], index: int) -> NoReturn:
@@ -215,13 +246,14 @@ def _stop_unanswered(log_path: Path) -> None:
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
-        pid = int(pid_file.read_text(encoding="utf-8"))
+        pid, start_ticks = (int(word) for word in pid_file.read_text(encoding="utf-8").split())
     except (OSError, ValueError):
         return
-    stop_process(pid, None, grace=0)
+    stop_process(pid, start_ticks, grace=0)  # the start time: never a process that reused it
 
 
 def main() -> None:
+    os.umask(0o077)  # what the server writes under NBDEPLOY_HOME is owner-only (issue 17)
     from nbdeploy.deployment.launcher import drop_working_directory_from_path
 
     drop_working_directory_from_path()

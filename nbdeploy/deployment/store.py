@@ -2,9 +2,10 @@
 
 A *deployment* is a name with a stable address (host and port) and a live version; a
 *version* is one immutable build (content hash, bento tag, requirements, schema, the
-generated code); a *server* is one process serving a version. Status is reconciled with
-reality whenever it is read: a server whose process is gone is marked failed, never shown
-as running.
+generated code); a *server* is one process serving a version. Only the daemon writes
+what runs (it waits for its children and records their deaths); a read shows a server
+whose process is already gone as ``down`` before the daemon has recorded it, never as
+running.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nbdeploy.store import StateStore
 
 SERVING, STOPPED, FAILED = "serving", "stopped", "failed"
 READY, STARTING = "ready", "starting"
+DOWN = "down"  # seen by a read: the process is gone, the daemon has not recorded it yet
 # Roles of a deployment's servers: its router (the stable address; version 0), the version
 # taking traffic, the one before it kept warm for an instant rollback, one started but not
 # yet routed, and a start that failed.
@@ -93,15 +95,45 @@ class Deployment:
     created_at: float
     updated_at: float
     servers: list[Server] = field(default_factory=list)
+    # The version whose answers the deployment's address returns now: the live one, or the
+    # warm standby the router fails over to while the live one restarts (None: not serving).
+    answering_version: int | None = None
 
     @property
     def url(self) -> str:
         return http_url(self.host, self.port)
 
+    def observe(self) -> Deployment:
+        """Mark the servers whose process is gone as ``down`` and tell which version answers
+        (a read of /proc: nothing is changed or signalled)."""
+        for server in self.servers:
+            if (
+                server.pid
+                and not server.container
+                and server.status in (READY, STARTING)
+                and not is_running(server.pid, server.start_ticks)
+            ):
+                server.status = DOWN
+        self.answering_version = None
+        if self.status == SERVING:
+            up = {s.role: s.version for s in self.servers if s.status == READY}
+            # The live version down or starting again: the router fails over to a standby.
+            self.answering_version = up.get(LIVE) or up.get(STANDBY) or self.live_version
+        return self
+
+    @property
+    def recovering(self) -> bool:
+        """A process of the deployment is down or starting again (after :meth:`observe`)."""
+        return self.status == SERVING and any(
+            s.status == DOWN or (s.role in (ROUTER, LIVE) and s.status == STARTING)
+            for s in self.servers
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["url"] = self.url
         data["servers"] = [server.to_dict() for server in self.servers]
+        data["recovering"] = self.recovering
         return data
 
 
@@ -133,37 +165,14 @@ class DeploymentStore:
             return None
 
     def all(self) -> list[Deployment]:
-        return [self._deployment(row) for row in self._deployment_rows()]
+        """Every deployment with its active servers, in two queries (a list of hundreds of
+        deployments must stay fast). A read: what died is the daemon's to record."""
+        rows = self._deployment_rows()
+        servers = self._active_servers_by_deployment()
+        return [self._deployment(row, servers.get(row["name"], [])) for row in rows]
 
     def _deployment_rows(self) -> list[Any]:
         return self.store.connection().execute("SELECT * FROM deployments ORDER BY name").fetchall()
-
-    def reconcile_all(self) -> list[Deployment]:
-        """Every deployment as :meth:`reconcile` leaves it, in two queries when nothing
-        changed (a list of hundreds of deployments must stay fast): only those with a
-        server that is gone, or serving without a live server, are reconciled one by one."""
-        rows = self._deployment_rows()
-        servers = self._active_servers_by_deployment()
-        stale = []
-        for row in rows:
-            active = servers.get(row["name"], [])
-            gone = any(
-                server.container is not None or not is_running(server.pid, server.start_ticks)
-                for server in active
-            )
-            unserved = row["status"] == SERVING and not any(s.role == LIVE for s in active)
-            if gone or unserved:
-                stale.append(row["name"])
-        if stale:
-            for name in stale:
-                self.reconcile(name)
-            rows = (
-                self.store.connection()
-                .execute("SELECT * FROM deployments ORDER BY name")
-                .fetchall()
-            )
-            servers = self._active_servers_by_deployment()
-        return [self._deployment(row, servers.get(row["name"], [])) for row in rows]
 
     def _active_servers_by_deployment(self) -> dict[str, list[Server]]:
         rows = (

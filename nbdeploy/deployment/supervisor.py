@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import psutil
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.private_files import create_private, open_private, private_dir
 
 LOOPBACK = "127.0.0.1"
 # Set in every server's environment (and so in its workers'): BentoML's process manager
@@ -60,6 +61,10 @@ class ServerStartError(NbdeployError):
         detail = "\n".join(f"    {line}" for line in log_tail)
         super().__init__(message + (f"; last log lines:\n{detail}" if detail else ""), hint)
         self.log_tail = log_tail
+
+
+class StartCancelled(ServerStartError):
+    """The caller of a start went away: the server it was starting is stopped."""
 
 
 @dataclass
@@ -170,6 +175,8 @@ def start_server(
     timeout: float = 120.0,
     fail_markers: Sequence[str] = (),
     token: str | None = None,
+    listener: socket.socket | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> ServerProcess:
     """Start ``command`` (an argument list run in a session of its own, or a spawner given
     the environment) and wait until ``ready_path`` answers 200 from a process it started;
@@ -177,9 +184,14 @@ def start_server(
     :class:`ServerStartError` carries its last log lines.
 
     Raises ServerStartError before starting anything when ``port`` is already in use on
-    ``host``. ``token``, when given, is passed to the server as ``NBDEPLOY_START_TOKEN``."""
-    _check_port_free(host, port)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    ``host``, unless ``listener`` (a socket bound there by the caller) is given: it is
+    passed to the server, which serves on it. ``token``, when given, is passed to the server
+    as ``NBDEPLOY_START_TOKEN``. ``cancelled`` is asked while waiting: when it says so, the
+    server is stopped and :class:`StartCancelled` raised."""
+    if listener is None:
+        check_port_free(host, port)
+    # Owner-only before anything appends to it (a launcher's fork, a fresh interpreter).
+    create_private(private_dir(log_path.parent) / log_path.name)
     marker = str(log_path)
     environment = dict(env if env is not None else os.environ)
     environment[MARKER_ENV] = marker
@@ -190,7 +202,8 @@ def start_server(
     if callable(command):
         process = command(environment)
     else:
-        process = popen_logged(command, environment, cwd, log_path)
+        inherited = (listener.fileno(),) if listener is not None else ()
+        process = popen_logged(command, environment, cwd, log_path, inherited)
     start_ticks: int | None = None
     try:
         start_ticks = process_start_ticks(process.pid)
@@ -202,7 +215,9 @@ def start_server(
             started_at=time.time(),
             start_ticks=start_ticks,
         )
-        failure = _wait_until_ready(process, server, ready_path, timeout, fail_markers)
+        failure = _wait_until_ready(
+            process, server, ready_path, timeout, fail_markers, cancelled or _never
+        )
     except BaseException:
         # Ctrl-C (or anything else) while waiting must not leave an untracked server
         # holding the port: nobody would know to stop it.
@@ -217,10 +232,15 @@ def start_server(
 
 
 def popen_logged(
-    command: Sequence[str], environment: dict[str, str], cwd: Path | None, log_path: Path
+    command: Sequence[str],
+    environment: dict[str, str],
+    cwd: Path | None,
+    log_path: Path,
+    inherited: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``command`` in a session of its own, its output appended to ``log_path``."""
-    with open(log_path, "ab") as log:
+    """Start ``command`` in a session of its own, its output appended to ``log_path``,
+    with the descriptors ``inherited``."""
+    with open_private(log_path, "ab") as log:
         return subprocess.Popen(
             list(command),
             stdout=log,
@@ -229,7 +249,12 @@ def popen_logged(
             env=environment,
             cwd=cwd,
             start_new_session=True,
+            pass_fds=tuple(inherited),
         )
+
+
+def _never() -> bool:
+    return False
 
 
 _Failure = tuple[str, int, str | None]  # message, log lines to show, hint
@@ -247,9 +272,12 @@ def _wait_until_ready(
     ready_path: str,
     timeout: float,
     fail_markers: Sequence[str],
+    cancelled: Callable[[], bool],
 ) -> _Failure | None:
     deadline = time.monotonic() + timeout
     while True:
+        if cancelled():
+            raise StartCancelled("the start was cancelled: its caller was interrupted", [])
         code = process.poll()
         if code is not None:
             return _exited(code), 20, None
@@ -334,7 +362,7 @@ def probe(url: str, timeout: float = 2.0) -> bool:
 
 
 # -- whose port is it --------------------------------------------------------------------
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Raise ServerStartError when something already listens on ``port`` on ``host``.
 
     Binding (with SO_REUSEADDR, as servers bind, so a closed server's TIME_WAIT does not

@@ -11,20 +11,33 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deployment.router import CONFIG, LIVE_PATH, STATE
+from nbdeploy.deployment.router import CONFIG, LISTEN_FD_ENV, LIVE_PATH, STATE
 from nbdeploy.deployment.store import ROUTER, STOPPED, DeploymentStore, Server
-from nbdeploy.deployment.supervisor import ServerStartError, is_running, start_server
+from nbdeploy.deployment.supervisor import (
+    ServerStartError,
+    check_port_free,
+    is_running,
+    start_server,
+)
 from nbdeploy.deployment.versions import deployments_dir
 from nbdeploy.errors import NbdeployError
 
 APPLY_TIMEOUT_SECONDS = 10.0
 DRAIN_TIMEOUT_SECONDS = 30.0
+
+# Set by the daemon (see nbdeploy.deployment.runtime.supervision): the listening socket of
+# a deployment's router, held by the daemon across the router's restarts, and its release
+# when the router stops for good. Unset, a router binds its address itself.
+listener_for: Callable[[str, str, int], socket.socket] | None = None
+release_listener: Callable[[str, str, int], None] | None = None
 
 
 class RouterError(NbdeployError):
@@ -35,11 +48,28 @@ class RouterError(NbdeployError):
 
 @dataclass(frozen=True)
 class Target:
-    """Where a version's server listens (behind the router)."""
+    """Where a version's server listens (behind the router), and the secret it answers to
+    (see :mod:`nbdeploy.deployment.upstream_secrets`; kept out of reprs, hence logs)."""
 
     name: str  # "v3"
     host: str
     port: int
+    secret: str | None = field(default=None, repr=False)
+
+
+def upstream_entry(target: Target, before: dict[str, Any] | None) -> dict[str, Any]:
+    """The router's configuration of ``target``. A target without a secret keeps the one
+    the same server had (a caller that rebuilt it from ``router.json``, as a key rotation
+    does): dropping it would cut the router off from that version."""
+    entry: dict[str, Any] = {"host": target.host, "port": target.port}
+    previous = before or {}
+    same_server = (previous.get("host"), previous.get("port")) == (target.host, target.port)
+    secret = target.secret
+    if secret is None and same_server:
+        secret = previous.get("secret")
+    if secret:
+        entry["secret"] = secret
+    return entry
 
 
 def version_key(number: int) -> str:
@@ -118,20 +148,28 @@ def route(
     config = read_config(name)
     config.update(settings)
     config["listen"] = {"host": host, "port": port}
-    config["upstreams"] = {k: {"host": t.host, "port": t.port} for k, t in upstreams.items()}
+    before = config.get("upstreams", {})
+    config["upstreams"] = {k: upstream_entry(t, before.get(k)) for k, t in upstreams.items()}
     config["weights"] = {k: float(w) for k, w in weights.items() if k in upstreams}
     config["generation"] = int(config.get("generation", 0)) + 1
     router = router_server(deployments, name)
-    if router is not None and (router.host, router.port) != (host, port):
+    moving = router is not None and (router.host, router.port) != (host, port)
+    previous = read_config(name)
+    write_config(name, config)
+    try:
+        if router is None or moving:
+            # A new address is taken before the old one is given up: when it cannot be
+            # had, the old router serves on as it did.
+            start_router(deployments, name, host, port)
+        elif router.pid:
+            os.kill(router.pid, signal.SIGHUP)
+    except BaseException:
+        write_config(name, previous)
+        raise
+    if moving and router is not None:
         if notify:
             notify(f"moving {name}'s address to {host}:{port}")
-        stop_router(deployments, name, STOPPED)
-        router = None
-    write_config(name, config)
-    if router is None:
-        _start_router(deployments, name, host, port)
-    elif router.pid:
-        os.kill(router.pid, signal.SIGHUP)
+        _stop(deployments, router, STOPPED)
     deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
     while read_state(name).get("generation", 0) < config["generation"]:
         if time.monotonic() > deadline:
@@ -140,17 +178,31 @@ def route(
     return config
 
 
-def _start_router(deployments: DeploymentStore, name: str, host: str, port: int) -> Server:
+def start_router(deployments: DeploymentStore, name: str, host: str, port: int) -> Server:
+    """Start ``name``'s router on host:port with the configuration in its folder."""
     log_path = folder(name) / "logs" / f"router-{time.time_ns()}.log"
+    command = [sys.executable, "-m", "nbdeploy.deployment.router", str(folder(name))]
+    listener = None
+    if listener_for is not None:
+        try:
+            listener = listener_for(name, host, port)
+        except OSError as error:
+            check_port_free(host, port)  # names the process that holds it, when one does
+            raise RouterError(
+                f"the router of {name} cannot listen on port {port} of {host}: {error}",
+                "choose another --port or stop the process that holds it",
+            ) from None
     try:
         server = start_server(
-            [sys.executable, "-m", "nbdeploy.deployment.router", str(folder(name))],
+            command,
             host=host,
             port=port,
             log_path=log_path,
             cwd=folder(name),
             ready_path=LIVE_PATH,
             timeout=30.0,
+            listener=listener,
+            env={**os.environ, LISTEN_FD_ENV: str(listener.fileno())} if listener else None,
         )
     except ServerStartError as error:
         raise RouterError(f"the router of {name} did not start: {error}") from None
@@ -180,10 +232,16 @@ def wait_drained(name: str, key: str, timeout: float = DRAIN_TIMEOUT_SECONDS) ->
 
 
 def stop_router(deployments: DeploymentStore, name: str, status: str) -> None:
-    from nbdeploy.deployment.supervisor import stop_process
-
     for server in deployments.active_servers(name):
         if server.role == ROUTER:
-            if server.pid:
-                stop_process(server.pid, server.start_ticks, marker=server.log_path)
-            deployments.end_server(server.id, status)
+            _stop(deployments, server, status)
+
+
+def _stop(deployments: DeploymentStore, router: Server, status: str) -> None:
+    from nbdeploy.deployment.supervisor import stop_process
+
+    if router.pid:
+        stop_process(router.pid, router.start_ticks, marker=router.log_path)
+    deployments.end_server(router.id, status)
+    if release_listener is not None:
+        release_listener(router.deployment, router.host, router.port)

@@ -8,6 +8,7 @@ imported by the first request that needs it, in a worker thread.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,4 +32,16 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         max_workers=QUICK_WORKERS, thread_name_prefix="nbdeploy-api"
     )
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    # Deployments that should serve come back with Jupyter (after a reboot, say): the
+    # daemon adopts what survived and restarts the rest. In the background: never a delay.
+    threading.Thread(target=_bring_back_deployments, name="nbdeploy-daemon", daemon=True).start()
     serverapp.log.info("nbdeploy: REST API at %snbdeploy/api/", web_app.settings["base_url"])
+
+
+def _bring_back_deployments() -> None:
+    from nbdeploy.deployment import core
+
+    try:
+        core.status()  # starts the daemon when a deployment wants serving and none runs
+    except Exception:  # the sidebar shows what is wrong when it asks
+        return

@@ -16,11 +16,20 @@ only the file system and signals, so nothing to authenticate but the user's own 
 
 A version that is removed from the configuration gets no new requests; the ones in flight
 finish (``inflight`` in the state shows them). A request that cannot reach a version
-(connection refused, or a pooled connection the version closed) is sent again, to another
-version when the first is gone: predictions are treated as safe to repeat.
+(connection refused or reset, or a pooled connection the version closed) is sent again: to
+the other versions of the split, then to a warm standby, and when none answers, to all of
+them again for about 1.5 s (a worker restarting on its port): predictions are treated as
+safe to repeat.
+
+With an API key, the key is checked on a request's head: a request without it is refused
+(401, and the connection closes) before a byte of its body is read. Each version answers
+only its router: the router sends every request with the version's secret in
+``X-Nbdeploy-Upstream`` (see :mod:`nbdeploy.service.upstream_guard`), and drops that
+header from what clients send.
 """
 
 CONFIG = "router.json"  # in the deployment's folder, written by the core
 STATE = "router-state.json"  # written by the router
 STATUS_PATH = "/-/router"  # the router's state (authenticated like everything else)
 LIVE_PATH = "/-/router/livez"  # the router itself answers: for its supervisor
+LISTEN_FD_ENV = "NBDEPLOY_ROUTER_FD"  # the listening socket a router inherits (the daemon's)

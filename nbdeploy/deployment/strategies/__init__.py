@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbdeploy.deployment import traffic
+from nbdeploy.deployment import traffic, upstream_secrets
 from nbdeploy.deployment.store import (
     CANDIDATE,
     FAILED,
@@ -49,6 +49,12 @@ class RolloutError(NbdeployError):
     exit_code = 1
 
 
+class Cancelled(RolloutError):
+    """The deploy's caller was interrupted before the new version took traffic."""
+
+    exit_code = 130
+
+
 @dataclass
 class Rollout:
     """One switch of a deployment to ``version``."""
@@ -65,14 +71,21 @@ class Rollout:
     interval: float = 30.0  # canary: seconds per step
     wait: bool = False  # canary: run every step before returning
     sticky: dict[str, str] | None = None  # A/B: {"header": NAME} or {"field": NAME}
+    env: dict[str, str] | None = None  # the servers' environment (default: this process's)
+    cancelled: Callable[[], bool] = lambda: False  # the deploy's caller went away
 
     def servers(self, *roles: str) -> list[Server]:
         return [s for s in self.deployments.active_servers(self.name) if s.role in roles]
 
+    def check_cancelled(self) -> None:
+        """Raise :class:`Cancelled` when the caller cancelled (before traffic changes)."""
+        if self.cancelled():
+            raise Cancelled(f"the deploy of {self.name} v{self.version.version} was cancelled")
 
-def start_version(rollout: Rollout, version: Version, role: str) -> Server:
-    """Start ``version`` on a free loopback port (the router reaches it there); a start
-    that fails is recorded (``nbdeploy logs`` shows it) and re-raised."""
+
+def start_version(rollout: Rollout, version: Version, role: str, port: int | None = None) -> Server:
+    """Start ``version`` on a loopback port (``port``, else a free one: the router reaches
+    it there); a start that fails is recorded (``nbdeploy logs`` shows it) and re-raised."""
     from nbdeploy.deployment.serving import spawner
     from nbdeploy.service.builder import bentoml_environment
 
@@ -81,7 +94,14 @@ def start_version(rollout: Rollout, version: Version, role: str) -> Server:
     # Every running server keeps its folder (a candidate's too); only stopped ones go.
     running = rollout.deployments.active_servers(rollout.name)
     _drop_stale_metrics(folder, {Path(s.log_path).stem for s in running})
-    port = free_port(LOOPBACK)
+    upstream_secrets.drop_stale(folder, {Path(s.log_path).stem for s in running})
+    # A secret of this start's own: the version then answers its router only (a restart in
+    # place on ``port`` keeps the one the router sends there). The spec names its file: the
+    # spec may end up on a command line, which any local user can read.
+    secret_file = upstream_secrets.secret_path(rollout.name, log_path)
+    in_place = upstream_secrets.routed(rollout.name, LOOPBACK, port) if port else None
+    upstream_secrets.create(secret_file, reuse=in_place)
+    port = port or free_port(LOOPBACK)
     spec = {
         "bento_tag": version.bento_tag,
         "host": LOOPBACK,
@@ -93,6 +113,7 @@ def start_version(rollout: Rollout, version: Version, role: str) -> Server:
         # counts go apart, so that they are kept even when the log cannot be written.
         "request_log_dir": str(folder / REQUESTS_DIR),
         "request_log_stats_dir": str(folder / REQUESTS_STATS_DIR),
+        "upstream_secret_file": str(secret_file),
     }
     rollout.notify(
         f"starting {rollout.name} v{version.version} behind {rollout.host}:{rollout.port}"
@@ -103,12 +124,14 @@ def start_version(rollout: Rollout, version: Version, role: str) -> Server:
             host=LOOPBACK,
             port=port,
             log_path=log_path,
-            env={**os.environ, **bentoml_environment()},
+            env={**(rollout.env or os.environ), **bentoml_environment()},
             cwd=folder,  # never the caller's folder: a version carries everything it runs
             timeout=READY_TIMEOUT_SECONDS,
             fail_markers=STARTUP_FAILURE_MARKERS,
+            cancelled=rollout.cancelled,
         )
     except BaseException as error:
+        secret_file.unlink(missing_ok=True)
         failed = rollout.deployments.add_server(
             rollout.name,
             version.version,
@@ -146,7 +169,11 @@ def smoke_test(server: Server, version: Version) -> None:
         server.url + route,
         data=json.dumps(example).encode(),
         # Its row in the request log says what it was.
-        headers={"Content-Type": "application/json", "X-Request-ID": SMOKE_REQUEST_ID},
+        headers={
+            "Content-Type": "application/json",
+            "X-Request-ID": SMOKE_REQUEST_ID,
+            **upstream_secrets.headers(server),  # it is not the router
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=SMOKE_TIMEOUT_SECONDS) as answer:
@@ -167,6 +194,7 @@ def stop_server(rollout: Rollout, server: Server, status: str = STOPPED) -> None
     if server.pid:
         stop_process(server.pid, server.start_ticks, marker=server.log_path)
     rollout.deployments.end_server(server.id, status)
+    upstream_secrets.forget(server)
 
 
 def retire_standby(rollout: Rollout) -> None:
@@ -177,7 +205,12 @@ def retire_standby(rollout: Rollout) -> None:
 
 
 def target(server: Server) -> traffic.Target:
-    return traffic.Target(traffic.version_key(server.version), server.host, server.port)
+    return traffic.Target(
+        traffic.version_key(server.version),
+        server.host,
+        server.port,
+        secret=upstream_secrets.read(server),
+    )
 
 
 def route(rollout: Rollout, live: Server, standby: list[Server]) -> None:

@@ -36,6 +36,7 @@ def roll_out(rollout: Rollout) -> int:
                 stop_server(rollout, server)
         previous = [s for s in live if s not in legacy and s.version != rollout.version.version]
         warm = previous if rollout.keep_warm > 0 else []
+        rollout.check_cancelled()
         route(rollout, new, warm)
     except BaseException:
         stop_server(rollout, new, FAILED)
@@ -56,6 +57,7 @@ def take_over(rollout: Rollout, standby: Server) -> None:
     rollout.notify(f"v{standby.version} is warm: switching to it")
     live = rollout.servers(LIVE)
     others = [s for s in rollout.servers(STANDBY, CANDIDATE) if s.id != standby.id]
+    rollout.check_cancelled()
     route(rollout, standby, live if rollout.keep_warm > 0 else [])
     rollout.deployments.set_role(standby.id, LIVE)
     for server in live:

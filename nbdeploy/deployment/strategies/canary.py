@@ -6,7 +6,10 @@ warm for rollback).
 The analysis follows Flagger's defaults: over each step's window the canary's success rate
 (answers below 500, connections that worked) must stay at or above 99%, and its p99 latency
 at or below max(500 ms, 1.5 x the stable version's p99). The router's per-version counters
-give both (a latency histogram, so the p99 is a bucket's upper bound).
+give both (a latency histogram, so the p99 is a bucket's upper bound). The stable p99 is
+the one over the same window when the stable version answered enough requests in it; else
+(at the 100% step it gets none) over the canary's whole run so far, from the counters the
+plan keeps from the canary's start (``baseline``).
 
 The steps run in a controller process of their own (``python -m
 nbdeploy.deployment.strategies.canary NAME``), so that ``%deploy`` returns at once and a
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -43,12 +45,16 @@ from nbdeploy.deployment.strategies import (
     stop_server,
     target,
 )
-from nbdeploy.deployment.supervisor import is_running
+from nbdeploy.deployment.supervisor import is_running, process_start_ticks
+from nbdeploy.private_files import open_private, restrict_umask, write_private_text
 
 PLAN = "canary.json"
 MIN_SUCCESS_RATE = 0.99
 P99_FLOOR_MS = 500.0
 P99_FACTOR = 1.5
+# Fewer stable requests in a window make a p99 that says little (the 100% step has none):
+# the stable version's requests since the canary started are the reference then.
+MIN_STABLE_REQUESTS = 20
 POLL_SECONDS = 0.2
 RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled back"
 SUPERSEDED = "superseded"  # a new deploy of the same name took over
@@ -69,7 +75,11 @@ class CanaryPlan:
     reason: str | None = None
     request: str | None = None  # "promote" or "abort", from nbdeploy promote / rollback
     controller_pid: int | None = None
+    controller_start_ticks: int | None = None  # with the pid: never a process that reused it
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The router's counters of the stable and canary versions when the canary started
+    # (version key: requests, errors, buckets); empty in plans written before it was kept.
+    baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def plan_path(name: str) -> Path:
@@ -84,10 +94,7 @@ def read_plan(name: str) -> CanaryPlan | None:
 
 
 def write_plan(plan: CanaryPlan) -> None:
-    path = plan_path(plan.name)
-    temporary = path.with_name(f".{PLAN}.{os.getpid()}")
-    temporary.write_text(json.dumps(asdict(plan), indent=2), encoding="utf-8")
-    os.replace(temporary, path)
+    write_private_text(plan_path(plan.name), json.dumps(asdict(plan), indent=2))
 
 
 def roll_out(rollout: Rollout) -> int:
@@ -116,7 +123,9 @@ def roll_out(rollout: Rollout) -> int:
             steps=steps,
             interval=rollout.interval,
             keep_warm=rollout.keep_warm,
+            baseline=_counters_now(rollout.name, stable[0].version, rollout.version.version),
         )
+        rollout.check_cancelled()
         _route_share(rollout, plan, steps[0])
     except BaseException:
         stop_server(rollout, candidate, FAILED)
@@ -134,6 +143,7 @@ def roll_out(rollout: Rollout) -> int:
             raise RolloutError(f"canary v{plan.version} rolled back: {plan.reason}")
         return plan.version
     plan.controller_pid = _start_controller(rollout.name)
+    plan.controller_start_ticks = process_start_ticks(plan.controller_pid)
     write_plan(plan)
     return plan.stable
 
@@ -197,7 +207,6 @@ def analyse(before: dict[str, Any], state: dict[str, Any], plan: CanaryPlan) -> 
     after = state.get("versions", {})
     bounds = [b if b is not None else float("inf") for b in state.get("buckets_ms", [])]
     canary = _window(before, after, traffic.version_key(plan.version))
-    stable = _window(before, after, traffic.version_key(plan.stable))
     if canary["requests"] == 0:
         return None  # nothing to judge in this window (told in the history)
     success = 1 - canary["errors"] / canary["requests"]
@@ -207,11 +216,52 @@ def analyse(before: dict[str, Any], state: dict[str, Any], plan: CanaryPlan) -> 
             f"({canary['errors']} of {canary['requests']} requests failed)"
         )
     canary_p99 = _quantile(canary["buckets"], bounds, 0.99)
+    stable, over = _stable_reference(before, after, plan)
     stable_p99 = _quantile(stable["buckets"], bounds, 0.99) if stable["requests"] else 0.0
     limit = max(P99_FLOOR_MS, P99_FACTOR * stable_p99)
     if canary_p99 > limit:
-        return f"p99 latency {canary_p99:g} ms > {limit:g} ms (stable p99 {stable_p99:g} ms)"
+        return f"p99 latency {canary_p99:g} ms > {limit:g} ms (stable p99 {stable_p99:g} ms{over})"
     return None
+
+
+def _stable_reference(
+    before: dict[str, Any], after: dict[str, Any], plan: CanaryPlan
+) -> tuple[dict[str, Any], str]:
+    """The stable version's requests to compare the canary with, and since when (said in a
+    breach): this window's when there are enough (same load, same moment); else those since
+    the canary started, else all the router counted (a first step at 100%)."""
+    key = traffic.version_key(plan.stable)
+    window = _window(before, after, key)
+    if window["requests"] >= MIN_STABLE_REQUESTS:
+        return window, ""
+    start = _baseline_of(plan, after, key)
+    if start is not None:
+        since_start = _window({key: start}, after, key)
+        if since_start["requests"] >= MIN_STABLE_REQUESTS:
+            return since_start, " since the canary started"
+    return _window({}, after, key), " since the router started"
+
+
+def _baseline_of(plan: CanaryPlan, after: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The counters of ``key`` when the canary started; None when the plan kept none (an
+    older plan) or the router restarted since (its counters are behind them)."""
+    start, now = plan.baseline.get(key), after.get(key, {})
+    if start is None or start.get("requests", 0) > now.get("requests", 0):
+        return None
+    if len(start.get("buckets", [])) != len(now.get("buckets", [])):
+        return None
+    return start
+
+
+def _counters_now(name: str, *versions: int) -> dict[str, dict[str, Any]]:
+    """The router's counters of ``versions`` now (as its state file last said)."""
+    counted = traffic.read_state(name).get("versions", {})
+    keys = [traffic.version_key(v) for v in versions]
+    return {
+        key: {counter: counted[key][counter] for counter in ("requests", "errors", "buckets")}
+        for key in keys
+        if key in counted
+    }
 
 
 def _window(before: dict[str, Any], after: dict[str, Any], key: str) -> dict[str, Any]:
@@ -319,7 +369,9 @@ def ask(name: str, request: str) -> CanaryPlan | None:
     plan = read_plan(name)
     if plan is None or plan.status != RUNNING:
         return None
-    if plan.controller_pid is None or not is_running(plan.controller_pid, None):
+    if plan.controller_pid is None or not is_running(
+        plan.controller_pid, plan.controller_start_ticks
+    ):
         return None
     plan.request = request
     write_plan(plan)
@@ -342,21 +394,23 @@ def supersede(name: str) -> None:
     write_plan(plan)
 
 
-def stop_controller(name: str) -> None:
-    """End a canary's controller (the deployment is being stopped)."""
+def stop_controller(name: str, reason: str = "the deployment was stopped") -> None:
+    """End a canary's controller (the deployment is being stopped, or the canary's server
+    died): the plan says it was rolled back, and why."""
     from nbdeploy.deployment.supervisor import stop_process
 
     plan = read_plan(name)
-    if plan is None or plan.status != RUNNING or plan.controller_pid is None:
+    if plan is None or plan.status != RUNNING:
         return
-    stop_process(plan.controller_pid, None, grace=2.0)
-    plan.status, plan.reason = ROLLED_BACK, "the deployment was stopped"
+    if plan.controller_pid is not None:
+        stop_process(plan.controller_pid, plan.controller_start_ticks, grace=2.0)
+    plan.status, plan.reason = ROLLED_BACK, reason
     write_plan(plan)
 
 
 def _start_controller(name: str) -> int:
     log = traffic.folder(name) / "logs" / f"canary-{time.time_ns()}.log"
-    with open(log, "ab") as handle:
+    with open_private(log, "ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "nbdeploy.deployment.strategies.canary", name],
             stdin=subprocess.DEVNULL,
@@ -370,6 +424,7 @@ def _start_controller(name: str) -> int:
 
 def main() -> None:
     """The controller: run the steps of ``canary.json`` under the deployment's lock."""
+    restrict_umask()  # plan, router config and logs it writes: owner-only (issue 17)
     from nbdeploy.deployment.locks import deployment_lock
     from nbdeploy.deployment.store import DeploymentStore
     from nbdeploy.store import default_store

@@ -66,6 +66,7 @@ def _experiment(rollout: Rollout, kind: str) -> int:
             weights = {old: 100.0}
             settings = {"mode": "split", "shadow": {"version": new, "percent": share}}
             settings["sticky"] = None
+        rollout.check_cancelled()
         traffic.route(
             rollout.deployments,
             rollout.name,

@@ -19,6 +19,7 @@ from nbdeploy.deployment.strategies import (
 def roll_out(rollout: Rollout) -> int:
     old = rollout.servers(LIVE, STANDBY, CANDIDATE)
     previous = next((s for s in old if s.role == LIVE), None)
+    rollout.check_cancelled()
     stopped_at = time.monotonic()
     for server in old:
         stop_server(rollout, server)
