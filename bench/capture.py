@@ -16,7 +16,7 @@ capturing it does not copy it in the kernel's memory.
 
    Each side's notebook starts with its import cell, as users write notebooks
    (``%load_ext nbdeploy``; ``import bentoml``), then trains. ``%load_ext nbdeploy`` starts
-   nbdeploy's launcher in the background (nbdeploy/deployment/launcher.py), which imports
+   nbdeploy's launcher in the background (nbdeploy/deployment/runtime/launcher.py), which imports
    BentoML's serving stack and, as the notebook imports scikit-learn, scikit-learn, while the
    model trains; builds, example calls and servers are forked from it.
 
@@ -223,7 +223,7 @@ print(json.dumps({
 }))
 """
 
-# nbdeploy's progress lines (nbdeploy/deployment/versions.py and core.py), in order.
+# nbdeploy's progress lines (nbdeploy/deployment/versions/build.py and verbs.py), in order.
 MARKS = {
     "requirements": re.compile(r"^nbdeploy: requirements: "),
     "unchanged": re.compile(r"^nbdeploy: unchanged since version "),
@@ -467,7 +467,7 @@ def nbdeploy_cold(work: Path, token: str, probe_again: bool, load_first: bool) -
 def launcher_stop(env: dict[str, str]) -> None:
     """Stop the run's nbdeploy launcher (one per NBDEPLOY_HOME; it outlives kernels)."""
     subprocess.run(
-        [PYTHON, "-c", "from nbdeploy.deployment import launcher; launcher.shutdown()"],
+        [PYTHON, "-c", "from nbdeploy.deployment.runtime import launcher; launcher.shutdown()"],
         env=env,
         capture_output=True,
         timeout=60,

@@ -346,7 +346,7 @@ def run_nbdeploy(duration: float, seed: int) -> tuple[Side, str]:
 def count_orphans(folder: str, ports: set[int]) -> int:
     import psutil
 
-    from nbdeploy.deployment.supervisor import MARKER_ENV
+    from nbdeploy.deployment.runtime.processes import MARKER_ENV
 
     left = 0
     for process in psutil.process_iter():
@@ -364,7 +364,7 @@ def count_orphans(folder: str, ports: set[int]) -> int:
 def run_bentoml(bento: str, duration: float, seed: int, work: Path) -> Side:
     import psutil
 
-    from nbdeploy.deployment.supervisor import free_port, probe
+    from nbdeploy.deployment.runtime.processes import free_port, probe
     from nbdeploy.service.builder import bentoml_environment
 
     port = free_port()

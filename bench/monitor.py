@@ -337,8 +337,8 @@ class MonitoredServer:
     leader and BentoML workers), with the request log on or off."""
 
     def __init__(self, version: Any, folder: Path, logging: bool, env: dict[str, str]) -> None:
-        from nbdeploy.deployment.strategies import REQUESTS_DIR, REQUESTS_STATS_DIR
-        from nbdeploy.deployment.supervisor import free_port
+        from nbdeploy.deployment.runtime.processes import free_port
+        from nbdeploy.deployment.traffic.strategies import REQUESTS_DIR, REQUESTS_STATS_DIR
         from nbdeploy.service.builder import bentoml_environment
 
         self.port = free_port("127.0.0.1")
@@ -366,7 +366,7 @@ class MonitoredServer:
         }
         self.log = open(folder / f"bench-{label}.log", "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nbdeploy.deployment.serving", json.dumps(spec)],
+            [sys.executable, "-m", "nbdeploy.deployment.runtime.serving", json.dumps(spec)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=environment,
@@ -523,7 +523,7 @@ def overhead_section(quick: bool) -> Section:
                 server.stop()
             with contextlib.suppress(Exception):
                 nbdeploy.stop("watched")
-            from nbdeploy.deployment import launcher
+            from nbdeploy.deployment.runtime import launcher
 
             launcher.shutdown(work / "home")
             end_processes(marked_pids(token))

@@ -3,7 +3,7 @@ router costs.
 
 What is compared, and why
 -------------------------
-Every nbdeploy deployment is served through its router (nbdeploy/deployment/router/): an
+Every nbdeploy deployment is served through its router (nbdeploy/deployment/traffic/router/): an
 asyncio HTTP/1.1 reverse proxy, a process of its own, that holds the deployment's stable
 address and sends each request to a version server on a loopback port of its own. The
 router is what makes a switch of versions invisible to clients; it must not drop a request
@@ -577,7 +577,7 @@ def run_benchmarks(quick: bool, work: Path, env: dict[str, str]) -> dict[str, An
 
     log("router cost: wrk straight to v1 and through the router")
     # The version answers only its router: the direct side sends the secret the router does.
-    from nbdeploy.deployment import upstream_secrets
+    from nbdeploy.deployment.traffic import upstream_secrets
 
     cost = router_cost(router, direct, pids, work, env, quick, upstream_secrets.headers(live))
 
@@ -776,8 +776,7 @@ def stop_everything(home: Path) -> None:
 
             nbdeploy.stop(NAME)
     with contextlib.suppress(Exception):
-        from nbdeploy.deployment import launcher
-        from nbdeploy.deployment.runtime import client
+        from nbdeploy.deployment.runtime import client, launcher
 
         client.shutdown()
         launcher.shutdown()

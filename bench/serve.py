@@ -171,7 +171,7 @@ class Nbdeploy(Server):
     def start(self, model_path: Path, key: str) -> tuple[str, dict[str, Any]]:
         import joblib
 
-        from nbdeploy.deployment import core
+        from nbdeploy.deployment import verbs
 
         source = (
             "def predict(rows: list[list[float]]) -> list[int]:\n"
@@ -186,20 +186,20 @@ class Nbdeploy(Server):
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         exec(compile(source, filename, "exec"), namespace)
         self.deployment = f"bench-{key}-{'b' if self.batch else 'n'}"
-        result = core.deploy_function(
+        result = verbs.deploy_function(
             namespace["predict"],
             namespace=namespace,
             history=["import numpy as np", source],
-            options=core.DeployOptions(
+            options=verbs.DeployOptions(
                 name=self.deployment, batch=None if self.batch else False, mlflow=False
             ),
         )
         return result.url + "/predict", {"rows": [ROW]}
 
     def stop(self) -> None:
-        from nbdeploy.deployment import core
+        from nbdeploy.deployment import verbs
 
-        core.stop(self.deployment)
+        verbs.stop(self.deployment)
 
 
 BENTO_SERVICE = """

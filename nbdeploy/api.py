@@ -207,8 +207,8 @@ def deploy(
     ("refuse" or "drop") and ``mlflow``. ``namespace`` defaults to the notebook's globals.
     Returns a DeployResult with ``url``, ``version`` and ``to_dict()``.
     """
-    from nbdeploy.deployment.core import deploy_function, deploy_model, is_model
     from nbdeploy.deployment.options import DeployOptions
+    from nbdeploy.deployment.verbs import deploy_function, deploy_model, is_model
 
     settings = DeployOptions.from_keywords({"name": name, **options})
     scope = namespace if namespace is not None else _kernel_namespace(target)
@@ -247,19 +247,19 @@ def _kernel_history() -> list[str]:
 
 def status(name: str | None = None) -> Any:
     """Deployments (or one) with their live version, address and servers."""
-    from nbdeploy.deployment.core import status as deployment_status
+    from nbdeploy.deployment.verbs import status as deployment_status
 
     return deployment_status(name)
 
 
 def stop(name: str) -> Any:
-    from nbdeploy.deployment.core import stop as stop_deployment
+    from nbdeploy.deployment.verbs import stop as stop_deployment
 
     return stop_deployment(name)
 
 
 def logs(name: str, lines: int = 50) -> list[str]:
-    from nbdeploy.deployment.core import logs as deployment_logs
+    from nbdeploy.deployment.verbs import logs as deployment_logs
 
     return deployment_logs(name, lines)
 
@@ -284,30 +284,30 @@ def requests(
 
 
 def rollback(name: str, notify: Notify = _ignore) -> Any:
-    from nbdeploy.deployment.rollouts import rollback as rollback_deployment
+    from nbdeploy.deployment.verbs import rollback as rollback_deployment
 
     return rollback_deployment(name, notify=notify)
 
 
 def promote(name: str, notify: Notify = _ignore) -> Any:
     """A canary in progress takes all the traffic now."""
-    from nbdeploy.deployment.rollouts import promote as promote_canary
+    from nbdeploy.deployment.verbs import promote as promote_canary
 
     return promote_canary(name, notify=notify)
 
 
 def weights(name: str, split: dict[str, float]) -> Any:
     """Split traffic by hand among running versions: ``weights("churn", {"v1": 90, "v2": 10})``."""
-    from nbdeploy.deployment.rollouts import set_weights
+    from nbdeploy.deployment.verbs import set_weights
 
     return set_weights(name, split)
 
 
 def key(name: str, rotate: bool = False) -> str:
     """The API key of ``name``'s router (``--auth key``); ``rotate`` replaces it."""
-    from nbdeploy.deployment import keys
-    from nbdeploy.deployment.core import status as deployment_status
-    from nbdeploy.deployment.rollouts import rotate_key
+    from nbdeploy.deployment.traffic import keys
+    from nbdeploy.deployment.verbs import rotate_key
+    from nbdeploy.deployment.verbs import status as deployment_status
     from nbdeploy.errors import DeployError
 
     deployment_status(name)
@@ -321,7 +321,7 @@ def key(name: str, rotate: bool = False) -> str:
 
 def rollout_state(name: str) -> dict[str, Any]:
     """The traffic split, a canary in progress or its outcome, and the latest events."""
-    from nbdeploy.deployment.rollouts import rollout_state as state_of
+    from nbdeploy.deployment.verbs import rollout_state as state_of
 
     return state_of(name)
 
@@ -329,7 +329,7 @@ def rollout_state(name: str) -> dict[str, Any]:
 def ab_report(name: str, alpha: float = 0.05) -> Any:
     """The A/B test of ``name``: arms, outcomes and the always-valid decision."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.core import status as deployment_status
+    from nbdeploy.deployment.verbs import status as deployment_status
     from nbdeploy.monitor.abreport import ab_report as report
 
     deployment_status(name)  # a clear error for an unknown name
@@ -339,7 +339,7 @@ def ab_report(name: str, alpha: float = 0.05) -> Any:
 def shadow_report(name: str) -> Any:
     """The shadow version of ``name``: agreement, latency difference, errors."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.core import status as deployment_status
+    from nbdeploy.deployment.verbs import status as deployment_status
     from nbdeploy.monitor.shadow import shadow_report as report
 
     deployment_status(name)
@@ -420,7 +420,7 @@ def kubernetes(
 
 
 def show_code(name: str, version: int | None = None) -> str:
-    from nbdeploy.deployment.core import show_code as code_of
+    from nbdeploy.deployment.verbs import show_code as code_of
 
     return code_of(name, version)
 
@@ -429,6 +429,6 @@ def prune(name: str | None = None, *, keep: int = 3, registry: bool = False) -> 
     """Remove all but the newest ``keep`` versions (never the live one or the rollback
     target) from nbdeploy's and BentoML's stores; MLflow registry versions too with
     ``registry=True``."""
-    from nbdeploy.deployment.prune import prune as prune_versions
+    from nbdeploy.deployment.versions.prune import prune as prune_versions
 
     return prune_versions(name, keep=keep, registry=registry)

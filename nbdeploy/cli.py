@@ -333,9 +333,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from nbdeploy.deployment.core import deploy_notebook
-    from nbdeploy.deployment.from_mlflow import deploy_mlflow_model
     from nbdeploy.deployment.report import curl_example, needs_key
+    from nbdeploy.deployment.verbs import deploy_notebook
+    from nbdeploy.deployment.versions.from_mlflow import deploy_mlflow_model
     from nbdeploy.pipeline.progress import NullProgress, TerminalProgress
 
     if bool(args.notebook) == bool(args.from_mlflow):
@@ -383,7 +383,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         key_of = result["name"] if needs_key(result["name"]) else None
         print("  try: " + curl_example(result["url"], schema, result.get("example"), key_of))
         if result.get("example"):
-            from nbdeploy.deployment.keys import read_key
+            from nbdeploy.deployment.traffic.keys import read_key
             from nbdeploy.widgets.deployment import call_endpoint
 
             key = read_key(result["name"])
@@ -433,7 +433,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_last_error(name: str) -> None:
-    from nbdeploy.deployment.core import why_failed
+    from nbdeploy.deployment.verbs import why_failed
 
     lines = why_failed(name, 8)
     if lines:
@@ -574,7 +574,7 @@ def _report(args: argparse.Namespace, report: Any, formatted: Any) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from nbdeploy import api
-    from nbdeploy.deployment.core import versions_of
+    from nbdeploy.deployment.verbs import versions_of
 
     if args.code:
         print(api.show_code(args.name, args.version_number), end="")

@@ -431,14 +431,14 @@ def _warm_up() -> None:
     ``%deploy`` finds BentoML's serving stack (and the frameworks imported so far) loaded,
     and deployments that should serve are brought back (after a reboot). It never delays
     the notebook: a failure only means the first deploy starts them."""
-    from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.runtime import launcher
 
     if launcher.enabled():
         threading.Thread(target=_start_daemon, name="nbdeploy-warm-up", daemon=True).start()
 
 
 def _start_daemon() -> None:
-    from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.runtime import launcher
 
     try:
         if launcher.running(timeout=1.0) is None:
@@ -454,7 +454,7 @@ class _FrameworkWatch:
     module itself and costs a dictionary lookup per first import of a module."""
 
     def __init__(self) -> None:
-        from nbdeploy.deployment import launcher
+        from nbdeploy.deployment.runtime import launcher
 
         self.launcher = launcher
         self.busy = False

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
-OWNED_PROCESSES = ("nbdeploy.deployment.launcher", "nbdeploy.deployment.runtime.daemon")
+OWNED_PROCESSES = ("nbdeploy.deployment.runtime.launcher", "nbdeploy.deployment.runtime.daemon")
 
 
 def require_component(name: str, available: bool, how: str) -> None:
@@ -59,8 +59,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     ):
         monkeypatch.delenv(name, raising=False)
     yield state
-    from nbdeploy.deployment import launcher
-    from nbdeploy.deployment.runtime import client
+    from nbdeploy.deployment.runtime import client, launcher
 
     if state.is_dir():
         client.shutdown(state)  # the servers it owned were stopped by their tests

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nbdeploy.deployment.router.proxy import AB_LOG, FEEDBACK_LOG
+from nbdeploy.deployment.traffic.router.proxy import AB_LOG, FEEDBACK_LOG
 from nbdeploy.monitor.abreport import AbReport, ab_report, format_ab_report, read_ab_log
 from nbdeploy.monitor.abtest import (
     CONTROL_BETTER,

@@ -160,13 +160,13 @@ def running_lab(base: Path, root: Path, *arguments: str) -> Iterator[dict[str, A
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
-        from nbdeploy.deployment import core
+        from nbdeploy.deployment import verbs
         from nbdeploy.store import StateStore
 
         if (home / "state.db").exists():
             state = StateStore(home / "state.db")
-            for deployment in core.status(store=state):
-                core.stop(deployment.name, store=state)
+            for deployment in verbs.status(store=state):
+                verbs.stop(deployment.name, store=state)
 
 
 class Console(list[str]):

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from nbdeploy.deployment.router.proxy import BUCKETS_MS
-from nbdeploy.deployment.strategies import canary
-from nbdeploy.deployment.strategies.canary import CanaryPlan, analyse
+from nbdeploy.deployment.traffic.router.proxy import BUCKETS_MS
+from nbdeploy.deployment.traffic.strategies import canary
+from nbdeploy.deployment.traffic.strategies.canary import CanaryPlan, analyse
 
 STABLE, CANARY = "v1", "v2"
 

@@ -24,8 +24,8 @@ from test_rollout import Load, ask, scaler
 import nbdeploy
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.runtime import channel, client
-from nbdeploy.deployment.strategies import canary
-from nbdeploy.deployment.supervisor import MARKER_ENV, process_start_ticks
+from nbdeploy.deployment.runtime.processes import MARKER_ENV, process_start_ticks
+from nbdeploy.deployment.traffic.strategies import canary
 
 pytestmark = pytest.mark.integration
 THREADS = 4  # of the load: at most this many requests are in flight when a process dies
@@ -170,7 +170,7 @@ def test_a_simulated_reboot_brings_every_deployment_back_at_its_address(home, cl
     other = nbdeploy.deploy(scaler(5), name="other", mlflow=False)
     victims = owned_processes(home)
     kinds = " ".join(" ".join(p.cmdline()) for p in victims)
-    assert "runtime.daemon" in kinds and "deployment.router" in kinds
+    assert "runtime.daemon" in kinds and "traffic.router" in kinds
     for process in victims:
         process.kill()
     psutil.wait_procs(victims, timeout=10)

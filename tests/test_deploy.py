@@ -14,7 +14,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from support import LAST_HEADERS, execute, post, ready
 
-from nbdeploy.deployment import core
+from nbdeploy.deployment import verbs
 from nbdeploy.deployment.store import DeploymentStore
 from nbdeploy.store import StateStore
 
@@ -59,8 +59,8 @@ def kernel(deploy_home, tmp_path_factory):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-        for deployment in core.status(store=StateStore(deploy_home / "state.db")):
-            core.stop(deployment.name, store=StateStore(deploy_home / "state.db"))
+        for deployment in verbs.status(store=StateStore(deploy_home / "state.db")):
+            verbs.stop(deployment.name, store=StateStore(deploy_home / "state.db"))
 
 
 def store(home: Path) -> DeploymentStore:
@@ -231,7 +231,7 @@ def test_two_deploys_at_once_do_not_corrupt_the_store(kernel, deploy_home):
 
     def deploy(name: str) -> None:
         try:
-            results[name] = core.deploy_function(
+            results[name] = verbs.deploy_function(
                 namespace[name], namespace=namespace, history=[sources[name]]
             )
         except Exception as error:  # reported below
@@ -258,7 +258,7 @@ def test_two_deploys_at_once_do_not_corrupt_the_store(kernel, deploy_home):
     assert store(deploy_home).version("double", 1).function == "double"
     assert store(deploy_home).version("triple", 1).function == "triple"
     for name in ("double", "triple"):
-        core.stop(name)
+        verbs.stop(name)
 
 
 def test_deploy_from_a_notebook_file(deploy_home, cli, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from support import execute, post
 
-from nbdeploy.deployment import core
+from nbdeploy.deployment import verbs
 from nbdeploy.deployment.store import DeploymentStore
 from nbdeploy.store import StateStore
 
@@ -75,8 +75,8 @@ def kernel(safety_home, notebook_dir):
         kc.stop_channels()
         km.shutdown_kernel(now=True)
         state = StateStore(safety_home / "state.db")
-        for deployment in core.status(store=state):
-            core.stop(deployment.name, store=state)
+        for deployment in verbs.status(store=state):
+            verbs.stop(deployment.name, store=state)
 
 
 def answer(url: str, body: dict) -> tuple[int, object]:
@@ -304,10 +304,10 @@ def test_deploys_of_one_name_at_once_are_serialized_and_status_is_truthful(kerne
 
     def deploy(function_name: str) -> None:
         try:
-            core.deploy_function(
+            verbs.deploy_function(
                 namespace[function_name],
                 namespace=namespace,
-                options=core.DeployOptions(name="racer", mlflow=False),
+                options=verbs.DeployOptions(name="racer", mlflow=False),
             )
             finished.append(function_name)
         except Exception as error:  # reported below
@@ -326,7 +326,7 @@ def test_deploys_of_one_name_at_once_are_serialized_and_status_is_truthful(kerne
     factor = 2 if finished[-1] == "twice" else 3
     code, body = post(racer.url + f"/{finished[-1]}", {"values": [1]})
     assert (code, json.loads(body)) == (200, [float(factor)])
-    core.stop("racer")
+    verbs.stop("racer")
 
 
 def test_the_cell_magic_accepts_ipython_syntax_and_keyword_only_parameters(kernel, cli):

@@ -763,7 +763,7 @@ def test_the_pods_command_runs_the_combination_of_its_index(
 
 # -- serving pods log their requests --------------------------------------------------
 def test_serving_pods_log_their_requests(tmp_path: Path) -> None:
-    from nbdeploy.deployment.serving import REQUEST_LOG_DIR_ENV, VERSION_ENV
+    from nbdeploy.deployment.runtime.serving import REQUEST_LOG_DIR_ENV, VERSION_ENV
 
     add_versions(tmp_path, count=3, live=2)
     pod = manifests("churn").objects[0]["spec"]["template"]["spec"]

@@ -16,8 +16,7 @@ import psutil
 import pytest
 from support import post
 
-from nbdeploy.deployment import launcher
-from nbdeploy.deployment.runtime import client
+from nbdeploy.deployment.runtime import client, launcher
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +78,7 @@ def test_servers_are_forked_from_the_launcher_and_outlive_it(tmp_path, home, cli
     assert daemon is not None
     server = psutil.Process(int(first["pid"]))  # type: ignore[call-overload]
     # Forked by the launcher (the daemon's child), handed to the daemon, which waits on it.
-    assert "nbdeploy.deployment.launcher" in " ".join(server.cmdline())
+    assert "nbdeploy.deployment.runtime.launcher" in " ".join(server.cmdline())
     assert psutil.Process(launcher_pid).ppid() == daemon["pid"]
     assert server.ppid() == daemon["pid"]
     assert scaled(first, [1, 2]) == [2.0, 4.0]
@@ -121,7 +120,7 @@ def test_without_a_launcher_the_same_deploy_works(tmp_path, home, cli):
     assert not launcher.socket_path(home).exists()
     assert scaled(first, [1]) == [4.0]
     server = psutil.Process(int(first["pid"]))  # type: ignore[call-overload]
-    assert "nbdeploy.deployment.serving" in " ".join(server.cmdline())
+    assert "nbdeploy.deployment.runtime.serving" in " ".join(server.cmdline())
     stop(cli)
 
 

@@ -17,7 +17,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from support import execute, post
 
-from nbdeploy.deployment import core
+from nbdeploy.deployment import verbs
 from nbdeploy.store import StateStore
 from nbdeploy.store.runs import RunStore
 
@@ -222,8 +222,8 @@ def service_kernel(service_home, tmp_path_factory):
         kc.stop_channels()
         km.shutdown_kernel(now=True)
         state = StateStore(service_home / "state.db")
-        for deployment in core.status(store=state):
-            core.stop(deployment.name, store=state)
+        for deployment in verbs.status(store=state):
+            verbs.stop(deployment.name, store=state)
 
 
 def test_the_deploy_card_shows_status_url_copy_buttons_and_a_compact_curl(service_kernel):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from nbdeploy.deployment.report import status_table
+from nbdeploy.deployment.runtime.processes import process_start_ticks
 from nbdeploy.deployment.store import (
     DOWN,
     LIVE,
@@ -23,7 +24,6 @@ from nbdeploy.deployment.store import (
     Deployment,
     Server,
 )
-from nbdeploy.deployment.supervisor import process_start_ticks
 
 
 @pytest.fixture

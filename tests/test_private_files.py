@@ -17,7 +17,7 @@ import pytest
 
 import nbdeploy
 from nbdeploy import config
-from nbdeploy.deployment import keys
+from nbdeploy.deployment.traffic import keys
 from nbdeploy.errors import NbdeployError
 from nbdeploy.private_files import (
     PRIVATE_UMASK,

@@ -23,7 +23,7 @@ from support import execute
 
 import nbdeploy
 from nbdeploy.deployment import traffic
-from nbdeploy.deployment.strategies import canary
+from nbdeploy.deployment.traffic.strategies import canary
 
 pytestmark = pytest.mark.integration
 

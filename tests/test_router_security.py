@@ -21,10 +21,11 @@ import pytest
 from test_rollout import ask, deployed, scaler  # noqa: F401 (deployed: a fixture)
 
 import nbdeploy
-from nbdeploy.deployment import traffic, upstream_secrets
-from nbdeploy.deployment.router import CONFIG
-from nbdeploy.deployment.router.proxy import Router
+from nbdeploy.deployment import traffic
 from nbdeploy.deployment.store import Server
+from nbdeploy.deployment.traffic import upstream_secrets
+from nbdeploy.deployment.traffic.router import CONFIG
+from nbdeploy.deployment.traffic.router.proxy import Router
 from nbdeploy.service.upstream_guard import HEADER, Message, Middleware, Receive, Scope, Send
 
 REFUSAL = "this version answers only its deployment's router"
@@ -150,7 +151,7 @@ def test_a_version_answers_only_its_router(deployed: str, cli: Callable[..., Any
     from dataclasses import replace
 
     from nbdeploy.deployment.store import DeploymentStore
-    from nbdeploy.deployment.strategies import target
+    from nbdeploy.deployment.traffic.strategies import target
     from nbdeploy.store import default_store
 
     store = DeploymentStore(default_store())

@@ -57,10 +57,10 @@ def notebook(jp_root_dir: Path, make_notebook: Any) -> Path:
 def stop_deployments(home: Path) -> Iterator[None]:
     """Every service an API test started is stopped after it."""
     yield
-    from nbdeploy.deployment import core
+    from nbdeploy.deployment import verbs
 
-    for deployment in core.status():
-        core.stop(deployment.name)
+    for deployment in verbs.status():
+        verbs.stop(deployment.name)
 
 
 async def call(jp_fetch: Any, *parts: str, method: str = "GET", body: Any = None, **kw: Any) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deployment.supervisor import http_url, is_running, kill_marked, tail
+from nbdeploy.deployment.runtime.processes import http_url, is_running, kill_marked, tail
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore
 

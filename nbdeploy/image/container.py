@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbdeploy.deployment.runtime.processes import LOOPBACK, free_port, probe, tail
 from nbdeploy.deployment.store import CONTAINER, FAILED_START, READY, DeploymentStore, Server
-from nbdeploy.deployment.supervisor import LOOPBACK, free_port, probe, tail
 from nbdeploy.errors import NbdeployError
 from nbdeploy.image import engine
 from nbdeploy.image.context import PORT, check_reference
@@ -131,7 +131,7 @@ def run_image(
 
 
 def _log_path(name: str, version: int) -> Path:
-    from nbdeploy.deployment.versions import deployments_dir
+    from nbdeploy.deployment.versions.build import deployments_dir
 
     folder = private_dir(deployments_dir() / name / "logs")
     return folder / f"container-v{version}-{int(time.time() * 1000)}.log"

@@ -93,7 +93,7 @@ class _Planner:
     # -- versions ----------------------------------------------------------------------
     def pair(self, new: int) -> int | None:
         """The version ``new`` is set beside: the live one, or the one before it."""
-        from nbdeploy.deployment.rollouts import previous_version
+        from nbdeploy.deployment.traffic.rollouts import previous_version
 
         live = self.current.live_version
         if live is not None and live != new and live in self.versions:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deployment.serving import REQUEST_LOG_DIR_ENV, VERSION_ENV
+from nbdeploy.deployment.runtime.serving import REQUEST_LOG_DIR_ENV, VERSION_ENV
 from nbdeploy.image.reference import (
     DEFAULT_REPOSITORY,
     IMAGE_USER,

@@ -1,6 +1,6 @@
 """The report of an A/B test between the versions behind a router, read from its logs.
 
-In A/B mode the router (:mod:`nbdeploy.deployment.router.proxy`) appends one JSON line per
+In A/B mode the router (:mod:`nbdeploy.deployment.traffic.router.proxy`) appends one JSON line per
 routed request to ``ab-requests.jsonl`` in the deployment's folder::
 
     {"request_id": "...", "arm": "v2", "t": 1718000000.0, "status": 200, "ms": 12.5}
@@ -53,8 +53,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 
-from nbdeploy.deployment.router import CONFIG
-from nbdeploy.deployment.router.proxy import AB_LOG, FEEDBACK_LOG, FEEDBACK_PATH
+from nbdeploy.deployment.traffic.router import CONFIG
+from nbdeploy.deployment.traffic.router.proxy import AB_LOG, FEEDBACK_LOG, FEEDBACK_PATH
 from nbdeploy.monitor.abtest import (
     DEFAULT_ALPHA,
     Decision,

@@ -143,7 +143,7 @@ class _Table:
         """Append ``rows``, but nbdeploy's own check of a new version: it is not traffic."""
         import numpy as np
 
-        from nbdeploy.deployment.strategies import SMOKE_REQUEST_ID
+        from nbdeploy.deployment.traffic.strategies import SMOKE_REQUEST_ID
 
         rows = [row for row in rows if row.get("request_id") != SMOKE_REQUEST_ID]
         if not rows:

@@ -27,14 +27,14 @@ Moment = float | int | datetime.datetime
 def log_directory(name: str) -> Path:
     """Where the services of deployment ``name`` write their request log."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.strategies import REQUESTS_DIR
+    from nbdeploy.deployment.traffic.strategies import REQUESTS_DIR
 
     return traffic.folder(name) / REQUESTS_DIR
 
 
 def stats_directories(name: str) -> list[Path]:
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.strategies import REQUESTS_STATS_DIR
+    from nbdeploy.deployment.traffic.strategies import REQUESTS_STATS_DIR
 
     return [traffic.folder(name) / REQUESTS_STATS_DIR, log_directory(name)]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nbdeploy.deployment.router.proxy import SHADOW_LOG
+from nbdeploy.deployment.traffic.router.proxy import SHADOW_LOG
 
 
 @dataclass

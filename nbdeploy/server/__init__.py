@@ -39,9 +39,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
 
 def _bring_back_deployments() -> None:
-    from nbdeploy.deployment import core
+    from nbdeploy.deployment import verbs
 
     try:
-        core.status()  # starts the daemon when a deployment wants serving and none runs
+        verbs.status()  # starts the daemon when a deployment wants serving and none runs
     except Exception:  # the sidebar shows what is wrong when it asks
         return

@@ -1,5 +1,5 @@
 """What the REST handlers call: the core's functions (``nbdeploy.api``,
-``nbdeploy.deployment.core``), with results as the CLI's ``--json`` prints them.
+``nbdeploy.deployment.verbs``), with results as the CLI's ``--json`` prints them.
 
 Everything here runs in a worker thread (never on the server's event loop) and imports
 the core lazily, so loading the extension costs nothing at server start.
@@ -68,7 +68,7 @@ def _file_stamp(path: Path) -> tuple[int, ...]:
 def deployment(name: str) -> dict[str, Any]:
     """``GET deployments/NAME``: the deployment, its versions and its rollout state."""
     from nbdeploy import api
-    from nbdeploy.deployment.core import versions_of
+    from nbdeploy.deployment.verbs import versions_of
 
     [current] = api.status(name)
     data = deployment_dict(current)
@@ -120,7 +120,7 @@ def _traffic_text(name: str, folder: Path) -> str:
     """``traffic.describe_split(name)`` (as ``nbdeploy status`` shows it), read again only
     when the router's configuration file changed."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.router import CONFIG
+    from nbdeploy.deployment.traffic.router import CONFIG
 
     try:
         info = (folder / CONFIG).stat()
@@ -146,7 +146,7 @@ def summary(name: str, folder: Path | None = None) -> dict[str, Any] | None:
 
     Kept for a few seconds; an older one is answered at once and refreshed in the
     background, so that listing many deployments stays fast."""
-    from nbdeploy.deployment.strategies import REQUESTS_DIR
+    from nbdeploy.deployment.traffic.strategies import REQUESTS_DIR
 
     cached = _summaries.get(name)
     if cached is None:
@@ -255,7 +255,7 @@ def notebook_params(path: Path, shown: str) -> dict[str, Any]:
 def notebook_functions(notebook: Any) -> list[str]:
     """Top-level functions defined in the notebook's code cells (not those tagged
     ``nbdeploy:skip``), the entry function a deploy picks by default first."""
-    from nbdeploy.deployment.core import serve_function_name
+    from nbdeploy.deployment.verbs import serve_function_name
     from nbdeploy.notebook.reader import SKIP_TAG, cell_source, cell_tags
 
     names: list[str] = []
@@ -288,7 +288,7 @@ def notebook_functions(notebook: Any) -> list[str]:
 def check_deploy(path: Path, body: DeployBody) -> str:
     """Check a deploy request before it starts (the notebook, its parameters, the name);
     returns the deployment's name."""
-    from nbdeploy.deployment.core import serve_function_name
+    from nbdeploy.deployment.verbs import serve_function_name
     from nbdeploy.pipeline.runner import prepare_run
     from nbdeploy.service.package import deployment_name
 
@@ -310,8 +310,8 @@ def check_deploy(path: Path, body: DeployBody) -> str:
 
 def deploy(path: Path, body: DeployBody, name: str, operation: Operation) -> dict[str, Any]:
     """Run the notebook, then deploy its function from that kernel (``nbdeploy deploy``)."""
-    from nbdeploy.deployment.core import deploy_notebook
     from nbdeploy.deployment.options import DeployOptions
+    from nbdeploy.deployment.verbs import deploy_notebook
 
     options = DeployOptions(name=name, mlflow=body.mlflow)
     if body.strategy:

@@ -120,8 +120,8 @@ def show_deployment(result: Any) -> Any:
     """Display the card for a deploy result; returns its widget."""
     from IPython.display import display
 
-    from nbdeploy.deployment import keys
     from nbdeploy.deployment.report import describe_deploy, needs_key
+    from nbdeploy.deployment.traffic import keys
     from nbdeploy.widgets.card import DeploymentCard
 
     data = result.to_dict()

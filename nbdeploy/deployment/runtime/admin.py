@@ -53,7 +53,7 @@ def restart() -> dict[str, Any]:
 
 
 def log_lines(lines: int = 50) -> list[str]:
-    from nbdeploy.deployment.supervisor import tail
+    from nbdeploy.deployment.runtime.processes import tail
 
     return tail(channel.run_dir(config.home()) / LOG, lines)
 

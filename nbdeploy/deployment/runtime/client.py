@@ -151,7 +151,7 @@ def _alive(pid: int) -> bool:
 
 
 def _code() -> str:
-    from nbdeploy.deployment.launcher import code_fingerprint
+    from nbdeploy.deployment.runtime.launcher import code_fingerprint
 
     return code_fingerprint()
 
@@ -251,11 +251,11 @@ def rebuild_error(answer: dict[str, Any]) -> NbdeployError:
 
 
 def _error_classes() -> dict[str, type[NbdeployError]]:
-    from nbdeploy.deployment.locks import DeploymentBusyError
+    from nbdeploy.deployment.runtime.locks import DeploymentBusyError
+    from nbdeploy.deployment.runtime.processes import ServerStartError
     from nbdeploy.deployment.store import DeploymentNotFoundError
-    from nbdeploy.deployment.strategies import RolloutError
-    from nbdeploy.deployment.supervisor import ServerStartError
     from nbdeploy.deployment.traffic import RouterError
+    from nbdeploy.deployment.traffic.strategies import RolloutError
     from nbdeploy.errors import DeployError
 
     classes: list[type[NbdeployError]] = [

@@ -240,7 +240,7 @@ def _ignore(message: str) -> None:
 
 
 def _code() -> str:
-    from nbdeploy.deployment.launcher import code_fingerprint
+    from nbdeploy.deployment.runtime.launcher import code_fingerprint
 
     return code_fingerprint()
 
@@ -251,7 +251,7 @@ def _reply(connection: socket.socket, message: dict[str, Any]) -> None:
 
 def _start_launcher(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
     """Start the warm launcher as our child (a client asked: it builds or preloads)."""
-    from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.runtime import launcher
 
     modules = [str(m) for m in request.get("preload") or []]
     process = launcher.start(modules)
@@ -290,7 +290,7 @@ def lock_path(home: Path) -> Path:
 
 def main() -> None:
     """``python -m nbdeploy.deployment.runtime.daemon``: serve until idle or told to stop."""
-    from nbdeploy.deployment.launcher import drop_working_directory_from_path
+    from nbdeploy.deployment.runtime.launcher import drop_working_directory_from_path
 
     drop_working_directory_from_path()
     from nbdeploy.deployment.runtime.client import IN_DAEMON_ENV

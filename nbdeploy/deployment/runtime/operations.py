@@ -33,10 +33,10 @@ def _outcome(name: str) -> dict[str, Any]:
 def switch(daemon: Daemon, job: Job) -> dict[str, Any]:
     """A deploy's rollout of a prepared version (``args``: version, host, port, strategy,
     keep_warm, options, env)."""
-    from nbdeploy.deployment.locks import deployment_lock
     from nbdeploy.deployment.options import DeployOptions
-    from nbdeploy.deployment.rollouts import switch_to
+    from nbdeploy.deployment.runtime.locks import deployment_lock
     from nbdeploy.deployment.store import SERVING
+    from nbdeploy.deployment.traffic.rollouts import switch_to
 
     args = job.args
     deployments = _deployments()
@@ -80,35 +80,35 @@ def _server_environment(daemon: Daemon, env: dict[str, str] | None) -> dict[str,
 
 
 def stop(daemon: Daemon, job: Job) -> dict[str, Any]:
-    from nbdeploy.deployment.core import stop_deployment
+    from nbdeploy.deployment.verbs import stop_deployment
 
     stop_deployment(_deployments(), job.name, daemon.supervisor.release_listener)
     return _outcome(job.name)
 
 
 def rollback(daemon: Daemon, job: Job) -> dict[str, Any]:
-    from nbdeploy.deployment.rollouts import roll_back
+    from nbdeploy.deployment.traffic.rollouts import roll_back
 
     roll_back(_deployments(), job.name, job.notify)
     return _outcome(job.name)
 
 
 def promote(daemon: Daemon, job: Job) -> dict[str, Any]:
-    from nbdeploy.deployment.rollouts import promote_candidate
+    from nbdeploy.deployment.traffic.rollouts import promote_candidate
 
     promote_candidate(_deployments(), job.name, job.notify)
     return _outcome(job.name)
 
 
 def weights(daemon: Daemon, job: Job) -> dict[str, Any]:
-    from nbdeploy.deployment.rollouts import split_traffic
+    from nbdeploy.deployment.traffic.rollouts import split_traffic
 
     split_traffic(_deployments(), job.name, dict(job.args.get("weights") or {}))
     return _outcome(job.name)
 
 
 def rotate_key(daemon: Daemon, job: Job) -> dict[str, Any]:
-    from nbdeploy.deployment.rollouts import new_key
+    from nbdeploy.deployment.traffic.rollouts import new_key
 
     new_key(_deployments(), job.name)
     return _outcome(job.name)

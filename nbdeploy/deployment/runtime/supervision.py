@@ -62,7 +62,8 @@ class Supervisor:
 
     # -- life --------------------------------------------------------------------------
     def start(self) -> None:
-        from nbdeploy.deployment import launcher, traffic
+        from nbdeploy.deployment import traffic
+        from nbdeploy.deployment.runtime import launcher
 
         traffic.listener_for = self.listener_for
         traffic.release_listener = self.release_listener
@@ -75,7 +76,7 @@ class Supervisor:
     def stop(self) -> None:
         """Stop watching; the launcher (a child that serves only the daemon's starts) goes
         too, what it started keeps running."""
-        from nbdeploy.deployment import launcher
+        from nbdeploy.deployment.runtime import launcher
 
         self.stopped.set()
         if self.launcher is not None and self.launcher.poll() is None:
@@ -107,9 +108,9 @@ class Supervisor:
                 print(f"nbdeploy daemon: probing: {type(error).__name__}: {error}", flush=True)
 
     def _probe_all(self) -> None:
-        from nbdeploy.deployment.router import LIVE_PATH
+        from nbdeploy.deployment.runtime.processes import is_running, probe
         from nbdeploy.deployment.store import ROUTER, SERVING
-        from nbdeploy.deployment.supervisor import is_running, probe
+        from nbdeploy.deployment.traffic.router import LIVE_PATH
 
         deployments = self._deployments()
         serving = {d.name for d in deployments.all() if d.status == SERVING}
@@ -132,7 +133,7 @@ class Supervisor:
             del self.unanswered[gone]
 
     def _kill_hung(self, deployments: DeploymentStore, name: str, server: Server) -> None:
-        from nbdeploy.deployment.supervisor import stop_process
+        from nbdeploy.deployment.runtime.processes import stop_process
 
         waited = HUNG_AFTER * PROBE_SECONDS
         print(f"nbdeploy daemon: {name}: {_what(server)} hung; killing it", flush=True)
@@ -180,7 +181,7 @@ class Supervisor:
         return [d.name for d in self._deployments().all() if d.status == SERVING]
 
     def _with_dead_servers(self) -> set[str]:
-        from nbdeploy.deployment.supervisor import is_running
+        from nbdeploy.deployment.runtime.processes import is_running
 
         grouped = self._deployments()._active_servers_by_deployment()
         return {
@@ -194,7 +195,7 @@ class Supervisor:
 
     def describe(self) -> list[dict[str, Any]]:
         """What the daemon supervises: each process with its deployment and role."""
-        from nbdeploy.deployment import launcher
+        from nbdeploy.deployment.runtime import launcher
 
         found: list[dict[str, Any]] = []
         running = launcher.running_pid(self.daemon.home)
@@ -254,7 +255,7 @@ class Supervisor:
     # -- healing -------------------------------------------------------------------------
     def heal(self, job: Job) -> dict[str, Any]:
         """Mark what died, and bring back what the deployment wants serving."""
-        from nbdeploy.deployment.locks import deployment_lock
+        from nbdeploy.deployment.runtime.locks import deployment_lock
 
         self.healed(job.name)
         deployments = self._deployments()
@@ -267,7 +268,7 @@ class Supervisor:
             return self._bring_back(deployments, job.name, dead)
 
     def _dead(self, deployments: DeploymentStore, name: str) -> list[Server]:
-        from nbdeploy.deployment.supervisor import is_running
+        from nbdeploy.deployment.runtime.processes import is_running
 
         return [
             s
@@ -278,8 +279,8 @@ class Supervisor:
     def _bring_back(
         self, deployments: DeploymentStore, name: str, dead: list[Server]
     ) -> dict[str, Any]:
+        from nbdeploy.deployment.runtime.processes import kill_marked
         from nbdeploy.deployment.store import FAILED, ROUTER, SERVING, STANDBY, STOPPED
-        from nbdeploy.deployment.supervisor import kill_marked
 
         for server in dead:
             cause = self.cause(server)
@@ -361,7 +362,7 @@ class Supervisor:
     def cause(self, server: Server) -> str:
         """Why ``server`` ended: its exit status when we waited for it, and its last log
         lines."""
-        from nbdeploy.deployment.supervisor import tail
+        from nbdeploy.deployment.runtime.processes import tail
 
         status = self.exits.get(server.pid or 0)
         if status is None:
@@ -398,9 +399,9 @@ def restart_router(deployments: DeploymentStore, name: str) -> None:
 def restart_version(deployments: DeploymentStore, name: str, dead: Server) -> None:
     """The dead server's version again, on its port when that is free, else on a new one;
     the router is told (each start has a secret of its own)."""
+    from nbdeploy.deployment.runtime.processes import ServerStartError
     from nbdeploy.deployment.store import LIVE, STANDBY
-    from nbdeploy.deployment.strategies import route, start_version
-    from nbdeploy.deployment.supervisor import ServerStartError
+    from nbdeploy.deployment.traffic.strategies import route, start_version
 
     rollout = _rollout(deployments, name, dead.version)
     try:
@@ -414,7 +415,7 @@ def restart_version(deployments: DeploymentStore, name: str, dead: Server) -> No
 def end_candidate(deployments: DeploymentStore, name: str, reason: str) -> None:
     """A canary's or experiment's candidate died: the live version takes all traffic."""
     from nbdeploy.deployment.store import LIVE, STANDBY
-    from nbdeploy.deployment.strategies import canary, route
+    from nbdeploy.deployment.traffic.strategies import canary, route
 
     live = [s for s in deployments.active_servers(name) if s.role == LIVE]
     if not live:
@@ -426,7 +427,7 @@ def end_candidate(deployments: DeploymentStore, name: str, reason: str) -> None:
 
 def _rollout(deployments: DeploymentStore, name: str, number: int) -> Any:
     from nbdeploy.deployment.options import DEFAULT_KEEP_WARM_SECONDS
-    from nbdeploy.deployment.strategies import Rollout
+    from nbdeploy.deployment.traffic.strategies import Rollout
 
     deployment = deployments.get(name)
     version = deployments.version(name, number)

@@ -1,6 +1,6 @@
 """The core's side of a deployment's router: its configuration, its process and its state.
 
-The router (:mod:`nbdeploy.deployment.router`) listens on the deployment's stable address;
+The router (:mod:`nbdeploy.deployment.traffic.router`) listens on the deployment's stable address;
 the versions listen on loopback ports of their own. Here the configuration is written
 atomically, the router is told with SIGHUP and we wait until its state file reports the new
 generation: when :func:`apply` returns, every new request follows the new split.
@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deployment.router import CONFIG, LISTEN_FD_ENV, LIVE_PATH, STATE
-from nbdeploy.deployment.store import ROUTER, STOPPED, DeploymentStore, Server
-from nbdeploy.deployment.supervisor import (
+from nbdeploy.deployment.runtime.processes import (
     ServerStartError,
     check_port_free,
     is_running,
     start_server,
 )
-from nbdeploy.deployment.versions import deployments_dir
+from nbdeploy.deployment.store import ROUTER, STOPPED, DeploymentStore, Server
+from nbdeploy.deployment.traffic.router import CONFIG, LISTEN_FD_ENV, LIVE_PATH, STATE
+from nbdeploy.deployment.versions.build import deployments_dir
 from nbdeploy.errors import NbdeployError
 
 APPLY_TIMEOUT_SECONDS = 10.0
@@ -49,7 +49,7 @@ class RouterError(NbdeployError):
 @dataclass(frozen=True)
 class Target:
     """Where a version's server listens (behind the router), and the secret it answers to
-    (see :mod:`nbdeploy.deployment.upstream_secrets`; kept out of reprs, hence logs)."""
+    (see :mod:`nbdeploy.deployment.traffic.upstream_secrets`; kept out of reprs, hence logs)."""
 
     name: str  # "v3"
     host: str
@@ -181,7 +181,7 @@ def route(
 def start_router(deployments: DeploymentStore, name: str, host: str, port: int) -> Server:
     """Start ``name``'s router on host:port with the configuration in its folder."""
     log_path = folder(name) / "logs" / f"router-{time.time_ns()}.log"
-    command = [sys.executable, "-m", "nbdeploy.deployment.router", str(folder(name))]
+    command = [sys.executable, "-m", "nbdeploy.deployment.traffic.router", str(folder(name))]
     listener = None
     if listener_for is not None:
         try:
@@ -238,7 +238,7 @@ def stop_router(deployments: DeploymentStore, name: str, status: str) -> None:
 
 
 def _stop(deployments: DeploymentStore, router: Server, status: str) -> None:
-    from nbdeploy.deployment.supervisor import stop_process
+    from nbdeploy.deployment.runtime.processes import stop_process
 
     if router.pid:
         stop_process(router.pid, router.start_ticks, marker=router.log_path)

@@ -12,7 +12,7 @@ the one over the same window when the stable version answered enough requests in
 plan keeps from the canary's start (``baseline``).
 
 The steps run in a controller process of their own (``python -m
-nbdeploy.deployment.strategies.canary NAME``), so that ``%deploy`` returns at once and a
+nbdeploy.deployment.traffic.strategies.canary NAME``), so that ``%deploy`` returns at once and a
 kernel restart does not stop a canary; ``--wait`` runs them in the deploy itself.
 ``nbdeploy promote NAME`` and ``nbdeploy rollback NAME`` ask a running canary to finish
 early, and a new deploy of the same name supersedes it at once (the controller takes the
@@ -35,8 +35,9 @@ from typing import Any
 
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.options import DEFAULT_CANARY_STEPS
+from nbdeploy.deployment.runtime.processes import is_running, process_start_ticks
 from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE, SERVING, STANDBY, STOPPED
-from nbdeploy.deployment.strategies import (
+from nbdeploy.deployment.traffic.strategies import (
     Rollout,
     RolloutError,
     retire_standby,
@@ -45,7 +46,6 @@ from nbdeploy.deployment.strategies import (
     stop_server,
     target,
 )
-from nbdeploy.deployment.supervisor import is_running, process_start_ticks
 from nbdeploy.private_files import open_private, restrict_umask, write_private_text
 
 PLAN = "canary.json"
@@ -100,7 +100,7 @@ def write_plan(plan: CanaryPlan) -> None:
 def roll_out(rollout: Rollout) -> int:
     """Start the canary at its first step; with ``--wait``, run every step. The version
     live afterwards (the stable one until the canary is promoted)."""
-    from nbdeploy.deployment.strategies import bluegreen
+    from nbdeploy.deployment.traffic.strategies import bluegreen
 
     stable = rollout.servers(LIVE)
     if not stable or stable[0].port == rollout.port:
@@ -326,7 +326,7 @@ def _route_share(rollout: Rollout, plan: CanaryPlan, share: float) -> None:
 
 
 def _promote(rollout: Rollout, plan: CanaryPlan) -> None:
-    from nbdeploy.deployment.strategies import route
+    from nbdeploy.deployment.traffic.strategies import route
 
     servers = {s.id: s for s in rollout.deployments.active_servers(rollout.name)}
     candidate, stable = servers[plan.candidate_server], servers[plan.stable_server]
@@ -345,7 +345,7 @@ def _promote(rollout: Rollout, plan: CanaryPlan) -> None:
 
 
 def _roll_back(rollout: Rollout, plan: CanaryPlan, reason: str) -> None:
-    from nbdeploy.deployment.strategies import route
+    from nbdeploy.deployment.traffic.strategies import route
 
     servers = {s.id: s for s in rollout.deployments.active_servers(rollout.name)}
     stable, candidate = servers.get(plan.stable_server), servers.get(plan.candidate_server)
@@ -397,7 +397,7 @@ def supersede(name: str) -> None:
 def stop_controller(name: str, reason: str = "the deployment was stopped") -> None:
     """End a canary's controller (the deployment is being stopped, or the canary's server
     died): the plan says it was rolled back, and why."""
-    from nbdeploy.deployment.supervisor import stop_process
+    from nbdeploy.deployment.runtime.processes import stop_process
 
     plan = read_plan(name)
     if plan is None or plan.status != RUNNING:
@@ -412,7 +412,7 @@ def _start_controller(name: str) -> int:
     log = traffic.folder(name) / "logs" / f"canary-{time.time_ns()}.log"
     with open_private(log, "ab") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "nbdeploy.deployment.strategies.canary", name],
+            [sys.executable, "-m", "nbdeploy.deployment.traffic.strategies.canary", name],
             stdin=subprocess.DEVNULL,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -425,7 +425,7 @@ def _start_controller(name: str) -> int:
 def main() -> None:
     """The controller: run the steps of ``canary.json`` under the deployment's lock."""
     restrict_umask()  # plan, router config and logs it writes: owner-only (issue 17)
-    from nbdeploy.deployment.locks import deployment_lock
+    from nbdeploy.deployment.runtime.locks import deployment_lock
     from nbdeploy.deployment.store import DeploymentStore
     from nbdeploy.store import default_store
 

@@ -3,9 +3,9 @@ own HTTP worker, one process per ``--workers``) alive.
 
 This is what ``bentoml serve`` does with its circus arbiter, without a second cold start:
 the leader is usually forked from nbdeploy's warm launcher
-(:mod:`nbdeploy.deployment.launcher`), which has BentoML's serving stack and the model's
+(:mod:`nbdeploy.deployment.runtime.launcher`), which has BentoML's serving stack and the model's
 framework imported already, so a new version answers in a fraction of a second instead of
-seconds. ``python -m nbdeploy.deployment.serving SPEC_JSON`` runs the same code in a fresh
+seconds. ``python -m nbdeploy.deployment.runtime.serving SPEC_JSON`` runs the same code in a fresh
 interpreter when no launcher is at hand.
 
 The leader is the process nbdeploy records: stopping its process group stops the workers;
@@ -211,10 +211,10 @@ def _ended(status: int) -> str:
 
 
 def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
-    """A spawner for :func:`nbdeploy.deployment.supervisor.start_server`: the server forked
+    """A spawner for :func:`nbdeploy.deployment.runtime.processes.start_server`: the server forked
     from the warm launcher (started when it is not running), else in a fresh interpreter."""
-    from nbdeploy.deployment import launcher
-    from nbdeploy.deployment.supervisor import AdoptedProcess, popen_logged
+    from nbdeploy.deployment.runtime import launcher
+    from nbdeploy.deployment.runtime.processes import AdoptedProcess, popen_logged
 
     def spawn(environment: dict[str, str]) -> Any:
         running = launcher.ensure()
@@ -228,7 +228,7 @@ def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(f"nbdeploy: the launcher could not start the server ({error})\n")
         return popen_logged(
-            [sys.executable, "-m", "nbdeploy.deployment.serving", json.dumps(spec)],
+            [sys.executable, "-m", "nbdeploy.deployment.runtime.serving", json.dumps(spec)],
             environment,
             cwd,
             log_path,
@@ -239,7 +239,7 @@ def spawner(spec: dict[str, Any], cwd: Path, log_path: Path) -> Any:
 
 def _stop_unanswered(log_path: Path) -> None:
     """Interrupted while the launcher forked the server: stop it by the pid it wrote."""
-    from nbdeploy.deployment.supervisor import stop_process
+    from nbdeploy.deployment.runtime.processes import stop_process
 
     pid_file = log_path.with_suffix(".pid")
     deadline = time.monotonic() + 2.0
@@ -254,7 +254,7 @@ def _stop_unanswered(log_path: Path) -> None:
 
 def main() -> None:
     os.umask(0o077)  # what the server writes under NBDEPLOY_HOME is owner-only (issue 17)
-    from nbdeploy.deployment.launcher import drop_working_directory_from_path
+    from nbdeploy.deployment.runtime.launcher import drop_working_directory_from_path
 
     drop_working_directory_from_path()
     serve(json.loads(sys.argv[1]))

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbdeploy.deployment import traffic, upstream_secrets
+from nbdeploy.deployment import traffic
+from nbdeploy.deployment.runtime.processes import LOOPBACK, free_port, start_server, stop_process
 from nbdeploy.deployment.store import (
     CANDIDATE,
     FAILED,
@@ -30,7 +31,7 @@ from nbdeploy.deployment.store import (
     Server,
     Version,
 )
-from nbdeploy.deployment.supervisor import LOOPBACK, free_port, start_server, stop_process
+from nbdeploy.deployment.traffic import upstream_secrets
 from nbdeploy.errors import NbdeployError
 
 Notify = Callable[[str], None]
@@ -86,7 +87,7 @@ class Rollout:
 def start_version(rollout: Rollout, version: Version, role: str, port: int | None = None) -> Server:
     """Start ``version`` on a loopback port (``port``, else a free one: the router reaches
     it there); a start that fails is recorded (``nbdeploy logs`` shows it) and re-raised."""
-    from nbdeploy.deployment.serving import spawner
+    from nbdeploy.deployment.runtime.serving import spawner
     from nbdeploy.service.builder import bentoml_environment
 
     folder = traffic.folder(rollout.name)
@@ -255,7 +256,7 @@ def _drop_stale_metrics(folder: Path, live: set[str]) -> None:
 def roll_out(strategy: str, rollout: Rollout) -> int:
     """Switch the deployment to ``rollout.version`` with ``strategy``: the version that is
     live afterwards (a canary stays behind the stable version until it is promoted)."""
-    from nbdeploy.deployment.strategies import bluegreen, canary, experiment, recreate
+    from nbdeploy.deployment.traffic.strategies import bluegreen, canary, experiment, recreate
 
     strategies: dict[str, Callable[[Rollout], int]] = {
         "blue-green": bluegreen.roll_out,

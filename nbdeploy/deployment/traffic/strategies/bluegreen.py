@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE, STANDBY, Server
-from nbdeploy.deployment.strategies import (
+from nbdeploy.deployment.traffic.strategies import (
     Rollout,
     route,
     smoke_test,

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nbdeploy.deployment import supervisor
-from nbdeploy.deployment.supervisor import (
+from nbdeploy.deployment.runtime import processes
+from nbdeploy.deployment.runtime.processes import (
     ServerStartError,
     free_port,
     is_running,
@@ -108,7 +108,7 @@ def wait_for(condition: Callable[[], object], seconds: float = 10.0) -> None:
 
 def foreign_server(script: Path, port: int, leftovers: list[int]) -> subprocess.Popen[bytes]:
     """A server nbdeploy did not start (no marker), answering /readyz on ``port``."""
-    env = {k: v for k, v in os.environ.items() if k != supervisor.MARKER_ENV}
+    env = {k: v for k, v in os.environ.items() if k != processes.MARKER_ENV}
     process = subprocess.Popen(
         [sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL, env=env
     )
@@ -205,7 +205,7 @@ def test_a_port_held_by_an_unknown_process_is_refused(
     """The holder may be invisible (another user's process; macOS without root)."""
     port = free_port()
     foreign_server(server_script, port, leftovers)
-    monkeypatch.setattr(supervisor, "_listeners", lambda port: [(None, "127.0.0.1")])
+    monkeypatch.setattr(processes, "_listeners", lambda port: [(None, "127.0.0.1")])
     with pytest.raises(ServerStartError, match=f"port {port} on 127.0.0.1 is in use") as caught:
         start_server(
             [sys.executable, "-c", "pass"], host="127.0.0.1", port=port, log_path=tmp_path / "l"
@@ -220,11 +220,11 @@ def test_an_answer_from_another_process_is_not_readiness(
     skipping the check): its 200 must not pass for the new server's."""
     port = free_port()
     holder = foreign_server(server_script, port, leftovers)
-    monkeypatch.setattr(supervisor, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(processes, "check_port_free", lambda host, port: None)
     pid_file = tmp_path / "ours.pid"
     # Probe only once ours has written its pid, so that the test knows what to look for.
-    real_probe = supervisor.probe
-    monkeypatch.setattr(supervisor, "probe", lambda url: pid_file.exists() and real_probe(url))
+    real_probe = processes.probe
+    monkeypatch.setattr(processes, "probe", lambda url: pid_file.exists() and real_probe(url))
     log = tmp_path / "ours.log"
     code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     with pytest.raises(ServerStartError) as caught:
@@ -332,8 +332,8 @@ def test_an_interrupt_while_waiting_leaves_nothing_behind(
             raise KeyboardInterrupt
         return False
 
-    monkeypatch.setattr(supervisor, "probe", interrupted_probe)
-    monkeypatch.setattr(supervisor, "START_FAILURE_GRACE", 1.0)  # the child ignores SIGTERM
+    monkeypatch.setattr(processes, "probe", interrupted_probe)
+    monkeypatch.setattr(processes, "START_FAILURE_GRACE", 1.0)  # the child ignores SIGTERM
     try:
         with pytest.raises(KeyboardInterrupt):
             start_server(
@@ -354,8 +354,8 @@ def test_an_interrupt_while_waiting_leaves_nothing_behind(
 
 
 def test_urls_bracket_ipv6_addresses():
+    from nbdeploy.deployment.runtime.processes import http_url
     from nbdeploy.deployment.store import Deployment
-    from nbdeploy.deployment.supervisor import http_url
 
     assert http_url("::1", 3000) == "http://[::1]:3000"
     assert http_url("127.0.0.1", 3000) == "http://127.0.0.1:3000"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
-from nbdeploy.deployment.locks import deployment_lock
+from nbdeploy.deployment.runtime.locks import deployment_lock
 from nbdeploy.deployment.store import DeploymentStore, Version
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore, default_store
@@ -54,7 +54,7 @@ def prune(
     store: StateStore | None = None,
 ) -> list[PruneReport]:
     """Remove all but the newest ``keep`` versions of one deployment (or of each)."""
-    from nbdeploy.deployment.rollouts import previous_version
+    from nbdeploy.deployment.traffic.rollouts import previous_version
 
     if keep < 1:
         raise NbdeployError("--keep must be at least 1", "keep at least the newest version")
@@ -127,7 +127,7 @@ def delete_from_bentoml(bentos: list[str], models: list[str]) -> tuple[int, list
     caller); returns the bytes freed and the errors met."""
     if not bentos and not models:
         return 0, []
-    from nbdeploy.deployment.versions import last_json
+    from nbdeploy.deployment.versions.build import last_json
     from nbdeploy.service.builder import DELETE, bentoml_environment
 
     request = json.dumps({"bentos": bentos, "models": models})

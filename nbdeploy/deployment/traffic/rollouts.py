@@ -1,15 +1,16 @@
-"""Switching a deployment between versions: a deploy's rollout (:func:`switch_to`, with
-the strategies of :mod:`nbdeploy.deployment.strategies`), and the verbs that move traffic
-afterwards: rollback, promote, weights, and the API key of the router."""
+"""Switching a deployment between versions, as the daemon does it: a deploy's rollout
+(:func:`switch_to`, with the strategies of :mod:`nbdeploy.deployment.traffic.strategies`),
+and what moves traffic afterwards: rolling back, promoting, weights, and the router's API
+key. The verbs users call are in :mod:`nbdeploy.deployment.verbs`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nbdeploy.deployment.locks import deployment_lock
 from nbdeploy.deployment.options import DEFAULT_KEEP_WARM_SECONDS, DeployOptions, parse_sticky
-from nbdeploy.deployment.registry import record_live
+from nbdeploy.deployment.runtime.locks import deployment_lock
+from nbdeploy.deployment.runtime.processes import LOOPBACK, ServerStartError, free_port
 from nbdeploy.deployment.store import (
     CANDIDATE,
     FAILED,
@@ -21,9 +22,8 @@ from nbdeploy.deployment.store import (
     DeploymentStore,
     Version,
 )
-from nbdeploy.deployment.supervisor import LOOPBACK, ServerStartError, free_port
+from nbdeploy.deployment.versions.registry import record_live
 from nbdeploy.errors import DeployError
-from nbdeploy.store import StateStore, default_store
 
 Notify = Callable[[str], None]
 
@@ -47,11 +47,11 @@ def switch_to(
     env: Mapping[str, str] | None = None,
 ) -> Deployment:
     """Route ``name`` to ``version`` with ``strategy`` (see
-    :mod:`nbdeploy.deployment.strategies`). When the new version does not take over (or the
+    :mod:`nbdeploy.deployment.traffic.strategies`). When the new version does not take over (or the
     deploy is cancelled before the switch), what served before still serves, and the error
     says so. ``env`` is the environment the version's server runs with."""
-    from nbdeploy.deployment.strategies import Rollout, RolloutError, roll_out
     from nbdeploy.deployment.traffic import RouterError
+    from nbdeploy.deployment.traffic.strategies import Rollout, RolloutError, roll_out
 
     current = deployments.find(name)
     if current is None:
@@ -67,7 +67,7 @@ def switch_to(
             rollout.sticky = parse_sticky(options.sticky)
         except ValueError as error:
             raise DeployError(str(error)) from None
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.traffic.strategies import canary
 
     canary.supersede(name)  # a canary in progress gives way to this deploy
     try:
@@ -102,7 +102,7 @@ def _restore_route(rollout: Any, live: Any, standby: list[Any]) -> None:
     """After a failed rollout: the router sends everything to what the store says is live
     (a failure after the route changed must not leave the new split in place)."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.strategies import route
+    from nbdeploy.deployment.traffic.strategies import route
 
     weights = traffic.read_config(rollout.name).get("weights", {})
     if {k for k, w in weights.items() if w > 0} == {traffic.version_key(live.version)}:
@@ -116,7 +116,8 @@ def _restore_route(rollout: Any, live: Any, standby: list[Any]) -> None:
 def _configure_auth(name: str, host: str, auth: str | None, notify: Notify) -> None:
     """Give the router the hash of the deployment's API key (created and shown once when
     asked for, or when the router listens beyond loopback), or none."""
-    from nbdeploy.deployment import keys, traffic
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.traffic import keys
 
     remote = host not in (LOOPBACK, "localhost", "::1")
     if auth == "none" and remote:
@@ -138,21 +139,10 @@ def _configure_auth(name: str, host: str, auth: str | None, notify: Notify) -> N
     traffic.write_config(name, config)
 
 
-def rotate_key(name: str, store: StateStore | None = None) -> str:
-    """A new API key for ``name``'s router (the old one stops working at once)."""
-    from nbdeploy.deployment import keys
-    from nbdeploy.deployment.runtime import client
-
-    DeploymentStore(store or default_store()).get(name)
-    client.call("rotate_key", name, home=client.home_of(store))
-    key = keys.read_key(name)
-    assert key is not None
-    return key
-
-
 def new_key(deployments: DeploymentStore, name: str) -> str:
     """In the daemon: the new key, and the router told its hash."""
-    from nbdeploy.deployment import keys, traffic
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.traffic import keys
 
     current = deployments.get(name)
     key = keys.create_key(name)
@@ -173,20 +163,9 @@ def new_key(deployments: DeploymentStore, name: str) -> str:
     return key
 
 
-def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
-    """Serve the version that was live before the current one (no rebuild): at once when
-    it is still warm, else started beside the current one first (blue-green)."""
-    from nbdeploy.deployment.runtime import client
-
-    deployments = DeploymentStore(store or default_store())
-    deployments.get(name)
-    client.call("rollback", name, notify=notify, home=client.home_of(store))
-    return deployments.get(name)
-
-
 def roll_back(deployments: DeploymentStore, name: str, notify: Notify = _ignore) -> Deployment:
     """In the daemon: what :func:`rollback` asks for."""
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.traffic.strategies import canary
 
     current = deployments.get(name)
     ended = canary.ask(name, "abort")
@@ -214,21 +193,11 @@ def roll_back(deployments: DeploymentStore, name: str, notify: Notify = _ignore)
     return deployment
 
 
-def promote(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
-    """A canary in progress takes all the traffic now (its remaining steps are skipped)."""
-    from nbdeploy.deployment.runtime import client
-
-    deployments = DeploymentStore(store or default_store())
-    deployments.get(name)
-    client.call("promote", name, notify=notify, home=client.home_of(store))
-    return deployments.get(name)
-
-
 def promote_candidate(
     deployments: DeploymentStore, name: str, notify: Notify = _ignore
 ) -> Deployment:
     """In the daemon: what :func:`promote` asks for."""
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.traffic.strategies import canary
 
     deployments.get(name)
     ended = canary.ask(name, "promote")
@@ -242,7 +211,7 @@ def promote_candidate(
             f"{name} has no canary, A/B test or shadow in progress to promote",
             "deploy with --strategy canary, ab or shadow; a plain deploy switches at once",
         )
-    from nbdeploy.deployment.strategies import bluegreen
+    from nbdeploy.deployment.traffic.strategies import bluegreen
 
     with deployment_lock(name, notify):
         version = deployments.version(name, candidates[0].version)
@@ -256,7 +225,7 @@ def promote_candidate(
 def _rollout(
     deployments: DeploymentStore, current: Deployment, version: Version, notify: Notify
 ) -> Any:
-    from nbdeploy.deployment.strategies import Rollout
+    from nbdeploy.deployment.traffic.strategies import Rollout
 
     return Rollout(
         deployments,
@@ -273,7 +242,7 @@ def _end_experiment(deployments: DeploymentStore, current: Deployment, notify: N
     """An A/B test or shadow in progress ends: the live version keeps all the traffic and
     the candidate stops. False when there is none."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.strategies import route, stop_server
+    from nbdeploy.deployment.traffic.strategies import route, stop_server
 
     current = deployments.reconcile(current.name)
     candidates = [s for s in current.servers if s.role == CANDIDATE]
@@ -295,24 +264,12 @@ def _end_experiment(deployments: DeploymentStore, current: Deployment, notify: N
     return True
 
 
-def set_weights(
-    name: str, weights: Mapping[str, float], store: StateStore | None = None
-) -> Deployment:
-    """Split traffic by hand among the versions that run (``{"v1": 90, "v2": 10}``)."""
-    from nbdeploy.deployment.runtime import client
-
-    deployments = DeploymentStore(store or default_store())
-    deployments.get(name)
-    client.call("weights", name, {"weights": dict(weights)}, home=client.home_of(store))
-    return deployments.get(name)
-
-
 def split_traffic(
     deployments: DeploymentStore, name: str, weights: Mapping[str, float]
 ) -> Deployment:
     """In the daemon: what :func:`set_weights` asks for."""
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.strategies import target
+    from nbdeploy.deployment.traffic.strategies import target
 
     current = deployments.get(name)
     running = {
@@ -356,26 +313,3 @@ def previous_version(deployments: DeploymentStore, name: str, live: int | None) 
         return int(rows[0])
     earlier = [v.version for v in deployments.versions(name) if live is None or v.version < live]
     return max(earlier) if earlier else None
-
-
-def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
-    """What traffic does now, and the last rollouts: the split, a canary in progress or
-    its outcome, and the deployment's latest events (newest first)."""
-    from dataclasses import asdict
-
-    from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.strategies import canary
-
-    deployments = DeploymentStore(store or default_store())
-    deployments.get(name)
-    config = traffic.read_config(name)
-    plan = canary.read_plan(name)
-    return {
-        "split": traffic.describe_split(name),
-        "mode": config.get("mode", "split"),
-        "shadow": config.get("shadow"),
-        "sticky": config.get("sticky"),
-        "auth": "key" if config.get("key_sha256") else "none",
-        "canary": asdict(plan) if plan is not None else None,
-        "events": deployments.events(name, 10),
-    }

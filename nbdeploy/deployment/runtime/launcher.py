@@ -56,7 +56,7 @@ BASE_PRELOAD = (
     "uvicorn",
     "cloudpickle",
     "numpy",
-    "nbdeploy.deployment.serving",
+    "nbdeploy.deployment.runtime.serving",
     "nbdeploy.service.builder",
     "nbdeploy.service.probe",
     "nbdeploy.service.runtime",
@@ -108,7 +108,7 @@ def running_pid(home: Path | None = None) -> int | None:
 def code_fingerprint() -> str:
     """What the launcher's forks run: this interpreter and nbdeploy's code as installed now.
     A launcher started before an upgrade (or an edit of a development install) is replaced."""
-    package = Path(__file__).resolve().parents[1]
+    package = Path(__file__).resolve().parents[2]  # nbdeploy/
     stamps = sorted(
         f"{path.relative_to(package)}:{path.stat().st_mtime_ns}" for path in package.rglob("*.py")
     )
@@ -173,7 +173,7 @@ class Launcher:
         return True
 
     def serve(self, spec: dict[str, Any], env: dict[str, str], cwd: Path, log_path: Path) -> int:
-        """Fork a version server (:func:`nbdeploy.deployment.serving.serve`): its pid."""
+        """Fork a version server (:func:`nbdeploy.deployment.runtime.serving.serve`): its pid."""
         answer = self.request(
             {"op": "serve", "spec": spec, "env": env, "cwd": str(cwd), "log": str(log_path)}
         )
@@ -233,7 +233,7 @@ def start(preload: Iterable[str] = ()) -> subprocess.Popen[bytes] | None:
     home.mkdir(parents=True, exist_ok=True)
     with open_private(home / "launcher.log", "ab") as log:  # owner-only (issue 17)
         return subprocess.Popen(
-            [sys.executable, "-m", "nbdeploy.deployment.launcher", *sorted(set(preload))],
+            [sys.executable, "-m", "nbdeploy.deployment.runtime.launcher", *sorted(set(preload))],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -422,14 +422,14 @@ def _child(connection: socket.socket, request: dict[str, Any]) -> NoReturn:
         if request["op"] == "serve":
             log_path = Path(request["log"])
             # Where a caller interrupted before our answer finds whom to stop.
-            from nbdeploy.deployment.supervisor import process_start_ticks
+            from nbdeploy.deployment.runtime.processes import process_start_ticks
 
             started = process_start_ticks(os.getpid())
             log_path.with_suffix(".pid").write_text(f"{os.getpid()} {started}", encoding="utf-8")
             _redirect(log_path)
             _answer(connection, {"ok": True, "pid": os.getpid()})
             connection.close()
-            from nbdeploy.deployment.serving import serve
+            from nbdeploy.deployment.runtime.serving import serve
 
             serve(request["spec"])
         _redirect(None)
@@ -526,7 +526,7 @@ def _listen(path: Path) -> socket.socket:
 
 
 def main() -> None:
-    """``python -m nbdeploy.deployment.launcher [MODULE...]``: serve until idle."""
+    """``python -m nbdeploy.deployment.runtime.launcher [MODULE...]``: serve until idle."""
     os.umask(0o077)  # it and all it forks write owner-only files (issue 17)
     drop_working_directory_from_path()
     home = config.home()

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nbdeploy import config
-from nbdeploy.deployment.core import DeployResult, check_host
-from nbdeploy.deployment.locks import deployment_lock
-from nbdeploy.deployment.rollouts import switch_to
+from nbdeploy.deployment.runtime.locks import deployment_lock
+from nbdeploy.deployment.runtime.processes import LOOPBACK, free_port
 from nbdeploy.deployment.store import DeploymentStore, Version
-from nbdeploy.deployment.supervisor import LOOPBACK, free_port
-from nbdeploy.deployment.versions import build_bento, deployments_dir
+from nbdeploy.deployment.traffic.rollouts import switch_to
+from nbdeploy.deployment.verbs import DeployResult, check_host
+from nbdeploy.deployment.versions.build import build_bento, deployments_dir
 from nbdeploy.errors import DeployError
 from nbdeploy.private_files import private_dir, write_private_text
 from nbdeploy.store import StateStore, default_store

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import config
+from nbdeploy.deployment.runtime.processes import free_port
 from nbdeploy.deployment.store import DeploymentStore, Version
-from nbdeploy.deployment.supervisor import free_port
 from nbdeploy.errors import NbdeployError
 from nbdeploy.private_files import private_dir, write_private_text
 
@@ -151,7 +151,7 @@ def _object_kinds(plan: Any) -> list[str]:
 
 def _launcher_soon() -> Any:
     """The warm launcher (a Future of it, or of None), started in the background now."""
-    from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.runtime import launcher
 
     executor = ThreadPoolExecutor(1, thread_name_prefix="nbdeploy-launcher")
     future = executor.submit(launcher.ensure, launcher.framework_modules())
@@ -360,7 +360,7 @@ def _move(source: Path, target: Path) -> Path:
 
 def _discard_bento(tag: str) -> None:
     """A bento built with the requirements known before the example call ran."""
-    from nbdeploy.deployment.prune import delete_from_bentoml
+    from nbdeploy.deployment.versions.prune import delete_from_bentoml
 
     delete_from_bentoml([tag], [])
 
@@ -413,7 +413,7 @@ def _build_answer(result: dict[str, Any] | None, errors: str) -> tuple[str, bool
 
 def build_bento(version_dir: Path) -> tuple[str, bool]:
     """Build (or reuse) the bento of a written version in a separate process."""
-    from nbdeploy.deployment import launcher
+    from nbdeploy.deployment.runtime import launcher
 
     running = launcher.running()
     if running is not None:
@@ -470,7 +470,7 @@ class ForkedBuilder:
         running.preload(f"bentoml.{kind}" for kind in kinds)
 
     def build(self, version_dir: Path) -> tuple[str, bool]:
-        from nbdeploy.deployment.launcher import LauncherError
+        from nbdeploy.deployment.runtime.launcher import LauncherError
 
         try:
             answer = self.launcher.run(
@@ -510,7 +510,7 @@ class ForkedProbe:
 
     def result(self, cache: Path) -> dict[str, Any] | None:
         """Its answer (kept in ``cache``); in a fresh interpreter when the launcher failed."""
-        from nbdeploy.deployment.launcher import LauncherError
+        from nbdeploy.deployment.runtime.launcher import LauncherError
 
         try:
             answer: dict[str, Any] | None = self.future.result()

@@ -1,4 +1,4 @@
-"""The router process: ``python -m nbdeploy.deployment.router FOLDER`` (see the package's
+"""The router process: ``python -m nbdeploy.deployment.traffic.router FOLDER`` (see the package's
 docstring for what it does and how it is told)."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbdeploy.deployment.router import CONFIG, LISTEN_FD_ENV, LIVE_PATH, STATE, STATUS_PATH
-from nbdeploy.deployment.router.http import (
+from nbdeploy.deployment.traffic.router import CONFIG, LISTEN_FD_ENV, LIVE_PATH, STATE, STATUS_PATH
+from nbdeploy.deployment.traffic.router.http import (
     HEAD_LIMIT,
     HOP_BY_HOP,
     BadRequest,
@@ -203,7 +203,7 @@ class Router:
             upstream = self.upstreams.get(name)
             if now < float(entry["until"]) or (upstream is not None and upstream.inflight):
                 continue
-            from nbdeploy.deployment.supervisor import stop_process
+            from nbdeploy.deployment.runtime.processes import stop_process
 
             del self.standby[name]
             if upstream is not None:

@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 
 from nbdeploy.deployment.store import Server
-from nbdeploy.deployment.versions import deployments_dir
+from nbdeploy.deployment.versions.build import deployments_dir
 from nbdeploy.private_files import private_dir, write_private_text
 from nbdeploy.service.upstream_guard import HEADER
 

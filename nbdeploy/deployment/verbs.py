@@ -1,13 +1,14 @@
-"""Deploy notebook functions and fitted models as local services: the core behind
-``%deploy``, ``nbdeploy deploy`` and ``nbdeploy.deploy``.
+"""The verbs users call, in one place: deploy, status, stop, logs, show, rollback, promote,
+weights, rotate-key. The CLI, ``%deploy``, ``nbdeploy.deploy`` and the REST handlers are
+thin faces over these.
 
-A deploy captures the function (or model), makes its version (see
-:mod:`nbdeploy.deployment.versions`: content-addressed, built once), and rolls it out
-behind the deployment's router with a strategy (:mod:`nbdeploy.deployment.strategies`:
-blue-green by default, recreate, canary, A/B, shadow), all under the deployment's lock.
-A version that does not take over (or a deploy that is interrupted) leaves what served
-before serving, and the error says why. The other verbs (status, stop, logs, rollback,
-promote, weights, show) are here too.
+A deploy captures the function (or model) and makes its version here, in the caller's
+process (see :mod:`nbdeploy.deployment.versions.build`: content-addressed, built once);
+rolling it out behind the deployment's router with a strategy
+(:mod:`nbdeploy.deployment.traffic.strategies`: blue-green by default, recreate, canary,
+A/B, shadow) is a request to the daemon, as is every other change (stop, rollback, ...):
+the daemon does them one at a time per deployment. A version that does not take over (or
+a request that is interrupted) leaves what served before serving, and the error says why.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbdeploy.deployment.locks import deployment_lock
 from nbdeploy.deployment.options import (
     DeployOptions,
     check_log_sample,
     check_redact,
     parse_sticky,
 )
-from nbdeploy.deployment.registry import record_live, register_version
+from nbdeploy.deployment.runtime.locks import deployment_lock
+from nbdeploy.deployment.runtime.processes import (
+    LOOPBACK,
+    stop_process,
+    tail,
+)
 from nbdeploy.deployment.store import (
     FAILED_START,
     READY,
@@ -39,12 +44,8 @@ from nbdeploy.deployment.store import (
     DeploymentStore,
     Version,
 )
-from nbdeploy.deployment.supervisor import (
-    LOOPBACK,
-    stop_process,
-    tail,
-)
-from nbdeploy.deployment.versions import prepare_version
+from nbdeploy.deployment.versions.build import prepare_version
+from nbdeploy.deployment.versions.registry import record_live, register_version
 from nbdeploy.errors import DeployError
 from nbdeploy.store import StateStore, default_store
 
@@ -318,7 +319,7 @@ def stop_deployment(
 ) -> None:
     """In the daemon: end the canary controller, the versions, then the router (and give
     up its address)."""
-    from nbdeploy.deployment.strategies import canary
+    from nbdeploy.deployment.traffic.strategies import canary
 
     current = deployments.get(name)
     canary.stop_controller(name)
@@ -452,7 +453,7 @@ def deploy_notebook(
     }
     epilogue = (
         "import json as _nbdeploy_json\n"
-        "import nbdeploy.deployment.core as _nbdeploy_core\n"
+        "import nbdeploy.deployment.verbs as _nbdeploy_core\n"
         "_nbdeploy_core.deploy_in_kernel(\n"
         f"    globals(), _nbdeploy_json.loads({json.dumps(arguments)!r})\n"
         ")\n"
@@ -516,3 +517,72 @@ def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> No
             notify=say,
         )
     print(RESULT_MARKER + json.dumps(result.to_dict(), default=str), flush=True)
+
+
+# -- the verbs that move traffic (done by the daemon: traffic.rollouts) -----------------
+def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
+    """Serve the version that was live before the current one (no rebuild): at once when
+    it is still warm, else started beside the current one first (blue-green)."""
+    from nbdeploy.deployment.runtime import client
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("rollback", name, notify=notify, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def promote(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
+    """A canary in progress takes all the traffic now (its remaining steps are skipped)."""
+    from nbdeploy.deployment.runtime import client
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("promote", name, notify=notify, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def set_weights(
+    name: str, weights: Mapping[str, float], store: StateStore | None = None
+) -> Deployment:
+    """Split traffic by hand among the versions that run (``{"v1": 90, "v2": 10}``)."""
+    from nbdeploy.deployment.runtime import client
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    client.call("weights", name, {"weights": dict(weights)}, home=client.home_of(store))
+    return deployments.get(name)
+
+
+def rotate_key(name: str, store: StateStore | None = None) -> str:
+    """A new API key for ``name``'s router (the old one stops working at once)."""
+    from nbdeploy.deployment.runtime import client
+    from nbdeploy.deployment.traffic import keys
+
+    DeploymentStore(store or default_store()).get(name)
+    client.call("rotate_key", name, home=client.home_of(store))
+    key = keys.read_key(name)
+    assert key is not None
+    return key
+
+
+def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
+    """What traffic does now, and the last rollouts: the split, a canary in progress or
+    its outcome, and the deployment's latest events (newest first)."""
+    from dataclasses import asdict
+
+    from nbdeploy.deployment import traffic
+    from nbdeploy.deployment.traffic.strategies import canary
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)
+    config = traffic.read_config(name)
+    plan = canary.read_plan(name)
+    return {
+        "split": traffic.describe_split(name),
+        "mode": config.get("mode", "split"),
+        "shadow": config.get("shadow"),
+        "sticky": config.get("sticky"),
+        "auth": "key" if config.get("key_sha256") else "none",
+        "canary": asdict(plan) if plan is not None else None,
+        "events": deployments.events(name, 10),
+    }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE, STANDBY
-from nbdeploy.deployment.strategies import (
+from nbdeploy.deployment.traffic.strategies import (
     Rollout,
     route,
     smoke_test,

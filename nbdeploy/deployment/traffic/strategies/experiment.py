@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from nbdeploy.deployment import traffic
+from nbdeploy.deployment.runtime.processes import http_url
 from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE
-from nbdeploy.deployment.strategies import (
+from nbdeploy.deployment.traffic.strategies import (
     Rollout,
     retire_standby,
     smoke_test,
@@ -28,7 +29,6 @@ from nbdeploy.deployment.strategies import (
     stop_server,
     target,
 )
-from nbdeploy.deployment.supervisor import http_url
 
 DEFAULT_AB_SHARE = 50.0
 DEFAULT_SHADOW_PERCENT = 100.0
@@ -43,7 +43,7 @@ def roll_out_shadow(rollout: Rollout) -> int:
 
 
 def _experiment(rollout: Rollout, kind: str) -> int:
-    from nbdeploy.deployment.strategies import bluegreen
+    from nbdeploy.deployment.traffic.strategies import bluegreen
 
     live = rollout.servers(LIVE)
     if not live or live[0].port == rollout.port:

@@ -1,7 +1,7 @@
 """The router of a deployment: its one stable address, in front of the versions it serves.
 
 An asynchronous HTTP/1.1 reverse proxy, a process of its own (``python -m
-nbdeploy.deployment.router FOLDER``, in a session of its own, so that a kernel or Jupyter
+nbdeploy.deployment.traffic.router FOLDER``, in a session of its own, so that a kernel or Jupyter
 restart stops neither it nor the versions). It sends each request to a version by weight,
 at random or sticky by a key (a header or a field of a JSON body, hashed), keeps pools of
 keep-alive connections to the versions, mirrors requests to a shadow version without ever

@@ -1,7 +1,0 @@
-"""``python -m nbdeploy.deployment.router FOLDER``: run a deployment's router."""
-
-from nbdeploy.deployment.router.proxy import main
-from nbdeploy.private_files import restrict_umask
-
-restrict_umask()  # its state, request logs and A/B logs: owner-only (issue 17)
-main()
