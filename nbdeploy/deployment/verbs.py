@@ -30,7 +30,6 @@ from nbdeploy.deployment.options import (
 from nbdeploy.deployment.runtime.locks import deployment_lock
 from nbdeploy.deployment.runtime.processes import (
     LOOPBACK,
-    stop_process,
     tail,
 )
 from nbdeploy.deployment.store import (
@@ -39,7 +38,6 @@ from nbdeploy.deployment.store import (
     ROUTER,
     SERVING,
     STARTING,
-    STOPPED,
     Deployment,
     DeploymentStore,
     Version,
@@ -279,17 +277,6 @@ def check_host(host: str) -> None:
         )
 
 
-def _stop_all(deployments: DeploymentStore, name: str) -> None:
-    for server in deployments.active_servers(name):
-        if server.container:
-            from nbdeploy.image.container import stop_server
-
-            stop_server(server)
-        elif server.pid:
-            stop_process(server.pid, server.start_ticks, marker=server.log_path)
-        deployments.end_server(server.id, STOPPED)
-
-
 # -- the other verbs -------------------------------------------------------------------
 def status(name: str | None = None, store: StateStore | None = None) -> list[Deployment]:
     """Deployments as the daemon keeps them (a read: it changes nothing). A daemon is
@@ -312,22 +299,6 @@ def stop(name: str, store: StateStore | None = None) -> Deployment:
     deployments.get(name)
     client.call("stop", name, home=client.home_of(store))
     return deployments.get(name)
-
-
-def stop_deployment(
-    deployments: DeploymentStore, name: str, release: Callable[[str, str, int], None]
-) -> None:
-    """In the daemon: end the canary controller, the versions, then the router (and give
-    up its address)."""
-    from nbdeploy.deployment.traffic.strategies import canary
-
-    current = deployments.get(name)
-    canary.stop_controller(name)
-    with deployment_lock(name):
-        _stop_all(deployments, name)
-        release(name, current.host, current.port)
-        deployments.set_state(name, status=STOPPED, live_version=current.live_version)
-        deployments.add_event(name, "stopped", version=current.live_version)
 
 
 def logs(name: str, lines: int = 50, store: StateStore | None = None) -> list[str]:

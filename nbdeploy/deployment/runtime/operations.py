@@ -80,9 +80,27 @@ def _server_environment(daemon: Daemon, env: dict[str, str] | None) -> dict[str,
 
 
 def stop(daemon: Daemon, job: Job) -> dict[str, Any]:
-    from nbdeploy.deployment.verbs import stop_deployment
+    """End the canary controller, the versions, then the router, and give up its address."""
+    from nbdeploy.deployment.runtime.locks import deployment_lock
+    from nbdeploy.deployment.runtime.processes import stop_process
+    from nbdeploy.deployment.store import STOPPED
+    from nbdeploy.deployment.traffic.strategies import canary
 
-    stop_deployment(_deployments(), job.name, daemon.supervisor.release_listener)
+    deployments = _deployments()
+    current = deployments.get(job.name)
+    canary.stop_controller(job.name)
+    with deployment_lock(job.name):
+        for server in deployments.active_servers(job.name):
+            if server.container:
+                from nbdeploy.image.container import stop_server
+
+                stop_server(server)
+            elif server.pid:
+                stop_process(server.pid, server.start_ticks, marker=server.log_path)
+            deployments.end_server(server.id, STOPPED)
+        daemon.supervisor.release_listener(job.name, current.host, current.port)
+        deployments.set_state(job.name, status=STOPPED, live_version=current.live_version)
+        deployments.add_event(job.name, "stopped", version=current.live_version)
     return _outcome(job.name)
 
 

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nbdeploy import config
+from nbdeploy.deployment.options import DeployOptions
 from nbdeploy.deployment.runtime.locks import deployment_lock
 from nbdeploy.deployment.runtime.processes import LOOPBACK, free_port
 from nbdeploy.deployment.store import DeploymentStore, Version
-from nbdeploy.deployment.traffic.rollouts import switch_to
-from nbdeploy.deployment.verbs import DeployResult, check_host
+from nbdeploy.deployment.verbs import DeployResult, check_host, switch
 from nbdeploy.deployment.versions.build import build_bento, deployments_dir
 from nbdeploy.errors import DeployError
 from nbdeploy.private_files import private_dir, write_private_text
@@ -90,32 +90,42 @@ def deploy_mlflow_model(
         "model_tag": model_tag,
     }
     write_private_text(version_dir / "manifest.json", json.dumps(manifest, indent=2))
-    version = deployments.version_with_hash(name, content)
-    built = False
-    if version is None:
-        notify(f"importing {resolved} and building {name}")
-        bento_tag, built = build_bento(version_dir)
-        if deployments.find(name) is None:  # created only once a version exists
-            deployments.ensure(name, host, port or free_port(host))
-        version = deployments.add_version(
-            Version(
-                deployment=name,
-                version=0,
-                content_hash=content,
-                bento_tag=bento_tag,
-                function="predict",
-                service_dir=str(version_dir),
-                created_at=time.time(),
-                source={"mlflow_model_uri": resolved, "asked": model_uri},
-                requirements=requirements,
-                schema=schema,
-                options={"workers": workers, "batch": True, "log_sample": 1.0, "redact": []},
-                mlflow_version=None,
-            )
-        )
-    with deployment_lock(name, notify):
-        deployment = switch_to(deployments, name, version, host=host, port=port, notify=notify)
+    planned = Version(
+        deployment=name,
+        version=0,
+        content_hash=content,
+        bento_tag="",  # known once built
+        function="predict",
+        service_dir=str(version_dir),
+        created_at=time.time(),
+        source={"mlflow_model_uri": resolved, "asked": model_uri},
+        requirements=requirements,
+        schema=schema,
+        options={"workers": workers, "batch": True, "log_sample": 1.0, "redact": []},
+        mlflow_version=None,
+    )
+    with deployment_lock(name, notify):  # two builds of one name never run at once
+        version, built = _existing_or_built(deployments, planned, host, port, notify)
+    # The rollout is the daemon's, as for every deploy: serialized with the other verbs.
+    options = DeployOptions(host=host, port=port, workers=workers)
+    switch(name, version.version, options, notify, store)
+    deployment = deployments.get(name)
     return DeployResult(deployment, version, built, requirements, [], time.monotonic() - started)
+
+
+def _existing_or_built(
+    deployments: DeploymentStore, planned: Version, host: str, port: int | None, notify: Notify
+) -> tuple[Version, bool]:
+    """The deployment's version with ``planned``'s content, else ``planned`` built now."""
+    name = planned.deployment
+    existing = deployments.version_with_hash(name, planned.content_hash)
+    if existing is not None:
+        return existing, False
+    notify(f"importing {planned.source['mlflow_model_uri']} and building {name}")
+    planned.bento_tag, built = build_bento(Path(planned.service_dir))
+    if deployments.find(name) is None:  # created only once a version exists
+        deployments.ensure(name, host, port or free_port(host))
+    return deployments.add_version(planned), built
 
 
 def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str]]:
