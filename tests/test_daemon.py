@@ -203,6 +203,27 @@ def test_the_daemon_dying_leaves_services_serving_and_its_successor_adopts_them(
     assert f"router   scale pid {before['router'].pid}" in text
 
 
+def test_a_canary_outlives_its_daemon_and_the_next_daemon_promotes_it(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="canary", interval=600)
+    text = cli("daemon", "status").out
+    assert "canary   scale v2 a thread of the daemon" in text, text
+    daemon = client.ping()
+    assert daemon is not None
+    os.kill(int(daemon["pid"]), signal.SIGKILL)
+    # The split stays as it was while no daemon runs: both versions answer.
+    seen = {wait_for(lambda: answers(deployed), 10, "an answer")[1] for _ in range(60)}
+    assert seen == {"v1", "v2"}, seen
+    promoted = cli("promote", "scale")  # starts a daemon, which resumes the canary first
+    assert promoted.code == 0, promoted
+    assert "canary v2 promoted" in promoted.out + promoted.err
+    plan = canary.read_plan("scale")
+    assert plan is not None and plan.status == canary.PROMOTED
+    assert plan.controller_pid != daemon["pid"]  # the new daemon ran it
+    assert answers(deployed) == ([3.0], "v2")
+    [deployment] = nbdeploy.status("scale")
+    assert deployment.live_version == 2
+
+
 def test_a_crash_loop_ends_in_failed_with_the_reason(deployed, cli):
     from nbdeploy.deployment.runtime.supervision import MAX_RESTARTS
 

@@ -75,9 +75,8 @@ def describe(state: dict[str, Any]) -> str:
         version = f"v{child['version']} " if child.get("version") else ""
         port = f" port {child['port']}" if child.get("port") else ""
         restarts = f", {child['restarts']} restarts" if child.get("restarts") else ""
-        lines.append(
-            f"  {child['kind']:<8} {where}{version}pid {child['pid']}{port}{restarts}".rstrip()
-        )
+        process = "a thread of the daemon" if child.get("thread") else f"pid {child['pid']}"
+        lines.append(f"  {child['kind']:<8} {where}{version}{process}{port}{restarts}".rstrip())
     return "\n".join(lines)
 
 

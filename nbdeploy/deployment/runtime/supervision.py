@@ -196,11 +196,23 @@ class Supervisor:
     def describe(self) -> list[dict[str, Any]]:
         """What the daemon supervises: each process with its deployment and role."""
         from nbdeploy.deployment.runtime import launcher
+        from nbdeploy.deployment.traffic.strategies import canary
 
         found: list[dict[str, Any]] = []
         running = launcher.running_pid(self.daemon.home)
         if running:
             found.append({"kind": "launcher", "pid": running})
+        for name in canary.running_controllers():  # threads of the daemon
+            plan = canary.read_plan(name)
+            found.append(
+                {
+                    "kind": "canary",
+                    "deployment": name,
+                    "version": plan.version if plan else None,
+                    "pid": os.getpid(),
+                    "thread": True,
+                }
+            )
         for name, servers in self._deployments()._active_servers_by_deployment().items():
             for server in servers:
                 found.append(
@@ -256,16 +268,21 @@ class Supervisor:
     def heal(self, job: Job) -> dict[str, Any]:
         """Mark what died, and bring back what the deployment wants serving."""
         from nbdeploy.deployment.runtime.locks import deployment_lock
+        from nbdeploy.deployment.store import SERVING
+        from nbdeploy.deployment.traffic.strategies import canary
 
         self.healed(job.name)
         deployments = self._deployments()
         if deployments.find(job.name) is None:
             return {}
         dead = self._dead(deployments, job.name)
-        if not dead:
-            return {}
-        with deployment_lock(job.name):
-            return self._bring_back(deployments, job.name, dead)
+        outcome: dict[str, Any] = {}
+        if dead:
+            with deployment_lock(job.name):
+                outcome = self._bring_back(deployments, job.name, dead)
+        if deployments.get(job.name).status == SERVING:
+            canary.resume_controllers([job.name])  # a canary a dead daemon left running
+        return outcome
 
     def _dead(self, deployments: DeploymentStore, name: str) -> list[Server]:
         from nbdeploy.deployment.runtime.processes import is_running
@@ -401,15 +418,17 @@ def restart_version(deployments: DeploymentStore, name: str, dead: Server) -> No
     the router is told (each start has a secret of its own)."""
     from nbdeploy.deployment.runtime.processes import ServerStartError
     from nbdeploy.deployment.store import LIVE, STANDBY
-    from nbdeploy.deployment.traffic.strategies import route, start_version
+    from nbdeploy.deployment.traffic.strategies import canary, route, start_version
 
     rollout = _rollout(deployments, name, dead.version)
     try:
         again = start_version(rollout, rollout.version, dead.role, port=dead.port)
     except ServerStartError:
         again = start_version(rollout, rollout.version, dead.role)
-    if dead.role == LIVE:  # the router learns its new secret (and port, if it moved)
-        route(rollout, again, rollout.servers(STANDBY))
+    canary.server_restarted(name, dead.id, again.id)  # a canary in progress goes on with it
+    if dead.role != LIVE or (again.port == dead.port and canary.controller_running(name)):
+        return  # same port, same secret: the router's configuration (a canary's split) holds
+    route(rollout, again, rollout.servers(STANDBY))  # its new secret (and port, if it moved)
 
 
 def end_candidate(deployments: DeploymentStore, name: str, reason: str) -> None:

@@ -11,21 +11,24 @@ the one over the same window when the stable version answered enough requests in
 (at the 100% step it gets none) over the canary's whole run so far, from the counters the
 plan keeps from the canary's start (``baseline``).
 
-The steps run in a controller process of their own (``python -m
-nbdeploy.deployment.traffic.strategies.canary NAME``), so that ``%deploy`` returns at once and a
-kernel restart does not stop a canary; ``--wait`` runs them in the deploy itself.
-``nbdeploy promote NAME`` and ``nbdeploy rollback NAME`` ask a running canary to finish
-early, and a new deploy of the same name supersedes it at once (the controller takes the
-deployment's lock only to change traffic, never while a step waits). The plan and its
-outcome are in ``canary.json`` in the deployment's folder.
+The steps run in a controller thread of the daemon (which owns every process of the home),
+so that ``%deploy`` returns at once and a kernel restart does not stop a canary; ``--wait``
+runs them in the deploy itself. A daemon that starts resumes the canaries its predecessor
+left running, at the step they were at. ``nbdeploy promote NAME`` and ``nbdeploy rollback
+NAME`` ask a running canary to finish early, and a new deploy of the same name supersedes
+it at once (the controller takes the deployment's lock only to change traffic, never while
+a step waits). The plan and its outcome are in ``canary.json`` in the deployment's folder,
+written only by the daemon, each change a read-modify-write under one lock: a request
+(promote, abort, superseded, stopped) is never overwritten by the controller's progress.
+A controller that fails rolls its canary back, and the plan says why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
+import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
@@ -35,7 +38,7 @@ from typing import Any
 
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.options import DEFAULT_CANARY_STEPS
-from nbdeploy.deployment.runtime.processes import is_running, process_start_ticks
+from nbdeploy.deployment.runtime.processes import process_start_ticks
 from nbdeploy.deployment.store import CANDIDATE, FAILED, LIVE, SERVING, STANDBY, STOPPED
 from nbdeploy.deployment.traffic.strategies import (
     Rollout,
@@ -46,7 +49,7 @@ from nbdeploy.deployment.traffic.strategies import (
     stop_server,
     target,
 )
-from nbdeploy.private_files import open_private, restrict_umask, write_private_text
+from nbdeploy.private_files import write_private_text
 
 PLAN = "canary.json"
 MIN_SUCCESS_RATE = 0.99
@@ -58,6 +61,8 @@ MIN_STABLE_REQUESTS = 20
 POLL_SECONDS = 0.2
 RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled back"
 SUPERSEDED = "superseded"  # a new deploy of the same name took over
+_plans_lock = threading.RLock()  # every read-modify-write of a plan in this process
+_controllers: dict[str, threading.Thread] = {}  # deployment -> its canary's controller
 
 
 @dataclass
@@ -74,8 +79,10 @@ class CanaryPlan:
     step: int = 0
     reason: str | None = None
     request: str | None = None  # "promote" or "abort", from nbdeploy promote / rollback
+    # The process whose thread runs the steps (the daemon): with its start time, so that a
+    # pid reused by another process is never taken for it.
     controller_pid: int | None = None
-    controller_start_ticks: int | None = None  # with the pid: never a process that reused it
+    controller_start_ticks: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     # The router's counters of the stable and canary versions when the canary started
     # (version key: requests, errors, buckets); empty in plans written before it was kept.
@@ -94,7 +101,24 @@ def read_plan(name: str) -> CanaryPlan | None:
 
 
 def write_plan(plan: CanaryPlan) -> None:
-    write_private_text(plan_path(plan.name), json.dumps(asdict(plan), indent=2))
+    """Write a new plan whole (when a canary starts); changes go through :func:`update`."""
+    with _plans_lock:
+        write_private_text(plan_path(plan.name), json.dumps(asdict(plan), indent=2))
+
+
+def update(plan: CanaryPlan, only_running: bool = False, **changes: Any) -> bool:
+    """Apply ``changes`` to the plan on disk (read again under the lock, so that what
+    others wrote meanwhile stays) and to ``plan``; with ``only_running``, only while the
+    plan on disk is still running. False when nothing was written."""
+    with _plans_lock:
+        current = read_plan(plan.name)
+        if current is None or (only_running and current.status != RUNNING):
+            return False
+        for key, value in changes.items():
+            setattr(current, key, value)
+            setattr(plan, key, value)
+        write_private_text(plan_path(plan.name), json.dumps(asdict(current), indent=2))
+        return True
 
 
 def roll_out(rollout: Rollout) -> int:
@@ -136,36 +160,44 @@ def roll_out(rollout: Rollout) -> int:
         f"canary v{plan.version}: {steps[0]:g}% of the traffic; steps {steps} every "
         f"{plan.interval:g} s"
     )
-    if rollout.wait:
+    if rollout.wait:  # the steps run here, and this thread is the canary's controller
         write_plan(plan)
-        run_steps(rollout, plan)
+        _controllers[rollout.name] = threading.current_thread()
+        try:
+            run_steps(rollout, plan)
+        finally:
+            _controllers.pop(rollout.name, None)
         if plan.status == ROLLED_BACK:
             raise RolloutError(f"canary v{plan.version} rolled back: {plan.reason}")
         return plan.version
-    plan.controller_pid = _start_controller(rollout.name)
+    plan.controller_pid = os.getpid()
     plan.controller_start_ticks = process_start_ticks(plan.controller_pid)
     write_plan(plan)
+    start_controller(rollout.name)
     return plan.stable
 
 
 def run_steps(
     rollout: Rollout, plan: CanaryPlan, locked: Callable[[], ContextManager[Any]] | None = None
 ) -> None:
-    """Analyse each step's window; go on, promote at 100%, or roll back on a breach.
+    """Analyse each step's window from the plan's current step on (a resumed canary
+    starts its step's window again); go on, promote at 100%, or roll back on a breach.
 
     ``locked`` (the controller's) takes the deployment's lock around each change of
     traffic, not while a step waits: a deploy of the same name meanwhile supersedes the
     canary (its controller then leaves everything to that deploy)."""
     hold = locked or contextlib.nullcontext
     for index, share in enumerate(plan.steps):
-        if index > 0:
+        if index < plan.step:
+            continue
+        if index > plan.step:  # the plan's step is routed already
             with hold():
                 if not _still_current(rollout, plan):
                     return
                 _route_share(rollout, plan, share)
             rollout.notify(f"canary v{plan.version}: {share:g}% of the traffic")
-        plan.step = index
-        write_plan(plan)
+        if not update(plan, only_running=True, step=index):
+            return  # stopped or superseded meanwhile
         before = traffic.read_state(plan.name).get("versions", {})
         request = _wait(plan)
         if request == SUPERSEDED:
@@ -181,14 +213,8 @@ def run_steps(
             state = traffic.read_state(plan.name)
             breach = analyse(before, state, plan)
             window = _window(before, state.get("versions", {}), traffic.version_key(plan.version))
-            plan.history.append(
-                {
-                    "share": share,
-                    "at": time.time(),
-                    "requests": window["requests"],
-                    "breach": breach,
-                }
-            )
+            step = {"share": share, "at": time.time(), "requests": window["requests"]}
+            update(plan, history=[*plan.history, {**step, "breach": breach}])
             if not window["requests"]:
                 rollout.notify(
                     f"canary v{plan.version}: no request reached it at {share:g}%: "
@@ -289,18 +315,30 @@ def _quantile(buckets: list[int], bounds: list[float], q: float) -> float:
 
 
 def _wait(plan: CanaryPlan) -> str | None:
-    """Sleep the step's interval; a promote or abort asked meanwhile ends it early."""
+    """Sleep the step's interval; a promote or abort asked meanwhile ends it early, and so
+    does the end of the plan by someone else (a deploy superseded it, the deployment was
+    stopped): then ``plan.status`` says so."""
     deadline = time.monotonic() + plan.interval
     while time.monotonic() < deadline:
         asked = read_plan(plan.name)
-        if asked is not None and asked.request in ("promote", "abort", SUPERSEDED):
+        if asked is None:
+            plan.status = SUPERSEDED
+            return SUPERSEDED
+        if asked.status != RUNNING:
+            plan.status, plan.reason = asked.status, asked.reason
+            return SUPERSEDED
+        if asked.request in ("promote", "abort", SUPERSEDED):
             return asked.request
         time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
     return None
 
 
 def _still_current(rollout: Rollout, plan: CanaryPlan) -> bool:
-    """The canary's servers are still the ones routed (no deploy replaced them)."""
+    """The canary still runs (nobody ended its plan) and its servers are still the ones
+    routed (no deploy replaced them)."""
+    on_disk = read_plan(plan.name)
+    if on_disk is None or on_disk.status != RUNNING:
+        return False
     active = {s.id for s in rollout.servers(CANDIDATE, LIVE)}
     return {plan.candidate_server, plan.stable_server} <= active
 
@@ -338,8 +376,7 @@ def _promote(rollout: Rollout, plan: CanaryPlan) -> None:
         traffic.wait_drained(plan.name, traffic.version_key(stable.version))
         stop_server(rollout, stable)
     rollout.deployments.set_state(plan.name, status=SERVING, live_version=plan.version)
-    plan.status = PROMOTED
-    write_plan(plan)
+    update(plan, status=PROMOTED)
     rollout.deployments.add_event(plan.name, "canary-promoted", version=plan.version)
     rollout.notify(f"canary v{plan.version} promoted: it takes all the traffic")
 
@@ -355,8 +392,7 @@ def _roll_back(rollout: Rollout, plan: CanaryPlan, reason: str) -> None:
         traffic.wait_drained(plan.name, traffic.version_key(candidate.version), timeout=10.0)
         stop_server(rollout, candidate, STOPPED)
         rollout.deployments.end_server(candidate.id, STOPPED, f"canary rolled back: {reason}")
-    plan.status, plan.reason = ROLLED_BACK, reason
-    write_plan(plan)
+    update(plan, status=ROLLED_BACK, reason=reason)
     rollout.deployments.add_event(
         plan.name, "canary-rolled-back", version=plan.version, reason=reason
     )
@@ -365,16 +401,12 @@ def _roll_back(rollout: Rollout, plan: CanaryPlan, reason: str) -> None:
 
 def ask(name: str, request: str) -> CanaryPlan | None:
     """Ask a running canary to finish early ("promote" or "abort"); None when no canary
-    of ``name`` is running under a live controller."""
+    of ``name`` is running under a controller of this process."""
     plan = read_plan(name)
-    if plan is None or plan.status != RUNNING:
+    if plan is None or not controller_running(name):
         return None
-    if plan.controller_pid is None or not is_running(
-        plan.controller_pid, plan.controller_start_ticks
-    ):
+    if not update(plan, only_running=True, request=request):
         return None
-    plan.request = request
-    write_plan(plan)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
@@ -388,62 +420,100 @@ def supersede(name: str) -> None:
     """A new deploy of ``name`` takes over from a canary in progress (called under the
     deployment's lock): its controller stops without touching the traffic."""
     plan = read_plan(name)
-    if plan is None or plan.status != RUNNING:
-        return
-    plan.request, plan.status, plan.reason = SUPERSEDED, SUPERSEDED, "a new deploy took over"
-    write_plan(plan)
+    if plan is not None:
+        reason = "a new deploy took over"
+        update(plan, only_running=True, request=SUPERSEDED, status=SUPERSEDED, reason=reason)
 
 
 def stop_controller(name: str, reason: str = "the deployment was stopped") -> None:
     """End a canary's controller (the deployment is being stopped, or the canary's server
-    died): the plan says it was rolled back, and why."""
-    from nbdeploy.deployment.runtime.processes import stop_process
-
+    died): the plan says it was rolled back, and why; the controller sees it within
+    ``POLL_SECONDS`` and leaves the traffic alone."""
     plan = read_plan(name)
-    if plan is None or plan.status != RUNNING:
+    if plan is not None:
+        update(plan, only_running=True, status=ROLLED_BACK, reason=reason)
+    thread = _controllers.get(name)
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout=2 * POLL_SECONDS + 1.0)  # it may wait for the lock: no longer
+
+
+def server_restarted(name: str, dead: int, again: int) -> None:
+    """The daemon restarted server ``dead`` of a running canary as ``again``."""
+    plan = read_plan(name)
+    if plan is None or dead not in (plan.candidate_server, plan.stable_server):
         return
-    if plan.controller_pid is not None:
-        stop_process(plan.controller_pid, plan.controller_start_ticks, grace=2.0)
-    plan.status, plan.reason = ROLLED_BACK, reason
-    write_plan(plan)
+    key = "candidate_server" if dead == plan.candidate_server else "stable_server"
+    update(plan, only_running=True, **{key: again})
 
 
-def _start_controller(name: str) -> int:
-    log = traffic.folder(name) / "logs" / f"canary-{time.time_ns()}.log"
-    with open_private(log, "ab") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "nbdeploy.deployment.traffic.strategies.canary", name],
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=traffic.folder(name),
-            start_new_session=True,
-        )
-    return process.pid
+def controller_running(name: str) -> bool:
+    thread = _controllers.get(name)
+    return thread is not None and thread.is_alive()
 
 
-def main() -> None:
-    """The controller: run the steps of ``canary.json`` under the deployment's lock."""
-    restrict_umask()  # plan, router config and logs it writes: owner-only (issue 17)
+def running_controllers() -> list[str]:
+    """The deployments whose canary's controller runs in this process."""
+    return sorted(name for name in list(_controllers) if controller_running(name))
+
+
+def start_controller(name: str) -> None:
+    """Run the steps of ``name``'s canary in a thread of this process (the daemon)."""
+    if controller_running(name):
+        return
+    thread = threading.Thread(target=_control, args=(name,), name=f"canary {name}", daemon=True)
+    _controllers[name] = thread
+    thread.start()
+
+
+def resume_controllers(names: list[str]) -> None:
+    """After a daemon's start: the canaries of ``names`` left running by its predecessor
+    go on from the step they were at, under this process."""
+    for name in names:
+        plan = read_plan(name)
+        if plan is None or plan.status != RUNNING or controller_running(name):
+            continue
+        update(plan, controller_pid=os.getpid(), controller_start_ticks=_own_start_ticks())
+        start_controller(name)
+
+
+def _own_start_ticks() -> int | None:
+    return process_start_ticks(os.getpid())
+
+
+def _control(name: str) -> None:
+    """The controller: run the steps of ``canary.json``; a failure rolls the canary back."""
     from nbdeploy.deployment.runtime.locks import deployment_lock
     from nbdeploy.deployment.store import DeploymentStore
     from nbdeploy.store import default_store
 
-    name = sys.argv[1]
-    time.sleep(0.2)  # the deploy that started us writes the plan, then lets go of the lock
+    def tell(message: str) -> None:
+        print(f"nbdeploy daemon: {name}: {message}", flush=True)
+
     plan = read_plan(name)
     if plan is None or plan.status != RUNNING:
         return
-    deployments = DeploymentStore(default_store())
-    current = deployments.get(name)
-    version = deployments.version(name, plan.version)
-
-    def tell(message: str) -> None:
-        print(f"nbdeploy canary: {message}", flush=True)
-
-    rollout = Rollout(deployments, name, version, current.host, current.port, tell, plan.keep_warm)
-    run_steps(rollout, plan, locked=lambda: deployment_lock(name, tell))
-
-
-if __name__ == "__main__":
-    main()
+    rollout: Rollout | None = None
+    try:
+        deployments = DeploymentStore(default_store())
+        current = deployments.get(name)
+        version = deployments.version(name, plan.version)
+        rollout = Rollout(
+            deployments, name, version, current.host, current.port, tell, plan.keep_warm
+        )
+        run_steps(rollout, plan, locked=lambda: deployment_lock(name, tell))
+        # Returned with the plan still running: its servers were ended by someone else.
+        reason = "its servers no longer run"
+        if update(plan, only_running=True, status=ROLLED_BACK, reason=reason):
+            tell(f"canary v{plan.version} ended: {reason}")
+    except Exception as error:  # the canary must not be left half-routed and "running"
+        reason = f"the canary's controller failed: {type(error).__name__}: {error}"
+        tell(reason)
+        with contextlib.suppress(Exception):
+            if rollout is not None:
+                with deployment_lock(name, tell):
+                    if _still_current(rollout, plan):
+                        _roll_back(rollout, plan, reason)
+        update(plan, only_running=True, status=ROLLED_BACK, reason=reason)
+    finally:
+        if _controllers.get(name) is threading.current_thread():
+            del _controllers[name]
