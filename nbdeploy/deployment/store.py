@@ -3,9 +3,11 @@
 A *deployment* is a name with a stable address (host and port) and a live version; a
 *version* is one immutable build (content hash, bento tag, requirements, schema, the
 generated code); a *server* is one process serving a version. Only the daemon writes
-what runs (it waits for its children and records their deaths); a read shows a server
-whose process is already gone as ``down`` before the daemon has recorded it, never as
-running.
+here: it records what runs (it waits for its children and records their deaths), and the
+versions clients build (:func:`nbdeploy.deployment.runtime.client.record`). A read shows a
+server whose process is already gone as ``down`` before the daemon has recorded it, never
+as running. (Containers of ``nbdeploy image run`` are still recorded by the client that
+starts them.)
 """
 
 from __future__ import annotations
@@ -245,6 +247,13 @@ class DeploymentStore:
                 ),
             )
         return version
+
+    def delete_version(self, name: str, version: int) -> None:
+        """Forget a version (pruned: its build is gone)."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "DELETE FROM versions WHERE deployment = ? AND version = ?", (name, version)
+            )
 
     def set_mlflow_version(self, name: str, version: int, mlflow_version: str) -> None:
         with self.store.transaction() as conn:

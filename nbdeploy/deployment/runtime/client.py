@@ -76,6 +76,22 @@ def ask_daemon(op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[s
     return query(op, None, timeout, fields)
 
 
+def record(kind: str, fields: dict[str, Any], home: Path | None = None) -> dict[str, Any]:
+    """Have the daemon (the store's only writer) record what this process made: a new
+    version (``kind`` "version"), its MLflow model version ("mlflow_version"), or a version
+    it pruned ("pruned_version")."""
+    if in_daemon():  # the daemon itself (a rollback records the registry's version)
+        from nbdeploy.deployment.runtime.daemon import record as record_here
+
+        answer = record_here({**fields, "kind": kind})
+    else:
+        ensure(home)
+        answer = query("record", home, REQUEST_TIMEOUT_SECONDS, {**fields, "kind": kind})
+    if not answer.get("ok"):
+        raise rebuild_error(answer)
+    return answer
+
+
 def query(
     op: str,
     home: Path | None = None,

@@ -122,20 +122,7 @@ class Daemon:
     def execute(self, job: Job) -> dict[str, Any]:
         from nbdeploy.deployment.runtime.operations import OPERATIONS
 
-        try:
-            result = OPERATIONS[job.op](self, job)
-            return {"ok": True, "result": result}
-        except NbdeployError as error:
-            return {
-                "ok": False,
-                "error": error.message,
-                "hint": error.hint,
-                "type": type(error).__name__,
-                "exit_code": error.exit_code,
-            }
-        except BaseException as error:  # the daemon lives on; the client hears why
-            traceback.print_exc()
-            return {"ok": False, "error": f"{type(error).__name__}: {error}", "exit_code": 1}
+        return answered(lambda: {"ok": True, "result": OPERATIONS[job.op](self, job)})
 
     # -- connections -------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -172,7 +159,7 @@ class Daemon:
             op = str(request.get("op"))
             try:
                 if op in _QUERIES:
-                    _reply(connection, _QUERIES[op](self, request))
+                    _reply(connection, answered(lambda: _QUERIES[op](self, request)))
                 elif op == "shutdown":
                     _reply(connection, {"ok": True, "pid": os.getpid()})
                     self.stopping.set()
@@ -245,8 +232,50 @@ def _code() -> str:
     return code_fingerprint()
 
 
+def answered(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work``'s answer, or its error as the client rebuilds it (class, message, hint)."""
+    try:
+        return work()
+    except NbdeployError as error:
+        return {
+            "ok": False,
+            "error": error.message,
+            "hint": error.hint,
+            "type": type(error).__name__,
+            "exit_code": error.exit_code,
+        }
+    except Exception as error:  # the daemon lives on; the client hears why
+        traceback.print_exc()
+        return {"ok": False, "error": f"{type(error).__name__}: {error}", "exit_code": 1}
+
+
 def _reply(connection: socket.socket, message: dict[str, Any]) -> None:
     channel.send(connection, message)
+
+
+def record(request: dict[str, Any]) -> dict[str, Any]:
+    """Write what a client made (the daemon is the store's only writer): a new version's row
+    (and its deployment's, the first time), the MLflow model version it was registered as,
+    or the end of a version whose build was pruned. Answered at once, outside the
+    deployment's queue: the client holds the deployment's lock while it builds, and a queued
+    rollout may be waiting for that lock."""
+    from nbdeploy.deployment.store import DeploymentStore, Version
+    from nbdeploy.store import default_store
+
+    deployments = DeploymentStore(default_store())
+    if request.get("kind") == "version":
+        version = Version(**request["version"])
+        if deployments.find(version.deployment) is None:  # created with its first version
+            deployments.ensure(version.deployment, str(request["host"]), int(request["port"]))
+        return {"ok": True, "version": deployments.add_version(version).version}
+    if request.get("kind") == "pruned_version":
+        deployments.delete_version(str(request["deployment"]), int(request["version"]))
+        return {"ok": True}
+    if request.get("kind") == "mlflow_version":
+        name, number = str(request["deployment"]), int(request["version"])
+        deployments.set_mlflow_version(name, number, str(request["mlflow_version"]))
+        return {"ok": True}
+    return {"ok": False, "error": f"nothing to record as {request.get('kind')!r}", "exit_code": 2}
 
 
 def _start_launcher(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +298,7 @@ _QUERIES: dict[str, Callable[[Daemon, dict[str, Any]], dict[str, Any]]] = {
     },
     "status": lambda daemon, request: daemon.status(),
     "launcher": _start_launcher,
+    "record": lambda daemon, request: record(request),
 }
 
 

@@ -111,9 +111,10 @@ def prepare_version(
         _profile_reference(captured, plan, reference, version_dir, notify)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if deployments.find(name) is None:  # created only once a version exists
-        deployments.ensure(name, options.host, options.port or free_port(options.host))
-    version = deployments.add_version(
+    version = add_version(
+        deployments,
+        options.host,
+        options.port,
         Version(
             deployment=name,
             version=0,
@@ -139,9 +140,24 @@ def prepare_version(
                 "redact": plan.request_log["redact"],
             },
             reference_path=reference_path,
-        )
+        ),
     )
     return PreparedVersion(version, built, plan.requirements, notices, example, new=True)
+
+
+def add_version(
+    deployments: DeploymentStore, host: str, port: int | None, version: Version
+) -> Version:
+    """Record a new version (its number is the next one) through the daemon, the store's
+    only writer; the deployment is created with its first version, at ``host``:``port``
+    (a free port when None)."""
+    from dataclasses import asdict
+
+    from nbdeploy.deployment.runtime import client
+
+    fields = {"version": asdict(version), "host": host, "port": port or free_port(host)}
+    answer = client.record("version", fields, home=client.home_of(deployments.store))
+    return deployments.version(version.deployment, int(answer["version"]))
 
 
 def _object_kinds(plan: Any) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 from nbdeploy import config
 from nbdeploy.deployment.options import DeployOptions
 from nbdeploy.deployment.runtime.locks import deployment_lock
-from nbdeploy.deployment.runtime.processes import LOOPBACK, free_port
+from nbdeploy.deployment.runtime.processes import LOOPBACK
 from nbdeploy.deployment.store import DeploymentStore, Version
 from nbdeploy.deployment.verbs import DeployResult, check_host, switch
-from nbdeploy.deployment.versions.build import build_bento, deployments_dir
+from nbdeploy.deployment.versions.build import add_version, build_bento, deployments_dir
 from nbdeploy.errors import DeployError
 from nbdeploy.private_files import private_dir, write_private_text
 from nbdeploy.store import StateStore, default_store
@@ -123,9 +123,7 @@ def _existing_or_built(
         return existing, False
     notify(f"importing {planned.source['mlflow_model_uri']} and building {name}")
     planned.bento_tag, built = build_bento(Path(planned.service_dir))
-    if deployments.find(name) is None:  # created only once a version exists
-        deployments.ensure(name, host, port or free_port(host))
-    return deployments.add_version(planned), built
+    return add_version(deployments, host, port, planned), built
 
 
 def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str]]:

@@ -86,6 +86,8 @@ def _remove(
     report: PruneReport,
     registry: bool,
 ) -> None:
+    from nbdeploy.deployment.runtime import client
+
     kept_tags = {tag for version in kept for tag in _model_tags(version)}
     model_tags = sorted({t for v in doomed for t in _model_tags(v)} - kept_tags)
     bento_tags = sorted({v.bento_tag for v in doomed} - {v.bento_tag for v in kept})
@@ -103,11 +105,8 @@ def _remove(
                 report.registry_removed.append(version.mlflow_version)
             except Exception as error:  # the rest of the prune still holds
                 report.errors.append(f"MLflow version {version.mlflow_version}: {error}")
-        with deployments.store.transaction() as conn:
-            conn.execute(
-                "DELETE FROM versions WHERE deployment = ? AND version = ?",
-                (version.deployment, version.version),
-            )
+        fields = {"deployment": version.deployment, "version": version.version}
+        client.record("pruned_version", fields, home=client.home_of(deployments.store))
         report.removed.append(version.version)
 
 

@@ -84,9 +84,14 @@ def record_live(
             reply = registration.result(timeout=REPLY_TIMEOUT_SECONDS)
             if not reply.get("ok"):
                 raise RuntimeError(reply.get("error"))
-            deployments.set_mlflow_version(
-                version.deployment, version.version, reply["model_version"]
-            )
+            from nbdeploy.deployment.runtime import client
+
+            fields = {
+                "deployment": version.deployment,
+                "version": version.version,
+                "mlflow_version": str(reply["model_version"]),
+            }
+            client.record("mlflow_version", fields, home=client.home_of(deployments.store))
             version = deployments.version(version.deployment, version.version)
         if version.mlflow_version:
             answer = set_live(version.deployment, version.mlflow_version)
