@@ -427,23 +427,22 @@ def register(ipython: Any) -> None:
 
 
 def _warm_up() -> None:
-    """Start nbdeploy's daemon and its launcher in the background, so that the first
-    ``%deploy`` finds BentoML's serving stack (and the frameworks imported so far) loaded,
-    and deployments that should serve are brought back (after a reboot). It never delays
-    the notebook: a failure only means the first deploy starts them."""
-    from nbdeploy.deployment.runtime import launcher
-
-    if launcher.enabled():
-        threading.Thread(target=_start_daemon, name="nbdeploy-warm-up", daemon=True).start()
+    """In the background: bring back the deployments that should serve (a daemon is started
+    when none runs, e.g. after a reboot), and start the launcher, so that the first
+    ``%deploy`` finds BentoML's serving stack (and the frameworks imported so far) loaded.
+    It never delays the notebook: a failure only means the first command starts them."""
+    threading.Thread(target=_start_daemon, name="nbdeploy-warm-up", daemon=True).start()
 
 
 def _start_daemon() -> None:
+    from nbdeploy.deployment import verbs
     from nbdeploy.deployment.runtime import launcher
 
     try:
-        if launcher.running(timeout=1.0) is None:
+        verbs.status()  # a daemon when deployments want serving: it brings them back
+        if launcher.enabled() and launcher.running(timeout=1.0) is None:
             launcher.start(launcher.framework_modules())
-    except Exception:  # a warm-up; the first deploy says what is wrong
+    except Exception:  # a warm-up; the first command says what is wrong
         return
 
 

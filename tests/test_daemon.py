@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 import pytest
+from jupyter_client.manager import start_new_kernel
+from support import execute
 from test_rollout import Load, ask, scaler
 
 import nbdeploy
@@ -183,6 +185,29 @@ def test_a_simulated_reboot_brings_every_deployment_back_at_its_address(home, cl
     for name in ("scale", "other"):
         assert nbdeploy.status(name)[0].status == "serving"
         nbdeploy.stop(name)
+
+
+@pytest.mark.parametrize("face", ["load_ext", "jupyter_server"])
+def test_after_a_reboot_opening_a_notebook_brings_deployments_back(home, tmp_path, face):
+    deployed = nbdeploy.deploy(scaler(2), name="scale", mlflow=False)
+    victims = owned_processes(home)
+    for process in victims:
+        process.kill()
+    psutil.wait_procs(victims, timeout=10)
+    assert answers(deployed.url) is None
+    if face == "load_ext":  # a kernel loads the magics, and runs nothing else
+        started = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+        try:
+            execute(started[1], "%load_ext nbdeploy")
+            assert wait_for(lambda: answers(deployed.url), 10, "scale back")[0] == [2.0]
+        finally:
+            started[1].stop_channels()
+            started[0].shutdown_kernel(now=True)
+    else:  # the Jupyter server extension loads (what JupyterLab's start does)
+        from nbdeploy.server import _bring_back_deployments
+
+        _bring_back_deployments()
+        assert wait_for(lambda: answers(deployed.url), 10, "scale back")[0] == [2.0]
 
 
 def test_the_daemon_dying_leaves_services_serving_and_its_successor_adopts_them(deployed, cli):
