@@ -172,6 +172,7 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python bench/serve.py --quick
 	$(BIN)/python bench/capture.py --quick
 	$(BIN)/python bench/rollout.py --quick
+	$(BIN)/python bench/chaos.py --quick
 	$(BIN)/python bench/monitor.py --quick
 	$(BIN)/python bench/lab.py --quick
 	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
