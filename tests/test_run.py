@@ -645,3 +645,69 @@ def test_mlflow_helper_closes_a_run_even_after_its_parent_is_gone(home):
     assert run.data.metrics == {"early": 1.0}
     assert run.data.params == {"alpha": "0.5"}
     assert run.data.tags["nbdeploy.run_id"] == "r1"
+
+
+WIDGET_RUNS = 24
+RUN_MANY = """\
+import sys
+import nbdeploy
+
+notebook, count = sys.argv[1], int(sys.argv[2])
+for number in range(count):
+    result = nbdeploy.run(notebook, mlflow=False)
+    print("RUN", number, result.record.status, flush=True)
+"""
+
+
+def test_notebooks_with_widgets_run_to_the_end_every_time(make_notebook, home, tmp_path):
+    # nbclient waits for a reply without a timeout, and zmq can lose that wait's wake-up
+    # (nbclient issue 312): such a notebook hung about one run in six. Dozens of runs, each
+    # with no run timeout (the path that hung), in a process the test bounds.
+    cells = ["from ipywidgets import interact"]
+    cells += [f"def f{i}(x):\n    return x * {i}\ninteract(f{i}, x=[1, 2, 3])" for i in range(6)]
+    nb = make_notebook("interact.ipynb", cells)
+    script = tmp_path / "run_many.py"
+    script.write_text(RUN_MANY, encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(nb), str(WIDGET_RUNS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=WIDGET_RUNS * 20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"a run hung: {output[-2000:]}")
+    finished = [line for line in output.splitlines() if line.startswith("RUN ")]
+    assert finished == [f"RUN {n} succeeded" for n in range(WIDGET_RUNS)], output[-2000:]
+    last = store_runs(home)[0]
+    executed = nbformat.read(last.output_path, as_version=4)
+    widgets = [
+        o for c in executed.cells for o in c.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]  # fmt: skip
+    assert len(widgets) == 6  # every interact drew its widget
+
+
+def test_a_kernel_that_stops_answering_ends_the_run_with_the_cell_named(
+    make_notebook, cli, home, monkeypatch
+):
+    nb = make_notebook(
+        "stopped.ipynb",
+        ["x = 1", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)", "print('never')"],
+    )
+    monkeypatch.setenv("NBDEPLOY_KERNEL_UNRESPONSIVE_S", "3")
+    result = cli("run", str(nb), "--no-mlflow", timeout=120)
+    assert result.code == 1, result
+    assert "stopped.ipynb, cell 2 (import os, signal)" in result.out + result.err
+    assert "the kernel stopped answering (no heartbeat for" in result.out + result.err
+    [run] = store_runs(home)[:1]
+    assert run.status == "failed"
+    stopped = [
+        p for p in psutil.process_iter(["cmdline", "status"])
+        if "ipykernel_launcher" in " ".join(p.info["cmdline"] or [])
+        and p.info["status"] == psutil.STATUS_STOPPED
+    ]  # fmt: skip
+    assert stopped == [], "the stopped kernel was left behind"

@@ -18,10 +18,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from queue import Empty
 from typing import Any
 
 import nbformat
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from jupyter_core.utils import ensure_async as _ensure_async
+from nbclient.client import timestamp as _timestamp
+from nbclient.exceptions import (
+    CellExecutionComplete,
+    CellExecutionError,
+    CellTimeoutError,
+    DeadKernelError,
+)
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import Engine, NotebookExecutionManager, papermill_engines
 from papermill.translators import PythonTranslator, papermill_translators
@@ -34,6 +42,8 @@ from nbdeploy.pipeline.progress import NullProgress, Progress
 SKIPPED_NOTE = "nbdeploy: cell skipped (tagged nbdeploy:skip)\n"
 AUTOSAVE_SECONDS = 5.0
 INTERRUPTED_NOTE = "interrupted (Ctrl-C) while this cell was running"
+REPLY_SLICE_SECONDS = 1.0  # the longest single wait for a message from the kernel
+KERNEL_UNRESPONSIVE_ENV = "NBDEPLOY_KERNEL_UNRESPONSIVE_S"
 
 
 @dataclass
@@ -164,6 +174,7 @@ class RunNotebookClient(PapermillNotebookClient):
         self.run_timeout = run_timeout
         self.injected_index = injected_index
         self.failure: CellFailure | None = None
+        self._silent_since: float | None = None  # when the kernel's heartbeat stopped
         self.epilogue = epilogue
         self._runnable = 0
 
@@ -299,6 +310,87 @@ class RunNotebookClient(PapermillNotebookClient):
                 )
         return CellFailure(number, first_line(cell), "CellExecutionError", "")
 
+    # -- waiting for the kernel in bounded slices ------------------------------------------
+    # nbclient waits for a cell's execute_reply (and its outputs) with get_msg(timeout=None).
+    # zmq can lose the wake-up of such a wait while the message is already queued (nbclient
+    # issue 312): a notebook with widgets hung in about 1 run of 6, forever. Here each wait
+    # lasts at most REPLY_SLICE_SECONDS; between slices the kernel must still be alive (its
+    # process and its heartbeat), else the run ends as failed, with the cell named.
+    async def _async_poll_for_reply(
+        self,
+        msg_id: str,
+        cell: nbformat.NotebookNode,
+        timeout: int | None,
+        task_poll_output_msg: asyncio.Future[Any],
+        task_poll_kernel_alive: asyncio.Future[Any],
+    ) -> dict[str, Any]:
+        assert self.kc is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                msg: dict[str, Any] = await _ensure_async(
+                    self.kc.shell_channel.get_msg(timeout=_slice(deadline))
+                )
+            except Empty:
+                await self._async_check_alive()  # DeadKernelError when it died
+                self._check_heartbeat()  # ... or stopped answering
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+                task_poll_kernel_alive.cancel()
+                assert timeout is not None
+                reply = await self._async_handle_timeout(timeout, cell)  # raises, or:
+                msg = {**(reply or {}), "parent_header": {"msg_id": msg_id}}
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if self.record_timing:
+                cell["metadata"]["execution"]["shell.execute_reply"] = _timestamp(msg)
+            try:
+                await asyncio.wait_for(task_poll_output_msg, self.iopub_timeout)
+            except (asyncio.TimeoutError, Empty):
+                if self.raise_on_iopub_timeout:
+                    task_poll_kernel_alive.cancel()
+                    raise CellTimeoutError.error_from_timeout_and_cell(
+                        "Timeout waiting for IOPub output", self.iopub_timeout, cell
+                    ) from None
+                self.log.warning("Timeout waiting for IOPub output")
+            task_poll_kernel_alive.cancel()
+            return msg
+
+    def _check_heartbeat(self) -> None:
+        """A kernel whose process runs but that has not answered a heartbeat for
+        ``unresponsive_after()`` seconds (stopped, wedged) ends the run: DeadKernelError.
+        The heartbeat is answered by a thread of its own in the kernel, busy or not."""
+        assert self.kc is not None
+        channel = self.kc.hb_channel
+        if not channel.is_alive() or channel.is_beating():
+            self._silent_since = None
+            return
+        now = time.monotonic()
+        if self._silent_since is None:
+            self._silent_since = now
+        elif now - self._silent_since > unresponsive_after():
+            raise DeadKernelError(
+                f"the kernel stopped answering (no heartbeat for {now - self._silent_since:.0f} "
+                f"s); its process still exists: {KERNEL_UNRESPONSIVE_ENV} sets the limit"
+            )
+
+    async def _async_poll_output_msg(
+        self, parent_msg_id: str, cell: nbformat.NotebookNode, cell_index: int
+    ) -> None:
+        assert self.kc is not None
+        while True:
+            try:
+                msg = await _ensure_async(
+                    self.kc.iopub_channel.get_msg(timeout=REPLY_SLICE_SECONDS)
+                )
+            except Empty:
+                continue  # the reply's wait checks that the kernel lives
+            if msg["parent_header"].get("msg_id") == parent_msg_id:
+                try:
+                    self.process_message(msg, cell, cell_index)  # raises when complete
+                except CellExecutionComplete:
+                    return
+
     def process_message(self, *args: Any, **kwargs: Any) -> Any:
         output = super().process_message(*args, **kwargs)
         if output is not None:
@@ -307,6 +399,21 @@ class RunNotebookClient(PapermillNotebookClient):
             elif "text/plain" in output.get("data", {}):
                 self.progress.output("".join(output["data"]["text/plain"]), "stdout")
         return output
+
+
+def unresponsive_after() -> float:
+    """Seconds without a heartbeat after which a kernel counts as dead (default 30)."""
+    try:
+        return max(1.0, float(os.environ.get(KERNEL_UNRESPONSIVE_ENV, "") or 30.0))
+    except ValueError:
+        return 30.0
+
+
+def _slice(deadline: float | None) -> float:
+    """How long the next wait for the kernel may last."""
+    if deadline is None:
+        return REPLY_SLICE_SECONDS
+    return max(0.0, min(REPLY_SLICE_SECONDS, deadline - time.monotonic()))
 
 
 def _cancel_leftover_tasks() -> None:
