@@ -182,8 +182,12 @@ def test_rollback_serves_the_previous_version(kernel, deploy_home, cli):
     assert rolled.code == 0, rolled
     assert rolled.json["live_version"] == 1
     assert post(deployment["url"] + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]}) == (200, "[1]")
+    assert "the MLflow alias 'live' follows in the background" in rolled.err + rolled.out
     first = store(deploy_home).version("predict", 1)
-    assert live_model_version(deploy_home, "predict") == first.mlflow_version
+    deadline = time.monotonic() + 60  # rollback returned once traffic switched
+    while live_model_version(deploy_home, "predict") != first.mlflow_version:
+        assert time.monotonic() < deadline, "the alias 'live' did not follow the rollback"
+        time.sleep(0.5)
 
 
 def test_a_killed_server_is_restarted_and_status_tells_why(kernel, deploy_home, cli):

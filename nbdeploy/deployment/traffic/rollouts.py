@@ -5,6 +5,7 @@ key. The verbs users call are in :mod:`nbdeploy.deployment.verbs`."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from nbdeploy.deployment.store import (
 )
 from nbdeploy.deployment.versions.registry import record_live
 from nbdeploy.errors import DeployError
+from nbdeploy.store import default_store
 
 Notify = Callable[[str], None]
 
@@ -189,8 +191,28 @@ def roll_back(deployments: DeploymentStore, name: str, notify: Notify = _ignore)
             notify=notify,
         )
     if version.mlflow_version:
-        record_live(deployments, version, None, [], notify)
+        notify(f"v{version.version} serves; the MLflow alias 'live' follows in the background")
+        follow_in_registry(version)
     return deployment
+
+
+def follow_in_registry(version: Version) -> threading.Thread:
+    """Point the MLflow alias ``live`` at ``version`` in the background (MLflow takes
+    seconds to start): traffic has switched already. A failure is a ``registry-not-updated``
+    event, shown by ``nbdeploy status NAME``."""
+
+    def follow() -> None:
+        deployments = DeploymentStore(default_store())
+        notices: list[str] = []
+        record_live(deployments, version, None, notices, _ignore)
+        for notice in notices:
+            deployments.add_event(
+                version.deployment, "registry-not-updated", version=version.version, error=notice
+            )
+
+    thread = threading.Thread(target=follow, name="nbdeploy-registry", daemon=True)
+    thread.start()
+    return thread
 
 
 def promote_candidate(
