@@ -107,6 +107,15 @@ def test_deployment_names_become_dns_labels(good):
     assert name == good.lower().replace("_", "-")
 
 
+def test_a_given_name_is_used_as_given_or_refused_with_the_form_it_could_take():
+    assert deployment_name("b-scale", given=True) == "b-scale"
+    with pytest.raises(ServiceDefinitionError, match="cannot name a deployment") as raised:
+        deployment_name("b_scale", given=True)
+    assert raised.value.hint == "did you mean b-scale?"
+    with pytest.raises(ServiceDefinitionError, match="did you mean churn"):
+        deployment_name("Churn", given=True)
+
+
 @pytest.mark.parametrize(
     "bad", ["", "../etc", 'a"b', "a\nb", "a b", "1abc", "-x", "x" * 41, "ünïcode", "a/b", "a;rm"]
 )

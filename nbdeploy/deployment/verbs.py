@@ -188,7 +188,12 @@ def deploy_captured(
     from nbdeploy.service.package import deployment_name
 
     started = time.monotonic()
-    name = deployment_name(options.name or captured.name)  # the function's, or the model's
+    # As given, else made from the function's (or the model's) name.
+    name = (
+        deployment_name(options.name, given=True)
+        if options.name
+        else deployment_name(captured.name)
+    )
     if options.workers < 1:
         raise DeployError("--workers must be at least 1")
     try:

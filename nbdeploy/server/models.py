@@ -21,7 +21,7 @@ def check_deployment_name(value: str) -> str:
     from nbdeploy.service.package import deployment_name
 
     try:
-        return deployment_name(value)
+        return deployment_name(value, given=True)
     except Exception as error:
         raise ValueError(getattr(error, "message", str(error))) from None
 

@@ -138,13 +138,19 @@ class VersionPlan:
         return [{"name": name, "type": _type_text(hint)} for name, hint in hints.items()]
 
 
-def deployment_name(text: str) -> str:
-    """A deployment name usable as a DNS label, a bento name and a directory name."""
+def deployment_name(text: str, given: bool = False) -> str:
+    """A deployment name usable as a DNS label, a bento name and a directory name. One
+    derived from a function or model name is made so (``predict_churn`` -> ``predict-churn``);
+    a ``given`` one (--name) is used as it is, or refused with the form it could take."""
     candidate = text.strip().lower().replace("_", "-")
+    allowed = "use 1-40 lowercase letters, digits and '-', starting with a letter"
     if not NAME_PATTERN.match(candidate):
         raise ServiceDefinitionError(
-            f"{text!r} cannot name a deployment",
-            "use 1-40 lowercase letters, digits and '-', starting with a letter (e.g. churn-model)",
+            f"{text!r} cannot name a deployment", allowed + " (e.g. churn-model)"
+        )
+    if given and candidate != text:
+        raise ServiceDefinitionError(
+            f"{text!r} cannot name a deployment: {allowed}", f"did you mean {candidate}?"
         )
     return candidate
 

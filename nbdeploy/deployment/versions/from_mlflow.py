@@ -48,7 +48,7 @@ def deploy_mlflow_model(
     started = time.monotonic()
     check_host(host)
     resolved, registered_name, columns, requirements = _resolve_mlflow_model(model_uri)
-    name = deployment_name(name or registered_name)
+    name = deployment_name(name, given=True) if name else deployment_name(registered_name)
     deployments = DeploymentStore(store or default_store())
     content = hashlib.sha256(f"{resolved}\n{columns}\n{workers}".encode()).hexdigest()
     model_tag = f"nbd-{name}-mlflow:{content[:16]}"
