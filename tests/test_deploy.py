@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -263,6 +264,42 @@ def test_two_deploys_at_once_do_not_corrupt_the_store(kernel, deploy_home):
     assert store(deploy_home).version("triple", 1).function == "triple"
     for name in ("double", "triple"):
         verbs.stop(name)
+
+
+def test_the_deploy_steps_lines_arrive_while_it_works(deploy_home, tmp_path):
+    """`nbdeploy deploy NOTEBOOK` deploys from the notebook's kernel; the lines that step
+    prints (building, starting) reach a pipe as they happen, not when the run has ended."""
+    import shutil
+    import sqlite3
+    import subprocess
+
+    examples = Path(__file__).resolve().parent.parent / "example_notebooks"
+    notebook = tmp_path / "train.ipynb"
+    shutil.copy(examples / "train.ipynb", notebook)
+    command = [str(Path(sys.executable).with_name("nbdeploy")), "deploy", str(notebook)]
+    process = subprocess.Popen(
+        [*command, "--name", "nb-live", "-p", "n_estimators", "7", "--no-mlflow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    versions_when_building = None
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("nbdeploy: building nb-live"):
+                with sqlite3.connect(deploy_home / "state.db", timeout=10) as db:
+                    versions_when_building = db.execute(
+                        "SELECT COUNT(*) FROM versions WHERE deployment = 'nb-live'"
+                    ).fetchone()[0]
+        assert process.wait(timeout=300) == 0, "".join(seen)
+    finally:
+        process.kill()
+    # Told while building: the version it builds is not recorded yet.
+    assert versions_when_building == 0, "".join(seen)
+    assert verbs.stop("nb-live").status == "stopped"
 
 
 def test_deploy_from_a_notebook_file(deploy_home, cli, tmp_path):

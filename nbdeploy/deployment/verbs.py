@@ -413,6 +413,7 @@ def deploy_notebook(
     a dict); raises DeployError when either fails."""
     from dataclasses import asdict
 
+    from nbdeploy.pipeline.progress import NullProgress
     from nbdeploy.pipeline.runner import execute_run, prepare_run
 
     options = options or DeployOptions()
@@ -434,10 +435,11 @@ def deploy_notebook(
         f"    globals(), _nbdeploy_json.loads({json.dumps(arguments)!r})\n"
         ")\n"
     )
+    live = _DeployStepLines(progress or NullProgress(), notify)
     outcome = execute_run(
         prepared,
         timeout=timeout,
-        progress=progress,
+        progress=live,
         track_mlflow=options.mlflow,
         notify=notify,
         warn=warn,
@@ -446,7 +448,7 @@ def deploy_notebook(
     if not outcome.ok:
         raise DeployError(f"{outcome.message} (run {outcome.record.id})")
     for line in (outcome.epilogue_output or "").splitlines():
-        if line.startswith("nbdeploy: "):
+        if line.startswith("nbdeploy: ") and line not in live.told:  # not streamed already
             notify(line[len("nbdeploy: ") :])
         if line.startswith(RESULT_MARKER):
             result: dict[str, Any] = json.loads(line[len(RESULT_MARKER) :])
@@ -455,6 +457,38 @@ def deploy_notebook(
     raise DeployError(
         f"the notebook ran, but the deploy step printed no result (run {outcome.record.id})"
     )
+
+
+class _DeployStepLines:
+    """A run's progress that also tells the deploy step's own lines (``nbdeploy: ...``
+    printed in the kernel: building, waiting for another deploy, switching) as they come,
+    not when the run has ended. Where the run's outputs do not reach this process (another
+    executor), they are told afterwards from the step's recorded output."""
+
+    def __init__(self, inner: Any, notify: Notify) -> None:
+        self.inner, self.notify = inner, notify
+        self.in_step = False
+        self.told: set[str] = set()
+
+    def start(self, label: str, total_cells: int) -> None:
+        self.inner.start(label, total_cells)
+
+    def cell_started(self, position: int, cell_number: int, first_line: str) -> None:
+        from nbdeploy.pipeline.progress import EPILOGUE_LABEL
+
+        self.in_step = first_line == EPILOGUE_LABEL
+        self.inner.cell_started(position, cell_number, first_line)
+
+    def output(self, text: str, stream: str) -> None:
+        if self.in_step:
+            for line in text.splitlines():
+                if line.startswith("nbdeploy: ") and line not in self.told:
+                    self.told.add(line)
+                    self.notify(line[len("nbdeploy: ") :])
+        self.inner.output(text, stream)
+
+    def finish(self, ok: bool, summary: str, interrupted: bool = False) -> None:
+        self.inner.finish(ok, summary, interrupted)
 
 
 def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from papermill.utils import find_first_tagged_cell_index
 
 from nbdeploy.notebook.parameters import json_safe
 from nbdeploy.notebook.reader import INJECTED_TAG, PARAMETERS_TAG, SKIP_TAG, first_line
-from nbdeploy.pipeline.progress import NullProgress, Progress
+from nbdeploy.pipeline.progress import EPILOGUE_LABEL, NullProgress, Progress
 
 SKIPPED_NOTE = "nbdeploy: cell skipped (tagged nbdeploy:skip)\n"
 AUTOSAVE_SECONDS = 5.0
@@ -207,7 +207,7 @@ class RunNotebookClient(PapermillNotebookClient):
         cell.metadata["papermill"] = {"status": "pending"}
         self.nb.cells.append(cell)
         index = len(self.nb.cells) - 1
-        self.progress.cell_started(self._runnable, index + 1, "(nbdeploy: deploy step)")
+        self.progress.cell_started(self._runnable, index + 1, EPILOGUE_LABEL)
         try:
             self.nb_man.cell_start(cell, index)
             self.execute_cell(cell, index)

@@ -19,6 +19,9 @@ from typing import Protocol, TextIO
 REASON_MAX_CHARS = 160
 
 
+EPILOGUE_LABEL = "(nbdeploy: deploy step)"  # what progress shows for the epilogue cell
+
+
 class Progress(Protocol):
     def start(self, label: str, total_cells: int) -> None: ...
 
