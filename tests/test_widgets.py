@@ -4,6 +4,7 @@ HTML, the dashboard's refresh/actions/thread with injected sources, the static r
 from __future__ import annotations
 
 import html
+import os
 import re
 import subprocess
 import sys
@@ -424,3 +425,32 @@ def test_a_dashboard_of_an_unknown_deployment_is_refused_at_once():
     with pytest.raises(NbdeployError, match="no deployment named 'nope'"):
         dashboard("nope")
     assert dashboard_threads() == []
+
+
+def test_an_interrupt_during_the_example_call_says_the_deploy_had_completed():
+    """Ctrl-C ("interrupt kernel") landing in the card's example call: no urllib traceback."""
+    import http.server
+    import signal
+
+    from nbdeploy.widgets.deployment import INTERRUPTED_CALL, call_endpoint
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            time.sleep(3)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+    interrupt = threading.Timer(0.5, os.kill, args=(os.getpid(), signal.SIGINT))
+    interrupt.start()
+    try:
+        assert call_endpoint(url, {"rows": [[1]]}) == (0, INTERRUPTED_CALL)
+    finally:
+        interrupt.cancel()
+        server.shutdown()
+        server.server_close()
