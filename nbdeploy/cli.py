@@ -383,12 +383,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         key_of = result["name"] if needs_key(result["name"]) else None
         print("  try: " + curl_example(result["url"], schema, result.get("example"), key_of))
         if result.get("example"):
-            from nbdeploy.deployment.traffic.keys import read_key
-            from nbdeploy.widgets.deployment import call_endpoint
+            from nbdeploy.widgets.deployment import call_example
 
-            key = read_key(result["name"])
-            status, answer = call_endpoint(result["endpoint"], result["example"], key)
-            print(f"  example call: {status} {answer[:200]}")
+            status, answer = call_example(result)
+            print(f"  example call to v{result['version']}: {status} {answer[:200]}")
         print(f"  run: {result['run_id']}; logs: nbdeploy logs {result['name']}")
     return 0
 

@@ -511,3 +511,16 @@ def test_a_failed_deploy_keeps_the_metrics_of_a_running_experiment(deployed, hom
         )
     assert roles() == [("candidate", 2), ("live", 1), ("router", 0)]
     assert metrics.is_dir()  # the experiment's candidate still runs, with its Prometheus files
+
+
+def test_the_example_call_goes_to_the_version_just_deployed(deployed):
+    # A canary at 1%: through the deployment's address, the stable v1 would answer.
+    from nbdeploy.widgets.deployment import call_example
+
+    result = nbdeploy.deploy(
+        scaler(3), name="scale", mlflow=False, strategy="canary", weight=1, interval=600
+    )
+    data = {**result.to_dict(), "example": {"values": [2.0]}}
+    answers = {call_example(data) for _ in range(20)}
+    assert answers == {(200, "[6.0]")}, answers
+    nbdeploy.rollback("scale")

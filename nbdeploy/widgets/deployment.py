@@ -17,13 +17,30 @@ ANSWER_MAX_CHARS = 160
 INTERRUPTED_CALL = "the example call was interrupted; the deploy itself had completed"
 
 
+def call_example(data: dict[str, Any]) -> tuple[int, str]:
+    """The example call of a deploy result (``to_dict()``), made to the version it deployed
+    itself (the router's address may send it to another version: a canary's stable one,
+    or a newer deploy's); through the deployment's address when that server is not found."""
+    from nbdeploy.deployment.traffic import keys, upstream_secrets
+
+    route = data["endpoint"][len(data["url"]) :]
+    server = upstream_secrets.server_of(data["name"], int(data["version"]))
+    if server is not None:
+        return call_endpoint(server.url + route, data["example"], upstream_secrets.headers(server))
+    return call_endpoint(data["endpoint"], data["example"], key=keys.read_key(data["name"]))
+
+
 def call_endpoint(
-    url: str, body: dict[str, Any], key: str | None = None, timeout: float = 10.0
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    key: str | None = None,
+    timeout: float = 10.0,
 ) -> tuple[int, str]:
     """(HTTP status, body) of one call of a deployed endpoint; (0, why) when it could not
     be made. Ctrl-C ("interrupt kernel") during the call ends only the call: the deploy
     before it had completed, and the answer says so instead of a traceback from urllib."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
@@ -129,14 +146,10 @@ def show_deployment(result: Any) -> Any:
     from IPython.display import display
 
     from nbdeploy.deployment.report import describe_deploy, needs_key
-    from nbdeploy.deployment.traffic import keys
     from nbdeploy.widgets.card import DeploymentCard
 
     data = result.to_dict()
-    example = data.get("example")
-    answer = None
-    if example:
-        answer = call_endpoint(data["endpoint"], example, keys.read_key(data["name"]))
+    answer = call_example(data) if data.get("example") else None
     key_of = data["name"] if needs_key(data["name"]) else None
     card = DeploymentCard(
         card_html(data, result.version.schema, answer, key_of),

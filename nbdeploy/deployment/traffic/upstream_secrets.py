@@ -58,6 +58,18 @@ def read(server: Server) -> str | None:
         return None
 
 
+def server_of(deployment: str, version: int) -> Server | None:
+    """The running server of ``version`` (live, candidate or standby), to call it straight."""
+    from nbdeploy.deployment.store import CANDIDATE, LIVE, STANDBY, DeploymentStore
+    from nbdeploy.store import default_store
+
+    servers = DeploymentStore(default_store()).active_servers(deployment)
+    for server in servers:
+        if server.version == version and server.role in (LIVE, CANDIDATE, STANDBY):
+            return server
+    return None
+
+
 def headers(server: Server) -> dict[str, str]:
     """What a request straight to ``server`` (not through its router: a smoke test, a
     benchmark) must carry to be answered."""
