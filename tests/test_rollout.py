@@ -24,6 +24,7 @@ from support import execute
 import nbdeploy
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.traffic.strategies import canary
+from nbdeploy.errors import DeployError
 
 pytestmark = pytest.mark.integration
 
@@ -524,3 +525,21 @@ def test_the_example_call_goes_to_the_version_just_deployed(deployed):
     answers = {call_example(data) for _ in range(20)}
     assert answers == {(200, "[6.0]")}, answers
     nbdeploy.rollback("scale")
+
+
+def test_a_name_another_notebook_deployed_is_taken_over_only_when_asked(home):
+    train = {"notebook": "/work/project/train.ipynb"}
+    nbdeploy.deploy(scaler(2), name="owned", mlflow=False, source=train)
+    # The same notebook, as JupyterLab names it (relative to its root): no question.
+    nbdeploy.deploy(scaler(3), name="owned", mlflow=False, source={"notebook": "train.ipynb"})
+    with pytest.raises(
+        DeployError, match=r"deployed from train\.ipynb; this deploy comes from other\.ipynb"
+    ) as refused:
+        nbdeploy.deploy(scaler(4), name="owned", mlflow=False, source={"notebook": "other.ipynb"})
+    assert refused.value.hint is not None and "--replace" in refused.value.hint
+    assert nbdeploy.status("owned")[0].live_version == 2  # v2 (factor 3) still serves
+    taken = nbdeploy.deploy(
+        scaler(4), name="owned", mlflow=False, source={"notebook": "other.ipynb"}, replace=True
+    )
+    assert taken.deployment.live_version == 3
+    nbdeploy.stop("owned")

@@ -41,6 +41,7 @@ class DeployOptions:
     auth: str | None = None  # "key": the router needs an API key; "none"; None: as before
     log_sample: float = 1.0  # the share of requests the request log records (0 < x <= 1)
     redact: list[str] = field(default_factory=list)  # request keys never stored in the log
+    replace: bool = False  # take over a name that another notebook deployed
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployOptions:
@@ -65,6 +66,12 @@ class DeployOptions:
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     """The deploy flags (without the target: a function, a model variable or a notebook)."""
     parser.add_argument("--name", help="deployment name (default: the function's or variable's)")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        default=None,
+        help="take over the name when another notebook deployed it",
+    )
     parser.add_argument("--port", type=int, help="port (default: a free one, kept afterwards)")
     parser.add_argument(
         "--host",

@@ -204,6 +204,8 @@ def deploy_captured(
         raise DeployError(str(error)) from None
     check_host(options.host)
     deployments = DeploymentStore(store or default_store())
+    if not options.replace:
+        check_owner(deployments, name, source)
     with deployment_lock(name, notify):  # two builds of one name never run at once
         prepared = prepare_version(
             captured,
@@ -239,6 +241,34 @@ def deploy_captured(
         time.monotonic() - started,
         prepared.example,
     )
+
+
+def check_owner(deployments: DeploymentStore, name: str, source: Mapping[str, Any] | None) -> None:
+    """A deploy from one notebook does not silently replace the deployment of another:
+    DeployError unless the live version came from the same notebook (or either is not
+    known: an interactive session, a function deployed from Python)."""
+    current = deployments.find(name)
+    if current is None or current.live_version is None:
+        return
+    owner = deployments.version(name, current.live_version).source.get("notebook")
+    ours = (source or {}).get("notebook")
+    if not owner or not ours or _same_file(str(owner), str(ours)):
+        return
+    raise DeployError(
+        f"{name} serves v{current.live_version}, deployed from {owner}; this deploy comes "
+        f"from {ours}",
+        "add --replace to take the name over (replace=True from Python), or choose another --name",
+    )
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Two notebook paths name one file; a relative one (JupyterLab's session path, from
+    the server's root) matches the end of an absolute one."""
+    one, other = Path(first), Path(second)
+    if one.is_absolute() and other.is_absolute():
+        return one.resolve() == other.resolve()
+    shorter, longer = sorted((one.parts, other.parts), key=len)
+    return longer[len(longer) - len(shorter) :] == shorter
 
 
 def switch(

@@ -39,6 +39,7 @@ class DeployBody(_Body):
     parameters: dict[str, Any] | None = None
     strategy: str | None = None
     mlflow: bool = True
+    replace: bool = False  # take over a name another notebook deployed
 
     @field_validator("name")
     @classmethod

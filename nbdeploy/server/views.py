@@ -313,7 +313,7 @@ def deploy(path: Path, body: DeployBody, name: str, operation: Operation) -> dic
     from nbdeploy.deployment.options import DeployOptions
     from nbdeploy.deployment.verbs import deploy_notebook
 
-    options = DeployOptions(name=name, mlflow=body.mlflow)
+    options = DeployOptions(name=name, mlflow=body.mlflow, replace=body.replace)
     if body.strategy:
         options.strategy = body.strategy
     _, result = deploy_notebook(
