@@ -97,6 +97,7 @@ demo: $(STAMP) $(LABEXT_LINKED)
 	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy metrics predict --window 10m
 	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy report predict -o $(DEMO_HOME)/predict-report.html
 	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy stop predict
+	NBDEPLOY_HOME=$(DEMO_HOME) $(BIN)/nbdeploy daemon stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
