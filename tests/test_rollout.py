@@ -542,4 +542,7 @@ def test_a_name_another_notebook_deployed_is_taken_over_only_when_asked(home):
         scaler(4), name="owned", mlflow=False, source={"notebook": "other.ipynb"}, replace=True
     )
     assert taken.deployment.live_version == 3
+    nbdeploy.stop("owned")  # a stopped deployment is anybody's to deploy again
+    again = nbdeploy.deploy(scaler(5), name="owned", mlflow=False, source=train)
+    assert again.deployment.status == "serving"
     nbdeploy.stop("owned")

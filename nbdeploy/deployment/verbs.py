@@ -244,11 +244,12 @@ def deploy_captured(
 
 
 def check_owner(deployments: DeploymentStore, name: str, source: Mapping[str, Any] | None) -> None:
-    """A deploy from one notebook does not silently replace the deployment of another:
-    DeployError unless the live version came from the same notebook (or either is not
-    known: an interactive session, a function deployed from Python)."""
+    """A deploy from one notebook does not silently replace the serving deployment of
+    another: DeployError unless the live version came from the same notebook (or either is
+    not known: an interactive session, a function deployed from Python). A stopped
+    deployment is anybody's to deploy again."""
     current = deployments.find(name)
-    if current is None or current.live_version is None:
+    if current is None or current.status != SERVING or current.live_version is None:
         return
     owner = deployments.version(name, current.live_version).source.get("notebook")
     ours = (source or {}).get("notebook")
