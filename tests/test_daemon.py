@@ -208,6 +208,7 @@ def test_after_a_reboot_opening_a_notebook_brings_deployments_back(home, tmp_pat
 
         _bring_back_deployments()
         assert wait_for(lambda: answers(deployed.url), 10, "scale back")[0] == [2.0]
+    nbdeploy.stop("scale")  # what came back is the test's to end
 
 
 def test_the_daemon_dying_leaves_services_serving_and_its_successor_adopts_them(deployed, cli):
