@@ -47,3 +47,21 @@ def execute(kc: Any, code: str, ok: bool = True, timeout: float = 300) -> str:
     reply = kc.execute_interactive(code, timeout=timeout, output_hook=collect)
     assert (reply["content"]["status"] == "ok") == ok, "".join(chunks)
     return "".join(chunks)
+
+
+def canary_plan(**changes: Any) -> Any:
+    """A canary plan of "scale" from v1 to v2 (ten, fifty, then all percent), as a deploy
+    writes it; ``changes`` replace its fields."""
+    from nbdeploy.deployment.traffic.strategies.canary import CanaryPlan
+
+    fields: dict[str, Any] = {
+        "name": "scale",
+        "version": 2,
+        "stable": 1,
+        "candidate_server": 2,
+        "stable_server": 1,
+        "steps": [10.0, 50.0, 100.0],
+        "interval": 30.0,
+        "keep_warm": 60.0,
+    }
+    return CanaryPlan(**{**fields, **changes})

@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from support import canary_plan
+
 from nbdeploy.deployment.traffic.router.proxy import BUCKETS_MS
 from nbdeploy.deployment.traffic.strategies import canary
 from nbdeploy.deployment.traffic.strategies.canary import CanaryPlan, analyse
@@ -43,17 +45,8 @@ def state(versions: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def plan(baseline: dict[str, dict[str, Any]] | None = None) -> CanaryPlan:
-    return CanaryPlan(
-        name="scale",
-        version=2,
-        stable=1,
-        candidate_server=2,
-        stable_server=1,
-        steps=[10.0, 50.0, 100.0],
-        interval=60.0,
-        keep_warm=0.0,
-        baseline=baseline or {},
-    )
+    plan: CanaryPlan = canary_plan(interval=60.0, keep_warm=0.0, baseline=baseline or {})
+    return plan
 
 
 class Run:

@@ -6,22 +6,15 @@ from __future__ import annotations
 
 import threading
 
+from support import canary_plan
+
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.traffic.strategies import canary
 
 
 def running_plan() -> canary.CanaryPlan:
     traffic.folder("scale").mkdir(parents=True, exist_ok=True)
-    plan = canary.CanaryPlan(
-        name="scale",
-        version=2,
-        stable=1,
-        candidate_server=2,
-        stable_server=1,
-        steps=[10, 50, 100],
-        interval=30,
-        keep_warm=60,
-    )
+    plan: canary.CanaryPlan = canary_plan()
     canary.write_plan(plan)
     return plan
 

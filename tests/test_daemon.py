@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
-from support import execute
+from support import canary_plan, execute
 from test_rollout import Load, ask, scaler
 
 import nbdeploy
@@ -374,6 +374,24 @@ def test_an_interrupted_deploy_reports_what_status_and_the_answers_say(deployed,
     nothing_of_the_deployment_runs()
 
 
+def test_an_answer_lost_to_an_interrupt_is_asked_for_again(deployed):
+    """The interrupt can strike while the daemon's answer is being read: the daemon has
+    answered and closed, the client has lost the answer. It asks for the job's outcome on
+    a new connection, and says what happened, not "finishes or undoes it"."""
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
+    with channel.connect(client.socket_path(), 10.0) as connection:
+        channel.send(connection, {"op": "rollback", "name": "scale", "args": {}, "job": "lost1"})
+        wait_for(lambda: nbdeploy.status("scale")[0].live_version == 1, 60, "the rollback")
+        time.sleep(0.5)  # the answer is sent; this client never reads it
+    outcome = client._outcome_of("lost1", None)
+    assert outcome is not None and outcome["ok"] and outcome["result"]["live_version"] == 1
+    message = client._interrupted("rollback", "scale", outcome)
+    assert message == "the rollback of scale was interrupted too late to undo: v1 serves"
+    assert client._outcome_of("never-sent", None) is None
+    answer = wait_for(lambda: answers(deployed), 10, "an answer")
+    assert answer == ([2.0], "v1")
+
+
 @pytest.mark.parametrize("verb", ["rollback", "stop"])
 def test_an_interrupted_rollback_or_stop_says_what_happened(deployed, verb):
     nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
@@ -523,15 +541,8 @@ def test_a_process_that_reused_a_canary_controllers_pid_is_never_signalled(home,
         ticks = process_start_ticks(stranger.pid)
         assert ticks is not None
         traffic.folder("scale").mkdir(parents=True, exist_ok=True)
-        plan = canary.CanaryPlan(
-            name="scale",
-            version=2,
-            stable=1,
-            candidate_server=2,
-            stable_server=1,
-            steps=[10, 100],
-            interval=30,
-            keep_warm=60,
+        plan = canary_plan(
+            steps=[10.0, 100.0],
             controller_pid=stranger.pid,
             controller_start_ticks=ticks - 100_000,  # the controller started long before
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def test_typed_parameters_are_injected_with_their_types(make_notebook, cli, home
     assert logged["label"] == ["str", repr(hostile)]
     assert logged["maybe"] == ["NoneType", "None"]
     output = nbformat.read(result.json["output_path"], as_version=4)
+    language = output.metadata["language_info"]  # asked of the kernel after the last cell
+    assert language["name"] == "python" and language["version"] == platform.python_version()
     injected = [c for c in output.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1
     assert output.cells.index(injected[0]) == 2  # right after the parameters cell
@@ -155,6 +158,7 @@ def test_failing_cell_names_cell_line_and_exception_and_keeps_the_output(make_no
     assert record.status == "failed"
     assert record.error["cell"] == 3 and record.error["ename"] == "ValueError"
     output = nbformat.read(record.output_path, as_version=4)
+    assert output.metadata["language_info"]["name"] == "python"
     errors = [o for o in output.cells[2].outputs if o.output_type == "error"]
     assert errors and errors[0].evalue == "bad value 41"
     assert output.cells[3].outputs == []

@@ -44,6 +44,7 @@ AUTOSAVE_SECONDS = 5.0
 INTERRUPTED_NOTE = "interrupted (Ctrl-C) while this cell was running"
 REPLY_SLICE_SECONDS = 1.0  # the longest single wait for a message from the kernel
 KERNEL_UNRESPONSIVE_ENV = "NBDEPLOY_KERNEL_UNRESPONSIVE_S"
+KERNEL_INFO_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass
@@ -194,11 +195,45 @@ class RunNotebookClient(PapermillNotebookClient):
             if self.epilogue and self.failure is None:
                 self._execute_epilogue()
             if self.failure is None or self.failure.kind == "error":
-                self.timeout = None  # the kernel is idle: kernel_info answers at once
-                info = self.wait_for_reply(self.kc.kernel_info())
-                self.nb.metadata["language_info"] = info["content"]["language_info"]
+                info = self._language_info()
+                if info is not None:
+                    self.nb.metadata["language_info"] = info
             self.set_widgets_metadata()
         return self.nb
+
+    def _language_info(self) -> dict[str, Any] | None:
+        """The kernel's language info for the notebook's metadata, asked for in bounded
+        slices like every other wait (an idle kernel answers at once); None, with a
+        warning, when no answer comes within KERNEL_INFO_TIMEOUT_SECONDS."""
+        from nbclient.util import run_sync
+
+        assert self.kc is not None
+        request = self.kc.kernel_info()
+        deadline = time.monotonic() + KERNEL_INFO_TIMEOUT_SECONDS
+
+        async def reply() -> dict[str, Any] | None:
+            assert self.kc is not None
+            while time.monotonic() < deadline:
+                try:
+                    msg = await _ensure_async(
+                        self.kc.shell_channel.get_msg(timeout=_slice(deadline))
+                    )
+                except Empty:
+                    self._check_heartbeat()
+                    continue
+                if msg["parent_header"].get("msg_id") == request:
+                    info: dict[str, Any] = msg["content"].get("language_info") or {}
+                    return info
+            return None
+
+        info = run_sync(reply)()
+        if info is None:
+            self.log.warning(
+                "the kernel did not tell its language within %s s: the notebook's "
+                "language_info is left as it was",
+                KERNEL_INFO_TIMEOUT_SECONDS,
+            )
+        return info
 
     def _execute_epilogue(self) -> None:
         """Run extra code in the same kernel, as a last cell tagged ``nbdeploy:epilogue``."""
@@ -254,7 +289,7 @@ class RunNotebookClient(PapermillNotebookClient):
                     remaining = self.deadline - time.monotonic()
                     if remaining <= 0:
                         raise CellTimeoutError("deadline reached before the cell started")
-                    self.timeout = max(1, int(remaining + 0.999))  # type: ignore[assignment]
+                    self.timeout = max(1, int(remaining + 0.999))
                 self.nb_man.cell_start(cell, index)
                 self.execute_cell(cell, index)
             except CellExecutionError as error:

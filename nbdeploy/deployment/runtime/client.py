@@ -183,15 +183,20 @@ def call(
     """Run ``op`` on deployment ``name`` in the daemon of ``home`` (default: this process's
     NBDEPLOY_HOME): its result; raises the daemon's error as an :class:`NbdeployError` (its
     message and hint), :class:`Interrupted` when interrupted."""
+    import secrets
+
     ensure(home)
     tell = notify or (lambda message: None)
+    job = secrets.token_hex(8)
     with channel.connect(socket_path(home), 10.0) as connection:
-        channel.send(connection, {"op": op, "name": name, "args": args or {}})
+        channel.send(connection, {"op": op, "name": name, "args": args or {}, "job": job})
         reader = channel.LineReader(connection)
         try:
             answer = _answer(connection, reader, tell, time.monotonic() + timeout)
         except KeyboardInterrupt:
             last = _cancel(connection, reader, tell)
+            if last is None:
+                last = _outcome_of(job, home)
             raise Interrupted(_interrupted(op, name, last), last) from None
     return _result(answer)
 
@@ -232,6 +237,19 @@ def _cancel(
         return _answer(connection, reader, notify, time.monotonic() + CANCEL_WAIT_SECONDS)
     except (KeyboardInterrupt, NbdeployError, OSError):
         return None
+
+
+def _outcome_of(job: str, home: Path | None) -> dict[str, Any] | None:
+    """The job's answer asked for on a new connection: the interrupt may have struck while
+    the answer was being read, and the daemon, done, has closed the first one."""
+    try:
+        found = query(
+            "outcome", home, CANCEL_WAIT_SECONDS + 5, {"job": job, "wait": CANCEL_WAIT_SECONDS}
+        )
+    except (KeyboardInterrupt, NbdeployError, OSError):
+        return None
+    answer = found.get("answer")
+    return answer if isinstance(answer, dict) else None
 
 
 def _interrupted(op: str, name: str, answer: dict[str, Any] | None) -> str:

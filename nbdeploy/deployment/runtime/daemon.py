@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ IDLE_ENV = "NBDEPLOY_DAEMON_IDLE"
 DEFAULT_IDLE_SECONDS = 1800.0
 CANCEL = b"cancel"
 PR_SET_CHILD_SUBREAPER = 36
+KEPT_OUTCOMES = 256  # jobs whose outcome a client that lost its connection can still ask for
+OUTCOME_WAIT_LIMIT_SECONDS = 120.0
 
 Operation = Callable[["Job"], dict[str, Any]]
 
@@ -59,6 +62,7 @@ class Job:
     name: str
     args: dict[str, Any]
     notify: Callable[[str], None]
+    id: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     answer: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +106,7 @@ class Daemon:
         self.started_at = time.time()
         self.queues: dict[str, DeploymentQueue] = {}
         self.queues_lock = threading.Lock()
+        self.jobs_by_id: OrderedDict[str, Job] = OrderedDict()
         self.last_request = time.monotonic()
         self.idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_SECONDS)
         self.stopping = threading.Event()
@@ -115,9 +120,29 @@ class Daemon:
                 found = self.queues[name] = DeploymentQueue(name, self.execute)
             return found
 
-    def submit(self, op: str, name: str, args: dict[str, Any], notify: Any = None) -> Job:
-        job = Job(op, name, args, notify or _ignore)
+    def submit(
+        self, op: str, name: str, args: dict[str, Any], notify: Any = None, job_id: str = ""
+    ) -> Job:
+        job = Job(op, name, args, notify or _ignore, job_id)
+        if job_id:
+            with self.queues_lock:
+                self.jobs_by_id[job_id] = job
+                while len(self.jobs_by_id) > KEPT_OUTCOMES:
+                    self.jobs_by_id.popitem(last=False)
         return self.queue_of(name).submit(job)
+
+    def outcome(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The answer of the job a client named (it lost the connection that would have
+        carried it: an interrupt while the answer was on its way), waiting for the job to
+        end for at most ``wait`` seconds."""
+        with self.queues_lock:
+            job = self.jobs_by_id.get(str(request.get("job") or ""))
+        if job is None:
+            return {"ok": True, "known": False}
+        wait = min(float(request.get("wait") or 0.0), OUTCOME_WAIT_LIMIT_SECONDS)
+        if not job.done.wait(max(wait, 0.0)):
+            return {"ok": True, "known": True, "done": False}
+        return {"ok": True, "known": True, "done": True, "answer": job.answer}
 
     def execute(self, job: Job) -> dict[str, Any]:
         from nbdeploy.deployment.runtime.operations import OPERATIONS
@@ -183,7 +208,8 @@ class Daemon:
             with sending, contextlib.suppress(OSError):
                 channel.send(connection, {"notify": message})
 
-        job = self.submit(op, name, dict(request.get("args") or {}), notify)
+        job_id = str(request.get("job") or "")
+        job = self.submit(op, name, dict(request.get("args") or {}), notify, job_id)
         connection.settimeout(0.2)
         gone = False
         while not job.done.is_set():
@@ -299,6 +325,7 @@ _QUERIES: dict[str, Callable[[Daemon, dict[str, Any]], dict[str, Any]]] = {
     "status": lambda daemon, request: daemon.status(),
     "launcher": _start_launcher,
     "record": lambda daemon, request: record(request),
+    "outcome": lambda daemon, request: daemon.outcome(request),
 }
 
 
