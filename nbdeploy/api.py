@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nbdeploy.monitor.metrics import DEFAULT_WINDOW
 from nbdeploy.notebook.parameters import Parameter
 from nbdeploy.pipeline.progress import Progress
 from nbdeploy.pipeline.runner import Notify, RunOutcome, _ignore
@@ -346,7 +347,9 @@ def shadow_report(name: str) -> Any:
     return report(traffic.folder(name))
 
 
-def metrics(name: str, window: str | float = "1h", rows: int | None = None) -> dict[str, Any]:
+def metrics(
+    name: str, window: str | float = DEFAULT_WINDOW, rows: int | None = None
+) -> dict[str, Any]:
     """``name``'s health over the last ``window`` (seconds, or "15m", "1h", "7d") and, with
     ``rows``, over its last that many input rows: requests, error rate, latency percentiles,
     per-feature missing values, values out of the training range and drift, prediction

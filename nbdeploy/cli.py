@@ -19,6 +19,7 @@ from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
 from nbdeploy.errors import NbdeployError
 from nbdeploy.image.options import add_image_commands
 from nbdeploy.k8s.options import add_apply_arguments, add_batch_arguments, add_k8s_arguments
+from nbdeploy.monitor.metrics import DEFAULT_WINDOW
 from nbdeploy.pipeline.options import add_parameter_option, add_run_arguments, run_request_from_args
 
 
@@ -136,7 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     metrics.add_argument("name")
     metrics.add_argument(
-        "--window", default="1h", metavar="DURATION", help="e.g. 15m, 1h (default), 7d"
+        "--window",
+        default=DEFAULT_WINDOW,
+        metavar="DURATION",
+        help="e.g. 90s, 10m (default), 1h, 7d",
     )
     metrics.add_argument(
         "--rows", type=int, metavar="N", help="only the last N input rows of the window"
@@ -150,7 +154,10 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", metavar="FILE", help="where to write it (default: NAME-report.html)"
     )
     report.add_argument(
-        "--window", default="1h", metavar="DURATION", help="e.g. 15m, 1h (default), 7d"
+        "--window",
+        default=DEFAULT_WINDOW,
+        metavar="DURATION",
+        help="e.g. 90s, 10m (default), 1h, 7d",
     )
     report.add_argument("--json", action="store_true", help="one JSON object")
     k8s = commands.add_parser(

@@ -126,8 +126,11 @@ def open_panel(page: Any) -> Any:
     from playwright.sync_api import expect
 
     panel = page.locator("#nbdeploy-deployments")
-    if not panel.is_visible():
-        page.locator(".lm-TabBar-tab[data-id='nbdeploy-deployments']").click()
+    tab = page.locator(".lm-TabBar-tab[data-id='nbdeploy-deployments']")
+    expect(tab).to_be_visible(timeout=30_000)
+    # The workspace may restore the sidebar open: a click on its current tab would close it.
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
     expect(panel).to_be_visible()
     return panel
 
@@ -147,16 +150,21 @@ def test_the_panel_shows_a_deployment_made_through_the_api(lab, first_version, p
     expect(card.locator(".nbdl-badge")).to_have_text("serving")
     expect(card.locator(".nbdl-version")).to_have_text("v1")
     url = card.locator(".nbdl-url")
-    expect(url).to_have_text(re.compile(r"^http://127\.0\.0\.1:\d+"))
+    expect(url).to_have_text(re.compile(r"^127\.0\.0\.1:\d+$"))  # the port is never cut off
+    service = url.get_attribute("href") or ""
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", service), service
+    assert url.get_attribute("title") == service
     expect(card.locator(".nbdl-field-strategy")).to_have_text("blue-green")
     expect(card.locator(".nbdl-field-traffic")).to_contain_text("v1")
     copy = card.get_by_role("button", name="Copy the URL of predict")
     copy.click()
     expect(copy).to_have_text("copied")
-    assert page.evaluate("navigator.clipboard.readText()") == url.inner_text()
+    assert page.evaluate("navigator.clipboard.readText()") == service
 
-    # Requests to the service show up as requests/s and p99 (the summary refreshes).
-    service = url.inner_text()
+    # Requests to the service show up as requests/s and p99 (the summary refreshes), each
+    # labelled with the window it is over.
+    expect(card.locator(".nbdl-term-rps")).to_have_text("requests/s (10m)")
+    expect(card.locator(".nbdl-term-p99")).to_have_text("p99 (10m)")
     for _ in range(20):
         body = json.dumps({"rows": [[0.1] * 20]}).encode()
         request = urllib.request.Request(
@@ -178,6 +186,27 @@ def test_the_panel_shows_a_deployment_made_through_the_api(lab, first_version, p
     expect(board).to_be_visible(timeout=15_000)
     expect(board.locator(".nbdl-tile").first).to_be_visible(timeout=15_000)
     expect(board.locator(".nbdl-table caption", has_text="versions")).to_be_visible()
+    expect(board.locator(".nbdl-tile-label", has_text="requests/s over 10m")).to_be_visible()
+    expect(board.locator(".nbdl-table caption", has_text="traffic by endpoint")).to_be_visible()
+    # The chart has its scales: requests on the left, p99 on the right, 24-hour times below.
+    chart = board.locator(".nbdl-chart")
+    expect(chart.locator(".nbdl-axis-time")).to_have_count(3)
+    for label in chart.locator(".nbdl-axis-time").all_text_contents():
+        assert re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", label), label
+    expect(chart.locator(".nbdl-axis-latency").first).to_have_text(re.compile(r"ms$"))
+
+    # Hidden behind another tab, the dashboard does not poll; shown again, it does.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/metrics" in r.url else None)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^New Launcher$")).click()
+    expect(board).to_be_hidden()
+    page.wait_for_timeout(12_000)  # more than two refresh intervals
+    assert asked == [], asked
+    page.locator(".lm-TabBar-tab", has_text="predict dashboard").click()
+    expect(board).to_be_visible()
+    page.wait_for_timeout(3_000)
+    assert asked, "the dashboard did not refresh when shown again"
 
     # The theme: light, then JupyterLab Dark; the panel follows its colours.
     def colours() -> list[str]:
@@ -301,4 +330,25 @@ def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
     )
     expect(frame.locator(".celltag_injected-parameters")).to_contain_text("n_estimators = 10")
 
+    assert nbdeploy_errors(console) == []
+
+
+def test_a_stopped_deployment_greys_its_card(lab, first_version, page, console):
+    """After a stop the card shows no URL and no figures, and only what applies."""
+    from playwright.sync_api import expect
+
+    open_lab(page, lab)
+    card = open_panel(page).locator(".nbdl-card[data-name='predict']")
+    expect(card.locator(".nbdl-badge")).to_have_text("serving", timeout=15_000)
+    card.get_by_role("button", name="Stop predict").click()
+    confirm = page.locator(".jp-Dialog").filter(has_text="Stop predict?")
+    confirm.get_by_role("button", name="Stop predict").click()
+    expect(card.locator(".nbdl-message")).to_have_text("stopped", timeout=60_000)
+    expect(card.locator(".nbdl-badge")).to_have_text("stopped")
+    expect(card).to_have_class(re.compile(r"\bnbdl-stopped\b"))
+    expect(card.locator(".nbdl-url")).to_be_hidden()
+    for field in ("rps", "p99", "errors", "traffic"):
+        expect(card.locator(f".nbdl-field-{field}")).to_have_text("–")
+    for action in ("Stop predict", "Roll back predict", "Promote the new version of predict"):
+        expect(card.get_by_role("button", name=action)).to_be_disabled()
     assert nbdeploy_errors(console) == []

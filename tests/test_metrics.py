@@ -13,7 +13,7 @@ import pytest
 from support import post
 
 import nbdeploy
-from nbdeploy.monitor.metrics import MetricsError, flatten, parse_window, snapshot
+from nbdeploy.monitor.metrics import MetricsError, parse_window, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,7 @@ def test_drift_and_quality_are_flagged_where_they_are(watched: Any, cli: Any) ->
         f"v{watched.version.version}": {
             "requests": data["requests"],
             "error_rate": 0.0,
+            "client_error_rate": pytest.approx(1 / data["requests"]),
             "p50": data["latency"]["p50"],
             "p95": data["latency"]["p95"],
             "p99": data["latency"]["p99"],
@@ -155,21 +156,55 @@ def test_without_reference_or_traffic_metrics_say_so(home: Path, cli: Any) -> No
     assert refused.code == 2 and "--window 'soon' is not a duration" in refused.err
 
 
-def test_windows_and_flattening() -> None:
+def test_windows_are_parsed_with_their_units() -> None:
     assert parse_window("15m") == 900 and parse_window("1h") == 3600 and parse_window(30) == 30
     with pytest.raises(MetricsError):
         parse_window("0s")
-    schema = {"mode": "records", "parameter": "records"}
-    rows = [
-        {"status": 200, "inputs": {"records": [{"a": 1}, {"a": 2}]}, "prediction": [0.5, 0.7]},
-        {"status": 400, "inputs": {"records": [{"a": "x"}]}, "prediction": None},
-        {"status": 200, "inputs": None, "prediction": [1]},  # not stored (sampled or cut)
-    ]
-    # a refused row counts for input quality (its type error), not for predictions
-    assert flatten(rows, schema) == ([{"a": 1}, {"a": 2}, {"a": "x"}], [0.5, 0.7])
-    mismatched = [
-        {"status": 200, "inputs": {"records": [{"a": 1}]}, "prediction": [1, 2]},
-        {"status": 500, "inputs": {"records": [{"a": 3}]}, "error": "boom"},
-        {"status": 400, "inputs": "not json", "error": "bad"},
-    ]
-    assert flatten(mismatched, schema) == ([{"a": 1}], None)
+
+
+def test_what_clients_send_never_breaks_monitoring(home: Path, cli: Any) -> None:
+    """Rows of another width, a body that is not JSON and /predict_proba's lists of
+    probabilities are counted per endpoint; drift is computed from the rows that fit."""
+    import urllib.request
+
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 4))
+    model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    result = nbdeploy.deploy(
+        model, name="clf", namespace={"X": X, "model": model}, reference="X", mlflow=False
+    )
+    try:
+        url = result.deployment.url
+        rows = rng.normal(size=(200, 4)).tolist()
+        for start in range(0, 200, 20):
+            assert post(url + "/predict", {"rows": rows[start : start + 20]})[0] == 200
+        assert post(url + "/predict_proba", {"rows": rows[:5]})[0] == 200
+        assert post(url + "/predict", {"rows": [[1.0, 2.0, 3.0]]})[0] == 400
+        broken = urllib.request.Request(
+            url + "/predict", data=b'{"rows": [[1, 2', headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(broken, timeout=30)
+        assert refused.value.code == 400
+        wait_logged("clf", 1 + 10 + 3)
+
+        data = snapshot("clf", 600)
+        assert data["requests"] == 13 and data["error_rate"] == 0.0
+        assert data["client_error_rate"] == pytest.approx(2 / 13)
+        assert set(data["endpoints"]) == {"/predict", "/predict_proba"}
+        assert data["endpoints"]["/predict_proba"]["requests"] == 1
+        assert data["main_endpoint"] == "/predict" and data["rows"] == 200
+        assert {d["status"] for d in data["drift"].values()} == {"ok"}
+        assert data["prediction"] is not None  # /predict's answers: one value per row
+        findings = data["findings"]
+        assert findings["/predict"]["misfit_rows"] == 1
+        assert findings["/predict_proba"]["misfit_predictions"] == 5
+        assert findings["/predict_proba"]["rows"] == 5
+        text = cli("metrics", "clf", "--window", "10m")
+        assert text.code == 0, text.err
+        assert "1 rows that do not fit the reference" in text.out
+        assert "answers for 5 rows not one value per row" in text.out
+    finally:
+        nbdeploy.stop("clf")

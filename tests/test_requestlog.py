@@ -421,10 +421,40 @@ def test_redacted_fields_never_reach_the_disk(home):
         assert rows["raises"]["status"] == 500 and rows["malformed"]["inputs"] is None
     finally:
         nbdeploy.stop("private")
-    files = [p for p in (home / "deployments" / "private" / "requests").iterdir() if p.is_file()]
+    # Nowhere under the deployment's folder: request log, server and router logs, state.
+    folder = home / "deployments" / "private"
+    files = [p for p in folder.rglob("*") if p.is_file()]
     assert any(p.name.endswith(".db") for p in files)
+    assert any(p.parent.name == "logs" and p.name.startswith("v1-") for p in files), files
     for path in files:
-        assert SECRET.encode() not in path.read_bytes(), path.name
+        assert SECRET.encode() not in path.read_bytes(), path.relative_to(folder)
+    server_log = "\n".join(nbdeploy.logs("private", 2000))
+    assert "ValueError: bad record" in server_log and "[redacted]" in server_log
+
+
+@integration
+def test_the_server_log_is_scrubbed_of_redacted_values():
+    scrub = requestlog_runtime.Scrubber(["ssn", "token"])
+    pydantic = (
+        'Invalid JSON: EOF while parsing [type=json_invalid, input_value=b\'{"record": '
+        '{"amount": 1, "ssn": "999-99-9999"\', input_type=bytes]'
+    )
+    assert scrub(pydantic) == (
+        "Invalid JSON: EOF while parsing [type=json_invalid, input_value=[redacted], "
+        "input_type=bytes]"
+    )
+    record = "ValueError: bad record {'income': -1, 'ssn': '123-45-6789', 'token': 'abc'}"
+    assert scrub(record) == (
+        "ValueError: bad record {'income': -1, 'ssn': [redacted], 'token': [redacted]}"
+    )
+    # The values of the request being served, wherever they appear (a bare value too).
+    token = requestlog_runtime._BODY.set([b'{"rows": [{"ssn": "123-45-6789", "a": 1}]}'])
+    try:
+        assert scrub("KeyError: '123-45-6789'") == "KeyError: [redacted]"
+        assert scrub("a = 1") == "a = 1"  # other fields stay
+    finally:
+        requestlog_runtime._BODY.reset(token)
+    assert scrub("KeyError: '123-45-6789'") == "KeyError: '123-45-6789'"  # no request: kept
 
 
 @integration

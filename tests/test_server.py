@@ -233,6 +233,32 @@ async def test_invalid_bodies_get_4xx_naming_the_field(jp_fetch: Any, notebook: 
     assert code == 404 and "no deployment named 'x'" in error["error"]
 
 
+async def test_a_metrics_read_that_fails_in_the_server_is_a_5xx_with_its_reason(
+    jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the server's own (a log it cannot read, a bug) is not the client's: 500
+    with the reason, never a 4xx. (Simulated: such a failure cannot be caused from here.)"""
+    from nbdeploy import api
+    from nbdeploy.errors import NbdeployError
+
+    def broken(name: str, window: str) -> None:
+        raise NbdeployError("the request log of x is not readable: disk I/O error")
+
+    monkeypatch.setattr(api, "metrics", broken)
+    code, error = await call(jp_fetch, "deployments", "x", "metrics")
+    assert code == 500, error
+    assert error["error"] == (
+        "the metrics of x could not be read: the request log of x is not readable: disk I/O error"
+    )
+
+    def crashed(name: str, window: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(api, "metrics", crashed)
+    code, error = await call(jp_fetch, "deployments", "x", "metrics")
+    assert code == 500 and "OSError" in error["error"] and "Traceback" not in error["error"]
+
+
 async def test_notebook_params_are_typed_with_the_functions_a_deploy_can_serve(
     jp_fetch: Any, notebook: Path
 ) -> None:

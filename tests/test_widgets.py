@@ -294,6 +294,8 @@ def test_the_dashboard_shows_the_figures_of_its_deployment(make_dashboard):
     assert board.chart.data[2].y == (1.0, 2.0, 0.0)
     assert "request log: 1,200 written, 3 dropped" in board.footer_html.value
     assert not board.chart.layout.annotations[-1].visible
+    layout = board.chart.layout  # time axes even when empty: "%H:%M" is a date format
+    assert [axis.type for axis in (layout.xaxis, layout.xaxis2, layout.xaxis3)] == ["date"] * 3
 
 
 def test_the_dashboard_assigns_only_what_changed(make_dashboard):
@@ -370,6 +372,27 @@ def test_stop_asks_first_and_every_action_says_what_happened(make_dashboard):
     board.promote_button.click()
     assert "churn is serving v3 at http://127.0.0.1:5123" in board.outcome_html.value
     assert not any(b.disabled for b in (board.rollback_button, board.promote_button))
+
+
+def test_a_stopped_deployment_is_shown_greyed_with_only_what_applies(make_dashboard):
+    board = make_dashboard(
+        fetch=lambda name, window: snapshot(status="stopped"),
+        deployments=lambda name: [deployment(status="stopped")],
+    )
+    header = board.header_html.value
+    assert "last served <b>" not in header and "last served v2" in header
+    assert "serving <b>" not in header and "5123" not in header and "traffic" not in header
+    assert "nbd-tiles nbd-dim" in board.tiles_html.value
+    assert all(b.disabled for b in (board.stop_button, board.rollback_button, board.promote_button))
+
+
+def test_every_rate_says_the_window_it_is_over(make_dashboard):
+    board = make_dashboard(fetch=lambda name, window: snapshot(window_seconds=600))
+    tiles = board.tiles_html.value
+    assert "requests/s over 10 min" in tiles and "errors over 10 min" in tiles
+    overview = make_dashboard(name=None, fetch=lambda name, window: snapshot(window_seconds=600))
+    assert "req/s (10 min)" in overview.overview_html.value
+    assert "errors (10 min)" in overview.overview_html.value
 
 
 def test_a_failing_source_is_shown_not_raised(make_dashboard):

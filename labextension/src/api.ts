@@ -13,6 +13,8 @@ export interface ISummary {
   p99_ms: number | null;
   error_rate: number | null;
   requests: number | null;
+  /** The window the figures are over ("10m"). */
+  window?: string;
 }
 
 export interface IDeployment {
@@ -118,7 +120,20 @@ export interface IMetrics {
   drift?: Record<string, Record<string, number | string | null>>;
   drift_status?: string | null;
   rows?: number;
+  /** Per endpoint: requests, error and refusal rates, latency percentiles. */
+  endpoints?: Record<string, Record<string, number | null>>;
+  /** Per endpoint of the live version: what clients sent that did not fit the reference. */
+  findings?: Record<string, IFindings>;
   [key: string]: unknown;
+}
+
+export interface IFindings {
+  rows?: number;
+  unreadable_bodies?: number;
+  misfit_rows?: number;
+  misfit_predictions?: number;
+  drift_status?: string | null;
+  note?: string | null;
 }
 
 /** The strategies nbdeploy.deployment.options.STRATEGIES knows, the default first. */

@@ -1,6 +1,7 @@
 /**
  * A deployment's dashboard in the main area: traffic, latency and errors over a window
- * (tiles and a chart), per version, input quality and drift; refreshed every 5 seconds.
+ * (tiles and a chart), per version and endpoint, input quality and drift; refreshed every
+ * 5 seconds while it is visible (a hidden tab does not poll).
  */
 import { MainAreaWidget } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
@@ -45,32 +46,68 @@ function svg<K extends keyof SVGElementTagNameMap>(
   return element;
 }
 
-/** Requests per bucket as bars and p99 as a line, over the window. */
-function chart(series: Array<Record<string, number | null>>): SVGSVGElement {
-  const width = 600;
-  const height = 120;
-  const root = svg('svg', {
-    class: 'nbdl-chart',
-    viewBox: `0 0 ${width} ${height}`,
-    role: 'img',
-    preserveAspectRatio: 'none'
+/** A time of day on the 24-hour clock, as everywhere else in nbdeploy. */
+export function clock(seconds: number, withSeconds = false): string {
+  return new Date(seconds * 1000).toLocaleTimeString([], {
+    hour: '2-digit',
+    minute: '2-digit',
+    ...(withSeconds ? { second: '2-digit' } : {}),
+    hourCycle: 'h23'
   });
+}
+
+/**
+ * Requests per bucket as bars (left axis) and p99 latency as a line (right axis), with
+ * the window's start, middle and end on the time axis.
+ */
+function chart(series: Array<Record<string, number | null>>): SVGSVGElement {
+  const width = 640;
+  const height = 150;
+  const left = 44;
+  const right = 56;
+  const top = 8;
+  const bottom = 20;
+  const plotWidth = width - left - right;
+  const plotHeight = height - top - bottom;
+  const root = svg('svg', { class: 'nbdl-chart', viewBox: `0 0 ${width} ${height}`, role: 'img' });
   const requests = series.map(point => point.requests ?? 0);
   const p99 = series.map(point => point.p99 ?? null);
   const maxRequests = Math.max(1, ...requests);
   const maxLatency = Math.max(1, ...p99.map(value => value ?? 0));
-  const step = width / Math.max(1, series.length);
+  const step = plotWidth / Math.max(1, series.length);
   const total = requests.reduce((a, b) => a + b, 0);
   const title = svg('title', {});
   title.textContent = `${total} requests over the window; highest p99 ${formatMs(Math.max(...p99.map(v => v ?? 0)))}`;
   root.append(title);
+  const text = (x: number, y: number, content: string, anchor: string, kind: string) => {
+    const label = svg('text', { x, y, 'text-anchor': anchor, class: `nbdl-axis-label ${kind}` });
+    label.textContent = content;
+    root.append(label);
+  };
+  root.append(
+    svg('line', { class: 'nbdl-axis', x1: left, y1: top + plotHeight, x2: left + plotWidth, y2: top + plotHeight }),
+    svg('line', { class: 'nbdl-axis', x1: left, y1: top, x2: left, y2: top + plotHeight }),
+    svg('line', { class: 'nbdl-axis', x1: left + plotWidth, y1: top, x2: left + plotWidth, y2: top + plotHeight })
+  );
+  text(left - 4, top + 8, formatNumber(maxRequests, 0), 'end', 'nbdl-axis-requests');
+  text(left - 4, top + plotHeight, '0', 'end', 'nbdl-axis-requests');
+  text(left + plotWidth + 4, top + 8, formatMs(maxLatency), 'start', 'nbdl-axis-latency');
+  text(left + plotWidth + 4, top + plotHeight, '0 ms', 'start', 'nbdl-axis-latency');
+  const times = series.map(point => point.t).filter((t): t is number => typeof t === 'number');
+  if (times.length) {
+    const first = times[0] - (times.length > 1 ? times[1] - times[0] : 60);
+    const middle = times[Math.floor((times.length - 1) / 2)];
+    text(left, height - 4, clock(first), 'start', 'nbdl-axis-time');
+    text(left + plotWidth / 2, height - 4, clock(middle), 'middle', 'nbdl-axis-time');
+    text(left + plotWidth, height - 4, clock(times[times.length - 1]), 'end', 'nbdl-axis-time');
+  }
   requests.forEach((value, index) => {
-    const barHeight = (value / maxRequests) * (height - 10);
+    const barHeight = (value / maxRequests) * plotHeight;
     root.append(
       svg('rect', {
         class: 'nbdl-bar',
-        x: index * step + 1,
-        y: height - barHeight,
+        x: left + index * step + 1,
+        y: top + plotHeight - barHeight,
         width: Math.max(1, step - 2),
         height: barHeight
       })
@@ -78,7 +115,9 @@ function chart(series: Array<Record<string, number | null>>): SVGSVGElement {
   });
   const points = p99
     .map((value, index) =>
-      value === null ? null : `${index * step + step / 2},${height - (value / maxLatency) * (height - 10)}`
+      value === null
+        ? null
+        : `${left + index * step + step / 2},${top + plotHeight - (value / maxLatency) * plotHeight}`
     )
     .filter((point): point is string => point !== null);
   if (points.length > 1) {
@@ -141,9 +180,13 @@ export class DashboardView extends Widget {
     this.poll = new Poll({
       factory: () => this.load(),
       frequency: { interval: DASHBOARD_REFRESH_MS, backoff: true, max: 60_000 },
-      standby: 'when-hidden',
+      standby: () => !this.isVisible || document.visibilityState === 'hidden',
       name: `nbdeploy:dashboard:${deploymentName}`
     });
+  }
+
+  protected onAfterShow(): void {
+    void this.poll.refresh(); // figures of now, not of when it was hidden
   }
 
   dispose(): void {
@@ -176,15 +219,16 @@ export class DashboardView extends Widget {
     setText(this.live, detail.live_version ? `v${detail.live_version}` : '');
     setText(this.url, detail.url ?? '');
     this.url.href = detail.url ?? '';
-    setText(this.updated, `updated ${new Date().toLocaleTimeString()}`);
+    setText(this.updated, `updated ${clock(Date.now() / 1000, true)}`);
     const latency = metrics.latency ?? {};
+    const window = this.window;
     const tiles: Array<[string, string]> = [
-      [`requests in ${this.window}`, formatNumber(metrics.requests ?? null, 0)],
-      ['requests/s', formatNumber(metrics.requests_per_second ?? null, 2)],
-      ['errors', formatPercent(metrics.error_rate ?? null)],
-      ['p50', formatMs(latency.p50 ?? null)],
-      ['p95', formatMs(latency.p95 ?? null)],
-      ['p99', formatMs(latency.p99 ?? null)],
+      [`requests in ${window}`, formatNumber(metrics.requests ?? null, 0)],
+      [`requests/s over ${window}`, formatNumber(metrics.requests_per_second ?? null, 2)],
+      [`errors over ${window}`, formatPercent(metrics.error_rate ?? null)],
+      [`p50 over ${window}`, formatMs(latency.p50 ?? null)],
+      [`p95 over ${window}`, formatMs(latency.p95 ?? null)],
+      [`p99 over ${window}`, formatMs(latency.p99 ?? null)],
       ['traffic', detail.traffic || '–']
     ];
     this.tiles.replaceChildren(
@@ -207,7 +251,7 @@ export class DashboardView extends Widget {
           chart(series),
           h('figcaption', {
             class: 'nbdl-muted',
-            text: `requests (bars) and p99 latency (line) over the last ${this.window}`
+            text: `requests per ${bucket(series)} (bars, left axis) and p99 latency (line, right axis) over the last ${this.window}`
           })
         )
       );
@@ -224,6 +268,41 @@ export class DashboardView extends Widget {
             formatPercent(data.error_rate ?? null),
             formatMs(data.p50 ?? null),
             formatMs(data.p99 ?? null)
+          ])
+        )
+      );
+    }
+    const endpoints = Object.entries(metrics.endpoints ?? {});
+    if (endpoints.length) {
+      parts.push(
+        table(
+          'traffic by endpoint',
+          ['endpoint', 'requests', 'errors', 'refused (4xx)', 'p50', 'p99'],
+          endpoints.map(([endpoint, data]) => [
+            endpoint,
+            formatNumber(data.requests ?? null, 0),
+            formatPercent(data.error_rate ?? null),
+            formatPercent(data.client_error_rate ?? null),
+            formatMs(data.p50 ?? null),
+            formatMs(data.p99 ?? null)
+          ])
+        )
+      );
+    }
+    const findings = Object.entries(metrics.findings ?? {}).filter(
+      ([, found]) => found.unreadable_bodies || found.misfit_rows || found.misfit_predictions || found.note
+    );
+    if (findings.length) {
+      parts.push(
+        table(
+          'what clients sent that was left out of drift',
+          ['endpoint', 'bodies not rows', 'rows that do not fit', 'answers not one per row', 'note'],
+          findings.map(([endpoint, found]) => [
+            endpoint,
+            formatNumber(found.unreadable_bodies ?? 0, 0),
+            formatNumber(found.misfit_rows ?? 0, 0),
+            formatNumber(found.misfit_predictions ?? 0, 0),
+            found.note ?? ''
           ])
         )
       );
@@ -283,6 +362,17 @@ export class DashboardView extends Widget {
     }
     this.body.replaceChildren(...parts);
   }
+}
+
+/** The spacing of a series' points, in words ("10 s", "1 min"). */
+function bucket(series: Array<Record<string, number | null>>): string {
+  const first = series[0]?.t;
+  const second = series[1]?.t;
+  if (typeof first !== 'number' || typeof second !== 'number') {
+    return 'interval';
+  }
+  const seconds = Math.round(second - first);
+  return seconds % 60 === 0 ? `${seconds / 60} min` : `${seconds} s`;
 }
 
 export function createDashboard(name: string): MainAreaWidget<DashboardView> {

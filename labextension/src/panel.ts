@@ -19,6 +19,8 @@ import {
 } from './dom';
 
 export const REFRESH_MS = 3000;
+/** The window of the summaries' figures when the server does not say (its default). */
+export const DEFAULT_WINDOW = '10m';
 
 export interface IPanelOptions {
   /** Open the dashboard of a deployment in the main area. */
@@ -73,6 +75,7 @@ class DeploymentCard {
   private readonly url: HTMLAnchorElement;
   private readonly urlRow: HTMLDivElement;
   private readonly fields: Record<string, HTMLElement> = {};
+  private readonly terms: Record<string, HTMLElement> = {};
   private readonly message: HTMLDivElement;
   private readonly buttons: Record<Action | 'dashboard', HTMLButtonElement>;
   private busy = false;
@@ -102,8 +105,10 @@ class DeploymentCard {
       ['updated', 'updated']
     ]) {
       const value = h('dd', { class: `nbdl-field-${key}` });
+      const term = h('dt', { class: `nbdl-term-${key}`, text: label });
       this.fields[key] = value;
-      list.append(h('dt', { text: label }), value);
+      this.terms[key] = term;
+      list.append(term, value);
     }
     const button = (action: Action | 'dashboard', text: string, label: string) => {
       const node = h('button', {
@@ -155,15 +160,23 @@ class DeploymentCard {
     this.deployment = deployment;
     updateBadge(this.badge, deployment.status);
     setText(this.version, deployment.live_version ? `v${deployment.live_version}` : '');
-    const url = deployment.url ?? '';
-    setText(this.url, url);
+    // A stopped deployment answers nothing: no URL, no figures, greyed.
+    const serving = deployment.status !== 'stopped';
+    this.node.classList.toggle('nbdl-stopped', !serving);
+    const url = serving ? (deployment.url ?? '') : '';
+    setText(this.url, url.replace(/^https?:\/\//, '')); // host and port, never cut off
+    this.url.title = url;
     if (this.url.getAttribute('href') !== url) {
       this.url.setAttribute('href', url);
     }
     this.urlRow.hidden = !url;
-    const summary = deployment.summary;
+    const summary = serving ? deployment.summary : null;
+    const window = summary?.window ?? DEFAULT_WINDOW;
+    setText(this.terms.rps, `requests/s (${window})`);
+    setText(this.terms.p99, `p99 (${window})`);
+    setText(this.terms.errors, `errors (${window})`);
     setText(this.fields.strategy, deployment.strategy ?? '–');
-    setText(this.fields.traffic, deployment.traffic || '–');
+    setText(this.fields.traffic, serving ? deployment.traffic || '–' : '–');
     setText(this.fields.rps, summary ? formatNumber(summary.requests_per_s, 2) : '–');
     setText(this.fields.p99, summary ? formatMs(summary.p99_ms) : '–');
     setText(this.fields.errors, summary ? formatPercent(summary.error_rate) : '–');
@@ -174,7 +187,8 @@ class DeploymentCard {
   private enableButtons(): void {
     const deployment = this.deployment;
     const running = deployment.status !== 'stopped';
-    const split = (deployment.traffic ?? '').split('%').length > 2; // two versions share it
+    const traffic = deployment.traffic ?? '';
+    const split = traffic.split('%').length > 2 || traffic.includes('shadow'); // a candidate
     this.buttons.stop.disabled = this.busy || !running;
     this.buttons.rollback.disabled = this.busy || !running;
     this.buttons.promote.disabled = this.busy || !running || !split;
@@ -208,8 +222,8 @@ class DeploymentCard {
     try {
       const result = await api[action](name);
       this.update(result);
-      const version = result.live_version ? `: v${result.live_version} is live` : '';
-      this.say(`${done}${version}`);
+      const live = result.status !== 'stopped' && result.live_version;
+      this.say(live ? `${done}: v${result.live_version} is live` : done);
     } catch (error) {
       this.say(`Could not ${verb.toLowerCase()} ${name}: ${describeError(error)}`, true);
     } finally {

@@ -13,15 +13,14 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
 
-DEFAULT_WINDOW_SECONDS = 3600.0
+DEFAULT_WINDOW = "10m"  # of every view: nbdeploy metrics, the dashboards, the sidebar
+DEFAULT_WINDOW_SECONDS = 600.0
 QUALITY_REFRESH_SECONDS = 5.0
-SERIES_BUCKETS = 60
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # psutil.Process by pid: cpu_percent counts from the previous snapshot
@@ -54,35 +53,37 @@ def snapshot(
     *,
     store: Any = None,
     now: float | None = None,
-    buckets: int = SERIES_BUCKETS,
     last_rows: int | None = None,
 ) -> dict[str, Any]:
     """Everything known of ``name`` over the last ``window_seconds`` (and, with
     ``last_rows``, of its last that many input rows only). Keys with nothing to say are
-    None (or empty): a deployment without traffic still has a snapshot."""
-    import numpy as np
-
+    None (or empty): a deployment without traffic still has a snapshot. What clients sent
+    never makes it fail: what does not fit is counted (``findings``)."""
     from nbdeploy.deployment import traffic
     from nbdeploy.deployment.store import DeploymentStore
     from nbdeploy.monitor.requests import log_stats, read_requests
+    from nbdeploy.monitor.window import percentiles, reader, summarize_rows
     from nbdeploy.store import default_store
 
     deployments = DeploymentStore(store or default_store())
     deployment = deployments.get(name)
     versions = {v.version: v for v in deployments.versions(name)}
     until = time.time() if now is None else now
-    since = until - window_seconds
-    schemas = {number: version.schema for number, version in versions.items()}
+    live = versions.get(deployment.live_version or -1)
+
+    def weight_of(number: int) -> float:
+        version = versions.get(number)
+        return 1.0 / float(version.options.get("log_sample") or 1.0) if version else 1.0
+
+    shapes = {number: _shape(version) for number, version in versions.items()}
     if last_rows is None:
-        table = _window_table(name, since, until, schemas, store)
+        window = reader(name, window_seconds, store).read(until, weight_of, shapes.get)
     else:
+        since = until - window_seconds
         logged = read_requests(name, since=since, until=until, limit=last_rows, store=store)
-        table = _Table.of(logged, schemas)
-    weights = np.array(
-        [1.0 / float(versions[n].options.get("log_sample") or 1.0) if n in versions else 1.0
-         for n in table.version.tolist()],
-        dtype=float,
-    )  # fmt: skip
+        window = summarize_rows(logged, window_seconds, until, weight_of, shapes.get)
+    span = max(until - window.since, 1e-9)
+    total = window.total()
     data: dict[str, Any] = {
         "name": name,
         "status": deployment.status,
@@ -90,136 +91,83 @@ def snapshot(
         "url": deployment.url,
         "split": traffic.describe_split(name),
         "window_seconds": window_seconds,
-        "since": since,
+        "since": window.since,
         "until": until,
-        "logged": len(table),
+        "logged": total.logged,
         "last_rows": last_rows,
     }
-    everything = np.ones(len(table), dtype=bool)
-    data.update(_traffic(table, weights, everything, window_seconds))
+    data.update(total.figures(span))
+    data["latency"] = percentiles(total.latency, (50, 95, 99))
     data["versions"] = {
-        f"v{number}": _traffic(table, weights, table.version == number, window_seconds, brief=True)
-        for number in sorted(set(table.version.tolist()) - {-1})
+        f"v{number}": _brief(window.total(version=number)) for number in window.versions()
     }
-    data["series"] = _series(table, weights, since, window_seconds, buckets)
-    live = versions.get(deployment.live_version or -1)
-    inputs, predictions = table.inputs_of(live.version if live is not None else -1)
-    if last_rows is not None:
-        inputs = inputs[-last_rows:]
-        predictions = predictions[-last_rows:] if predictions is not None else None
-    data["rows"] = len(inputs)  # input rows the live version answered, in those requests
-    data.update(_cached_quality(name, inputs, predictions, live, last_rows))
+    data["endpoints"] = {
+        endpoint: _brief(window.total(endpoint=endpoint)) for endpoint in window.endpoints()
+    }
+    data["series"] = window.series()
+    number = live.version if live is not None else -1
+    data.update(_live_quality(name, window, number, live, last_rows))
     data["processes"] = _processes_of(deployments, name)
     stats = log_stats(name, store=store)
     data["log"] = {k: stats.get(k) for k in ("written", "dropped", "last_error", "segments")}
     return data
 
 
-# -- the rows of a window, as columns --------------------------------------------------
-class _Table:
-    """Logged requests as numpy columns (time, latency, status, version), with each one's
-    input rows and predictions flattened once, when it is read."""
+def _brief(counts: Any) -> dict[str, Any]:
+    from nbdeploy.monitor.window import percentiles
 
-    def __init__(self) -> None:
-        import numpy as np
-
-        self.time = np.empty(0)
-        self.latency = np.empty(0)
-        self.status = np.empty(0, dtype=np.int64)
-        self.version = np.empty(0, dtype=np.int64)
-        self.inputs: list[list[Any]] = []
-        self.predictions: list[list[Any]] = []
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    @classmethod
-    def of(cls, rows: list[dict[str, Any]], schemas: dict[int, dict[str, Any]]) -> _Table:
-        table = cls()
-        table.add(rows, schemas)
-        return table
-
-    def add(self, rows: list[dict[str, Any]], schemas: dict[int, dict[str, Any]]) -> None:
-        """Append ``rows``, but nbdeploy's own check of a new version: it is not traffic."""
-        import numpy as np
-
-        from nbdeploy.deployment.traffic.strategies import SMOKE_REQUEST_ID
-
-        rows = [row for row in rows if row.get("request_id") != SMOKE_REQUEST_ID]
-        if not rows:
-            return
-        latency = [row.get("latency_ms") for row in rows]
-        self.time = np.concatenate([self.time, [float(row["time"]) for row in rows]])
-        self.latency = np.concatenate(
-            [self.latency, [np.nan if v is None else float(v) for v in latency]]
-        )
-        self.status = np.concatenate([self.status, [int(row.get("status") or 0) for row in rows]])
-        versions = [-1 if row.get("version") is None else int(row["version"]) for row in rows]
-        self.version = np.concatenate([self.version, versions])
-        for row, number in zip(rows, versions, strict=True):
-            inputs, predictions = flatten([row], schemas.get(number, {}))
-            self.inputs.append(inputs)
-            self.predictions.append(predictions or [])
-
-    def keep(self, mask: Any) -> None:
-        self.time, self.latency = self.time[mask], self.latency[mask]
-        self.status, self.version = self.status[mask], self.version[mask]
-        kept = mask.nonzero()[0].tolist()
-        self.inputs = [self.inputs[i] for i in kept]
-        self.predictions = [self.predictions[i] for i in kept]
-
-    def within(self, since: float, until: float) -> _Table:
-        mask = (self.time >= since) & (self.time < until)
-        if mask.all():
-            return self
-        part = _Table()
-        part.time, part.latency, part.status, part.version = (
-            self.time, self.latency, self.status, self.version
-        )  # fmt: skip
-        part.inputs, part.predictions = self.inputs, self.predictions
-        part.keep(mask)
-        return part
-
-    def inputs_of(self, version: int) -> tuple[list[Any], list[Any] | None]:
-        """The input rows ``version`` was sent, and the predictions it answered them with."""
-        inputs: list[Any] = []
-        predictions: list[Any] = []
-        for index in (self.version == version).nonzero()[0].tolist():
-            inputs.extend(self.inputs[index])
-            predictions.extend(self.predictions[index])
-        return inputs, (predictions or None)
+    figures = counts.figures()
+    return {
+        "requests": figures["requests"],
+        "error_rate": figures["error_rate"],
+        "client_error_rate": figures["client_error_rate"],
+        **percentiles(counts.latency, (50, 95, 99)),
+    }
 
 
-@dataclass
-class _Window:
-    """The rows of one deployment's log a watcher (the dashboard) holds: every row from
-    ``since`` on, and where reading stopped, so that each refresh reads only new rows."""
+def _shape(version: Any) -> Any:
+    """How a version's input rows look (None for a version whose schema is not known)."""
+    from nbdeploy.monitor.window import RowShape
 
-    since: float
-    table: _Table
-    cursor: dict[str, int]
+    schema = version.schema or {}
+    mode = schema.get("mode")
+    if mode not in ("records", "rows", "hints"):
+        return None
+    width = schema.get("width")
+    profile = _profile_of(version)
+    if mode == "rows" and profile is not None:
+        width = len(profile.columns)
+    return RowShape(
+        records=mode == "records",
+        width=int(width) if isinstance(width, int) else None,
+        parameter=schema.get("parameter"),
+        hints=mode == "hints",
+    )
 
 
-_windows: dict[str, _Window] = {}
+def _profile_of(version: Any) -> Any:
+    """The version's reference profile (read once per change of its file), or None."""
+    from pathlib import Path
 
+    from nbdeploy.monitor.drift import DriftError, ReferenceProfile
+    from nbdeploy.monitor.reference import PROFILE_FILE
 
-def _window_table(
-    name: str, since: float, until: float, schemas: dict[int, dict[str, Any]], store: Any
-) -> _Table:
-    from nbdeploy.monitor.requests import log_directory, read_after
-
-    key = str(log_directory(name))
-    window = _windows.get(key)
-    if window is None or since < window.since:
-        rows, cursor = read_after(name, None, since=since, store=store)
-        window = _windows[key] = _Window(since, _Table.of(rows, schemas), cursor)
-    else:
-        new, window.cursor = read_after(name, window.cursor, store=store)
-        window.table.add(new, schemas)
-        if since > window.since:
-            window.table.keep(window.table.time >= since)
-            window.since = since
-    return window.table.within(since, until)
+    if version is None:
+        return None
+    path = Path(version.service_dir) / PROFILE_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    cached = _profiles.get(str(path))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        profile = ReferenceProfile.load(path)
+    except DriftError:
+        return None
+    _profiles[str(path)] = (stamp, profile)
+    return profile
 
 
 @dataclass
@@ -230,101 +178,79 @@ class _Quality:
     result: dict[str, Any]
 
 
-_qualities: dict[tuple[str, int | None], _Quality] = {}
+_qualities: dict[tuple[str, float, int | None], _Quality] = {}
 
 
-def _cached_quality(
-    name: str,
-    inputs: list[Any],
-    predictions: list[Any] | None,
-    version: Any,
-    last_rows: int | None,
+def _live_quality(
+    name: str, window: Any, number: int, version: Any, last_rows: int | None
 ) -> dict[str, Any]:
-    """Drift and quality, computed again when the rows changed and a few seconds passed
-    (or when they changed by more than a quarter): a dashboard refreshing twice a second
-    does not recompute drift as often."""
+    """Input and output quality and drift of the live version, per endpoint, computed
+    again when its sample changed and a few seconds passed (or when it changed by more
+    than a quarter): a dashboard refreshing twice a second does not recompute drift as
+    often."""
     from nbdeploy.monitor.requests import log_directory
 
-    key = (str(log_directory(name)), last_rows)
-    number = version.version if version is not None else -1
+    endpoints = window.endpoints(number)
+    inputs = {e: window.inputs.get((number, e), []) for e in endpoints}
+    rows = sum(len(found) for found in inputs.values())
+    key = (str(log_directory(name)), float(window.width), last_rows)
     known = _qualities.get(key)
     now = time.monotonic()
     if known is not None and known.version == number:
-        changed = abs(len(inputs) - known.rows)
+        changed = abs(rows - known.rows)
         fresh = now - known.at < QUALITY_REFRESH_SECONDS
         if changed == 0 or (fresh and changed <= 0.25 * max(known.rows, 1)):
             return known.result
-    result = _quality(inputs, predictions, version)
-    _qualities[key] = _Quality(now, len(inputs), number, result)
+    result = _quality_by_endpoint(window, number, version, endpoints, last_rows)
+    _qualities[key] = _Quality(now, rows, number, result)
     return result
 
 
-# -- traffic ---------------------------------------------------------------------------
-def _errors(table: _Table) -> Any:
-    """Failures of the service: a 5xx answer, or none at all (status 0)."""
-    return (table.status >= 500) | (table.status == 0)
-
-
-def _quantiles(latencies: Any, percents: tuple[int, ...]) -> dict[str, float | None]:
-    import numpy as np
-
-    latencies = latencies[~np.isnan(latencies)]
-    if not latencies.size:
-        return {f"p{q}": None for q in percents}
-    values = np.percentile(latencies, percents)
-    return {f"p{q}": round(float(v), 3) for q, v in zip(percents, values, strict=True)}
-
-
-def _traffic(
-    table: _Table, weights: Any, mask: Any, window: float, brief: bool = False
+def _quality_by_endpoint(
+    window: Any, number: int, version: Any, endpoints: list[str], last_rows: int | None
 ) -> dict[str, Any]:
-    count = int(mask.sum())
-    requests = float(weights[mask].sum())
-    error_rate = float(_errors(table)[mask].sum()) / count if count else None
-    quantiles = _quantiles(table.latency[mask], (50, 95, 99))
-    if brief:
-        return {"requests": round(requests), "error_rate": error_rate, **quantiles}
-    client = int(((table.status >= 400) & (table.status < 500))[mask].sum())
-    return {
-        "requests": round(requests),
-        "requests_per_second": requests / window if window else None,
-        "error_rate": error_rate,
-        "client_error_rate": client / count if count else None,
-        "latency": quantiles,
-    }
+    """The drift table of the main endpoint (``/predict``, else the one with most rows),
+    and per endpoint its rows, what did not fit and its drift status."""
 
+    def rows_of(endpoint: str) -> list[Any]:
+        found: list[Any] = window.inputs.get((number, endpoint), [])
+        return found[-last_rows:] if last_rows is not None else found
 
-def _series(
-    table: _Table, weights: Any, since: float, window: float, buckets: int
-) -> list[dict[str, Any]]:
-    """Requests, errors and latency per time bucket, oldest first (charts over time)."""
-    import numpy as np
-
-    width = window / buckets
-    slot = np.clip(((table.time - since) / width).astype(np.int64), 0, buckets - 1)
-    requests = np.bincount(slot, weights=weights, minlength=buckets)
-    errors = np.bincount(slot, weights=_errors(table).astype(float), minlength=buckets)
-    order = np.argsort(slot, kind="stable")
-    bounds = np.searchsorted(slot[order], np.arange(buckets + 1))
-    latencies = table.latency[order]
-    series = []
-    for index in range(buckets):
-        quantiles = _quantiles(latencies[bounds[index] : bounds[index + 1]], (50, 99))
-        series.append(
-            {
-                "t": since + (index + 1) * width,
-                "requests": round(float(requests[index])),
-                "errors": int(errors[index]),
-                **quantiles,
-            }
-        )
-    return series
+    main = "/predict" if "/predict" in endpoints else None
+    if main is None and endpoints:
+        main = max(endpoints, key=lambda e: len(window.inputs.get((number, e), [])))
+    result: dict[str, Any] = {}
+    per_endpoint: dict[str, Any] = {}
+    for endpoint in endpoints:
+        findings = window.findings.get((number, endpoint))
+        predictions = window.predictions.get((number, endpoint)) or None
+        quality = _quality(rows_of(endpoint), predictions, version)
+        per_endpoint[endpoint] = {
+            "rows": len(rows_of(endpoint)),
+            "unreadable_bodies": findings.unreadable_bodies if findings else 0,
+            "misfit_rows": findings.misfit_rows if findings else 0,
+            "misfit_predictions": findings.misfit_predictions if findings else 0,
+            "drift_status": quality["drift_status"],
+            "note": quality.pop("note", None),
+        }
+        if endpoint == main:
+            result = quality
+    if not result:
+        result = _quality([], None, version)
+        result.pop("note", None)
+    result["rows"] = per_endpoint[main]["rows"] if main is not None else 0
+    result["main_endpoint"] = main
+    result["findings"] = per_endpoint
+    return result
 
 
 # -- input and output quality, drift -----------------------------------------------------
 def _quality(inputs: list[Any], predictions: list[Any] | None, version: Any) -> dict[str, Any]:
     """Missing values, type errors, values out of range and drift per feature, and the
-    predictions' quality, for the input rows the live version answered."""
+    predictions' quality, for input rows (that fit the reference) the live version
+    answered. A window the drift statistics cannot read is a note, never a failure."""
+    from nbdeploy.monitor.drift import DriftError, compare
+
     empty: dict[str, Any] = {
         "missing": {},
         "type_errors": {},
@@ -334,28 +260,15 @@ def _quality(inputs: list[Any], predictions: list[Any] | None, version: Any) -> 
         "drift_status": None,
         "reference": False,
     }
-    if version is None:
+    profile = _profile_of(version)
+    if profile is None:
         return empty
-    from pathlib import Path
-
-    from nbdeploy.monitor.drift import DriftError, ReferenceProfile, compare
-    from nbdeploy.monitor.reference import PROFILE_FILE
-
-    path = Path(version.service_dir) / PROFILE_FILE
+    if profile.prediction is None:
+        predictions = None
     try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        return empty
-    cached = _profiles.get(str(path))
-    if cached is not None and cached[0] == stamp:
-        profile = cached[1]
-    else:
-        try:
-            profile = ReferenceProfile.load(path)
-        except DriftError:
-            return empty
-        _profiles[str(path)] = (stamp, profile)
-    report = compare(profile, inputs, predictions=predictions).to_dict()
+        report = compare(profile, inputs, predictions=predictions).to_dict()
+    except DriftError as error:  # a window of mixed rows, among others
+        return {**empty, "reference": True, "note": f"drift not computed: {error.message}"}
     features = report["features"]
     drift = {
         name: {
@@ -375,35 +288,6 @@ def _quality(inputs: list[Any], predictions: list[Any] | None, version: Any) -> 
         "drift_status": report.get("status"),
         "reference": True,
     }
-
-
-def flatten(
-    rows: Iterable[dict[str, Any]], schema: dict[str, Any]
-) -> tuple[list[Any], list[Any] | None]:
-    """The input rows (lists or records) of logged requests that reached the service with
-    a body it could read: answered (2xx), or refused for their values (4xx: a type error
-    is input quality too); and the predictions of the answered ones, where the answer
-    gives one per input row (None when none does)."""
-    inputs: list[Any] = []
-    predictions: list[Any] = []
-    parameter = schema.get("parameter")
-    for row in rows:
-        body, answer = row.get("inputs"), row.get("prediction")
-        status = int(row.get("status") or 0)
-        if body is None or not 200 <= status < 500 or isinstance(body, str):
-            continue  # not stored, not JSON, or the service failed
-        items: Any
-        if schema.get("mode") == "hints" or not isinstance(body, dict):
-            items, answers = [body], [answer]
-        else:
-            items = body.get(parameter) if parameter in body else next(iter(body.values()), [])
-            if not isinstance(items, list):
-                continue
-            answers = answer if isinstance(answer, list) else []
-        inputs.extend(items)
-        if status < 300 and len(answers) == len(items):
-            predictions.extend(answers)
-    return inputs, (predictions or None)
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -495,12 +379,38 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
                 f"no-data: fewer than {DEFAULT_THRESHOLDS.min_rows} values of the feature in "
                 "the window, too few to judge drift (widen --window)"
             )
+    lines.extend(_finding_lines(data))
     log = data.get("log") or {}
     if log.get("dropped"):
         lines.append(
             f"request log: {log['dropped']} rows dropped"
             + (f" (last error: {log['last_error']})" if log.get("last_error") else "")
         )
+    return lines
+
+
+def _finding_lines(data: dict[str, Any]) -> list[str]:
+    """What clients sent that did not fit, per endpoint of the live version."""
+    lines = []
+    width = None
+    for endpoint, found in (data.get("findings") or {}).items():
+        parts = []
+        if found.get("unreadable_bodies"):
+            parts.append(f"{found['unreadable_bodies']} bodies that are not rows")
+        if found.get("misfit_rows"):
+            parts.append(f"{found['misfit_rows']} rows that do not fit the reference")
+        if found.get("misfit_predictions"):
+            parts.append(
+                f"answers for {found['misfit_predictions']} rows not one value per row "
+                "(not compared with the reference's predictions)"
+            )
+        if found.get("note"):
+            parts.append(str(found["note"]))
+        if parts:
+            width = width or max(len(e) for e in data["findings"])
+            lines.append(f"{endpoint:<{width}}  " + "; ".join(parts))
+    if lines:
+        lines.insert(0, "input quality (what clients sent that was left out of drift):")
     return lines
 
 

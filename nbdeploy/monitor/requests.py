@@ -94,12 +94,14 @@ def read_after(
     since: Moment | None = None,
     store: Any = None,
     directory: str | Path | None = None,
+    limit: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The rows written since ``cursor`` (segment file name -> the last row id read; None:
-    every row from ``since``), and the cursor to pass next time: a watcher reads each row
-    once, however long it watches. Rows come in the order they were written."""
+    from the start), from ``since`` on when given, and the cursor to pass next time: a
+    watcher reads each row once, however long it watches. Rows come in the order they were
+    written; with ``limit``, at most that many (call again with the cursor for the rest: a
+    long log is read in bounded pieces)."""
     folder = _folder(name, store, directory)
-    initial = cursor is None
     cursor = dict(cursor or {})
     found: list[dict[str, Any]] = []
     keys = []
@@ -112,10 +114,17 @@ def read_after(
         last = cursor.get(key, 0)
         query = f"SELECT id, {', '.join(COLUMNS)} FROM requests WHERE id > ?"
         parameters: list[Any] = [last]
-        if initial and since is not None:
-            query += " AND time >= ?"
+        if since is not None:  # "+time": walk the ids, not the time index, then sort them
+            query += " AND +time >= ?"
             parameters.append(_seconds(since))
-        rows = _query(path, query + " ORDER BY id", parameters)
+        if limit is not None and len(found) >= limit:
+            cursor.setdefault(key, last)
+            continue  # read next time
+        if limit is not None:
+            query += f" ORDER BY id LIMIT {int(limit) - len(found)}"
+        else:
+            query += " ORDER BY id"
+        rows = _query(path, query, parameters)
         if rows:
             last = int(rows[-1][0])
             found.extend(_decoded(row[1:]) for row in rows)

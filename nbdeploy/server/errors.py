@@ -13,7 +13,8 @@ from nbdeploy.errors import NbdeployError
 
 
 class ApiError(Exception):
-    """A request the API refuses: ``status`` (4xx), ``message``, the ``field`` it is about."""
+    """A request the API refuses (4xx), or could not answer (5xx, with the reason):
+    ``status``, ``message``, the ``field`` it is about."""
 
     def __init__(
         self, status: int, message: str, field: str | None = None, hint: str | None = None

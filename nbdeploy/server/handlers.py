@@ -24,6 +24,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.monitor.metrics import DEFAULT_WINDOW
 from nbdeploy.server import views
 from nbdeploy.server.child import run_in_child
 from nbdeploy.server.errors import ApiError, from_nbdeploy_error
@@ -178,7 +179,7 @@ class MetricsHandler(NbdeployHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        window = self.get_query_argument("window", "1h")
+        window = self.get_query_argument("window", DEFAULT_WINDOW)
         self.reply(await self.call(views.metrics, self.name_of(name), window))
 
 

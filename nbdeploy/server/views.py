@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import math
 import re
 import threading
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.errors import NbdeployError
+from nbdeploy.monitor.metrics import DEFAULT_WINDOW
 from nbdeploy.server.errors import ApiError, from_nbdeploy_error
 from nbdeploy.server.models import DeployBody, RunBody
 from nbdeploy.server.operations import Operation, OperationFailed, OperationProgress
 
-SUMMARY_WINDOW = "5m"
+log = logging.getLogger("nbdeploy.server")
+
+SUMMARY_WINDOW = DEFAULT_WINDOW
 SUMMARY_REFRESH_SECONDS = 5.0
 VERSION_KEYS = ("version", "created_at", "function", "requirements", "bento_tag", "source")
 
@@ -187,6 +191,7 @@ def _compute_summary(name: str) -> dict[str, Any] | None:
             "p99_ms": (data.get("latency") or {}).get("p99"),
             "error_rate": data.get("error_rate"),
             "requests": data.get("requests"),
+            "window": SUMMARY_WINDOW,
         }
     _summaries[name] = (time.monotonic(), result)
     return result
@@ -223,9 +228,23 @@ def metrics(name: str, window: str) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(json.dumps(api.metrics(name, window), default=str))
     except NbdeployError as error:
-        field = "window" if type(error).__name__ == "MetricsError" else None
-        raise from_nbdeploy_error(error, field) from None
+        kind = type(error).__name__
+        if kind in ("MetricsError", "DeploymentNotFoundError"):  # what the request asked
+            raise from_nbdeploy_error(error, "window" if kind == "MetricsError" else None) from None
+        raise _unreadable(name, error.message, error.hint) from None
+    except Exception as error:  # the server's failure, never the client's: a 5xx
+        log.exception("metrics of %s", name)
+        raise _unreadable(name, f"{type(error).__name__}: {error}", None) from None
     return _finite(data)
+
+
+def _unreadable(name: str, reason: str, hint: str | None) -> ApiError:
+    return ApiError(
+        500,
+        f"the metrics of {name} could not be read: {reason}",
+        None,
+        hint or "nbdeploy metrics NAME in a terminal shows the same; the server's log has more",
+    )
 
 
 def _finite(value: Any) -> Any:

@@ -28,6 +28,10 @@ Rows are never updated or deleted one by one. The folder and its files are owner
 Redaction (``--redact FIELD``) removes the key at any depth of the parsed request body (and
 of the answer) before a row is stored; a body that cannot be parsed, or is larger than the
 cap, is then not stored at all. Only the in-memory queue ever holds the original text.
+The server log is redacted too (:func:`protect_streams`): what the process writes to stdout
+and stderr (log lines, tracebacks, warnings) has the values of those fields, in the
+request being served and wherever a field is written with its value, and pydantic's echo of
+a body (``input_value=...``) replaced by ``[redacted]``.
 """
 
 from __future__ import annotations
@@ -156,6 +160,120 @@ def redact(value: Any, fields: frozenset[str]) -> Any:
     return value
 
 
+# -- the server log, redacted ------------------------------------------------------------
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 2  # shorter values are not searched for in free text (too common)
+_BODY: contextvars.ContextVar[list[bytes] | None] = contextvars.ContextVar(
+    "nbdeploy_request_body", default=None
+)
+_INPUT_VALUE = re.compile(
+    r"input_value=(?:b?'(?:[^'\\\n]|\\.)*'?|b?\"(?:[^\"\\\n]|\\.)*\"?|[^,\]\n]+)"
+)
+
+
+class Scrubber:
+    """Removes the values of redacted fields from text written to the server log."""
+
+    def __init__(self, fields: Iterable[str]) -> None:
+        self.fields = frozenset(fields)
+        names = "|".join(re.escape(field) for field in sorted(self.fields, key=len, reverse=True))
+        # 'ssn': '...', "ssn": "...", ssn=..., "ssn": 123 (a string may be cut off)
+        self.pairs = re.compile(
+            rf"(?P<key>[\"']?\b(?:{names})\b[\"']?\s*[:=]\s*)(?!{re.escape(REDACTED)})"
+            r"(?P<value>'(?:[^'\\\n]|\\.)*'?|\"(?:[^\"\\\n]|\\.)*\"?|[^,;}\])\s\n]+)"
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets_of_the_request():
+            text = text.replace(secret, REDACTED)
+        text = _INPUT_VALUE.sub(f"input_value={REDACTED}", text)
+        return self.pairs.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
+
+    def secrets_of_the_request(self) -> list[str]:
+        """The values of the redacted fields in the body of the request being served."""
+        chunks = _BODY.get()
+        if not chunks:
+            return []
+        raw = b"".join(chunks)
+        found: list[Any] = []
+        try:
+            _collect(json.loads(raw), self.fields, found)
+        except ValueError:  # not JSON (cut off, malformed): the fields' values as written
+            text = raw.decode("utf-8", "replace")
+            for match in self.pairs.finditer(text):
+                found.append(match.group("value").strip("\"'"))
+        secrets = {str(value) for value in found if value is not None}
+        texts = secrets | {json.dumps(value) for value in found if isinstance(value, str)}
+        texts |= {repr(value) for value in found if isinstance(value, str)}
+        return sorted((t for t in texts if len(t) >= MIN_SECRET_CHARS), key=len, reverse=True)
+
+
+def _collect(value: Any, fields: frozenset[str], found: list[Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in fields:
+                _collect_all(item, found)
+            else:
+                _collect(item, fields, found)
+    elif isinstance(value, list):
+        for item in value:
+            _collect(item, fields, found)
+
+
+def _collect_all(value: Any, found: list[Any]) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect_all(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_all(item, found)
+    else:
+        found.append(value)
+
+
+class RedactingStream:
+    """A text stream that writes through ``scrub``: stdout or stderr of a server whose
+    version redacts fields."""
+
+    def __init__(self, stream: Any, scrub: Scrubber) -> None:
+        self._stream = stream
+        self._scrub = scrub
+
+    def write(self, text: str) -> int:
+        try:
+            cleaned = self._scrub(text)
+        except Exception:  # never lose a log line to the scrubber; never leak one either
+            cleaned = REDACTED + "\n"
+        self._stream.write(cleaned)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def protect_streams(fields: Iterable[str]) -> Scrubber | None:
+    """Redact this process's stdout and stderr (and the log handlers that write to them)
+    when ``fields`` are redacted; None when there is nothing to redact."""
+    fields = frozenset(f for f in fields if f)
+    if not fields:
+        return None
+    scrub = Scrubber(fields)
+    originals = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, RedactingStream):
+            continue
+        wrapped = RedactingStream(stream, scrub)
+        originals[id(stream)] = wrapped
+        setattr(sys, name, wrapped)
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in originals:
+                handler.setStream(originals[id(handler.stream)])
+    return scrub
+
+
 def _number(name: str, default: float, minimum: float) -> float:
     text = os.environ.get(name, "").strip()
     if not text:
@@ -173,10 +291,11 @@ def _number(name: str, default: float, minimum: float) -> float:
 
 def from_environment(manifest: dict[str, Any]) -> RequestLog | None:
     """The version's request log as the environment configures it (None: no log)."""
+    settings = manifest.get("request_log") or {}
+    protect_streams(settings.get("redact") or ())  # the server log, log or no log
     directory = os.environ.get(DIR_ENV, "").strip()
     if not directory:
         return None
-    settings = manifest.get("request_log") or {}
     version: int | None = None
     with contextlib.suppress(TypeError, ValueError):
         version = int(os.environ.get(VERSION_ENV) or manifest.get("version") or "")
@@ -643,6 +762,7 @@ class Middleware:
         status = 0
         failure: list[str] = []
         token = _FAILURE.set(failure)
+        body_token = _BODY.set(body) if log.redact_fields else None
 
         async def logged_receive() -> Message:
             message = await receive()
@@ -679,6 +799,8 @@ class Middleware:
         finally:
             with contextlib.suppress(Exception):
                 _FAILURE.reset(token)
+                if body_token is not None:
+                    _BODY.reset(body_token)
             with contextlib.suppress(Exception):
                 log.submit(
                     (

@@ -20,6 +20,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbdeploy.deployment.store import SERVING, STOPPED
+from nbdeploy.monitor.metrics import DEFAULT_WINDOW_SECONDS
 from nbdeploy.widgets import views
 
 MIN_REFRESH_SECONDS = 0.5  # at most 2 Hz
@@ -32,7 +33,9 @@ ListDeployments = Callable[[str | None], Sequence[Any]]
 Action = Callable[[str], Any]
 
 
-def dashboard(name: str | None = None, refresh: float = 1.0, window_seconds: float = 3600) -> Any:
+def dashboard(
+    name: str | None = None, refresh: float = 1.0, window_seconds: float = DEFAULT_WINDOW_SECONDS
+) -> Any:
     """A live view of one deployment (``name``) or of all: display it (it is the last
     expression of a cell, or ``display(...)``); ``close()`` stops its refreshing.
 
@@ -72,7 +75,7 @@ class Dashboard(widgets.VBox):
         name: str | None = None,
         *,
         refresh: float = 1.0,
-        window_seconds: float = 3600,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
         fetch: Fetch | None = None,
         deployments: ListDeployments | None = None,
         actions: Mapping[str, Action] | None = None,
@@ -265,7 +268,11 @@ class Dashboard(widgets.VBox):
             )
         _assign(self.footer_html, _wrap(footer))
         stopped = deployment is not None and deployment.status == STOPPED
+        split = str(snapshot.get("split") or "")
         _assign(self.stop_button, stopped, "disabled")
+        _assign(self.rollback_button, stopped, "disabled")
+        candidate = split.count("%") >= 2 or "shadow" in split  # a version to promote
+        _assign(self.promote_button, stopped or not candidate, "disabled")
         self._update_chart(snapshot.get("series") or [])
 
     def _add_chart(self) -> None:
@@ -453,7 +460,8 @@ def _make_chart() -> Any:
         legend={"orientation": "h", "x": 0, "y": -0.14, "yanchor": "top"},
         hovermode="x unified",
     )
-    figure.update_xaxes(gridcolor=grid, zeroline=False, tickformat="%H:%M", nticks=5)
+    # "date": an empty axis (no requests yet) is not linear, where "%H:%M" is a bad format
+    figure.update_xaxes(type="date", gridcolor=grid, zeroline=False, tickformat="%H:%M", nticks=5)
     figure.update_yaxes(gridcolor=grid, rangemode="tozero", zeroline=False)
     figure.add_annotation(
         text="no requests in this window",

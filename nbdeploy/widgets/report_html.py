@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nbdeploy.monitor.metrics import DEFAULT_WINDOW_SECONDS
 from nbdeploy.widgets import views
 
 CHART_WIDTH, CHART_HEIGHT = 340, 170
@@ -63,7 +64,7 @@ def render_report(snapshot: Mapping[str, Any], status: Any = None) -> str:
 
 
 def write_report(
-    name: str, path: str | Path, window_seconds: float = 3600, store: Any = None
+    name: str, path: str | Path, window_seconds: float = DEFAULT_WINDOW_SECONDS, store: Any = None
 ) -> Path:
     """Write the report of deployment ``name`` to ``path`` (what ``nbdeploy report``
     does); returns the path."""

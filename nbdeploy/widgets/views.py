@@ -63,6 +63,7 @@ CSS = """
 .nbd th { color: var(--jp-ui-font-color2, #616161); font-weight: 500; }
 .nbd th.nbd-num, .nbd td.nbd-num { text-align: right; font-variant-numeric: tabular-nums; }
 .nbd-tiles { display: flex; flex-wrap: wrap; gap: 8px; margin: 4px 0 8px 0; }
+.nbd-tiles.nbd-dim { opacity: 0.5; }
 .nbd-tile { border: 1px solid var(--jp-border-color2, #e0e0e0); border-radius: 6px;
   padding: 4px 10px; min-width: 92px; background: var(--jp-layout-color1, #ffffff); }
 .nbd-tile-value { font-size: var(--jp-ui-font-size2, 15px); font-weight: 600;
@@ -205,11 +206,14 @@ def header(
 ) -> str:
     """A deployment's name, status badge, live version, address and traffic split."""
     parts = [f'<span class="nbd-title">{esc(name)}</span>', badge(status)]
-    if version:
-        parts.append(f"<span>serving <b>v{esc(str(version).lstrip('v'))}</b></span>")
+    number = esc(str(version).lstrip("v")) if version else None
+    if number and status == "serving":
+        parts.append(f"<span>serving <b>v{number}</b></span>")
+    elif number:  # stopped or failed: the version it would serve again
+        parts.append(f'<span class="nbd-muted">last served v{number}</span>')
     if url:
         parts.append(f"<code>{esc(url)}</code>" + (copy_button(url) if copy else ""))
-    if split:
+    if split and status == "serving":
         parts.append(f'<span class="nbd-muted">traffic {esc(split)}</span>')
     return f'<div class="nbd-head">{"".join(parts)}</div>'
 
@@ -276,15 +280,16 @@ def tiles(snapshot: Mapping[str, Any]) -> str:
     latency = snapshot.get("latency") or {}
     window = fmt_window(snapshot.get("window_seconds"))
     figures = [
-        (fmt_rate(snapshot.get("requests_per_second")), "requests/s"),
+        (fmt_rate(snapshot.get("requests_per_second")), f"requests/s over {window}"),
         (fmt_ms(latency.get("p50")), "p50 latency"),
         (fmt_ms(latency.get("p95")), "p95 latency"),
         (fmt_ms(latency.get("p99")), "p99 latency"),
-        (fmt_share(snapshot.get("error_rate")), "errors"),
+        (fmt_share(snapshot.get("error_rate")), f"errors over {window}"),
         (fmt_count(snapshot.get("requests")), f"requests in {window}"),
     ]
+    dim = " nbd-dim" if snapshot.get("status") == "stopped" else ""  # nothing answers now
     return (
-        '<div class="nbd-tiles">'
+        f'<div class="nbd-tiles{dim}">'
         + "".join(
             f'<div class="nbd-tile"><div class="nbd-tile-value">{esc(value)}</div>'
             f'<div class="nbd-tile-label">{esc(label)}</div></div>'
@@ -400,7 +405,9 @@ def overview_table(rows: Sequence[tuple[Any, Mapping[str, Any]]]) -> str:
                 f"<code>{esc(deployment.url)}</code>" if serving else MISSING,
             ]
         )
-    headers = ["name", "status", "version", "traffic", "req/s", "p50", "p95", "p99", "errors"]
+    window = fmt_window(rows[0][1].get("window_seconds"))
+    headers = ["name", "status", "version", "traffic", f"req/s ({window})", "p50", "p95", "p99"]
+    headers.append(f"errors ({window})")
     return table([*headers, "url"], cells, numeric=(4, 5, 6, 7, 8))
 
 
