@@ -327,14 +327,15 @@ def rollout_state(name: str) -> dict[str, Any]:
     return state_of(name)
 
 
-def ab_report(name: str, alpha: float = 0.05) -> Any:
-    """The A/B test of ``name``: arms, outcomes and the always-valid decision."""
+def ab_report(name: str, alpha: float = 0.05, experiment: str | None = None) -> Any:
+    """The A/B test of ``name`` (its current or last experiment, or ``experiment`` by id):
+    arms, outcomes and the always-valid decision."""
     from nbdeploy.deployment import traffic
     from nbdeploy.deployment.verbs import status as deployment_status
     from nbdeploy.monitor.abreport import ab_report as report
 
     deployment_status(name)  # a clear error for an unknown name
-    return report(traffic.folder(name), alpha=alpha)
+    return report(traffic.folder(name), alpha=alpha, experiment=experiment)
 
 
 def shadow_report(name: str) -> Any:

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     ab.add_argument("name")
     ab.add_argument("--alpha", type=float, default=0.05, help="false-positive rate (0.05)")
+    ab.add_argument(
+        "--experiment", metavar="ID", help="an earlier experiment (default: the current or last)"
+    )
     ab.add_argument("--json", action="store_true")
     shadow = commands.add_parser(
         "shadow", help="a shadow version's agreement with the live one, latency and errors"
@@ -558,7 +561,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from nbdeploy import api
     from nbdeploy.monitor.abreport import format_ab_report
 
-    return _report(args, api.ab_report(args.name, alpha=args.alpha), format_ab_report)
+    report = api.ab_report(args.name, alpha=args.alpha, experiment=args.experiment)
+    return _report(args, report, format_ab_report)
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:

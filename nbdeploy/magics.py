@@ -21,7 +21,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from nbdeploy.errors import NbdeployError, RunFailedError
-from nbdeploy.pipeline.context import RUN_DIR_ENV, is_kernel_shell
+from nbdeploy.pipeline.context import (
+    DEPLOY_STEP_ENV,
+    RUN_DIR_ENV,
+    is_kernel_shell,
+    record_deployed,
+)
 
 SESSION_ENV = "JPY_SESSION_NAME"
 USAGE = """\
@@ -152,6 +157,12 @@ class DeployMagics(Magics):
         add_image_arguments(parser)
         parsed = parser.parse_args(words)
         options = DeployOptions.from_args(parsed)
+        if os.environ.get(DEPLOY_STEP_ENV):  # nbdeploy deploys this run's result itself
+            _note(
+                f"%deploy {target} skipped: nbdeploy runs this notebook to deploy from it "
+                "after its last cell (one version per deploy)"
+            )
+            return None
         namespace = self._shell.user_ns
         notebook = os.environ.get(SESSION_ENV)
         in_kernel = is_kernel_shell(self.shell)
@@ -178,6 +189,7 @@ class DeployMagics(Magics):
                     "the deploy was interrupted: the server it was starting is stopped, and "
                     "the previous version (if any) serves as before"
                 ) from None
+        record_deployed(result.deployment.name, result.version.version, result.deployment.url)
         if in_kernel:
             from nbdeploy.widgets.deployment import show_deployment
 

@@ -265,7 +265,7 @@ def test_the_card_and_the_dashboard_render_in_jupyterlab(lab, page, console):
     expect(board.locator(".nbd-head .nbd-badge").first).to_have_text("serving")
     expect(board.locator(".js-plotly-plot .main-svg").first).to_be_visible(timeout=60_000)
     expect(board.locator(".js-plotly-plot .scatterlayer .trace")).to_have_count(4)
-    requests = board.locator(".nbd-tile", has_text="requests in 1 h").locator(".nbd-tile-value")
+    requests = board.locator(".nbd-tile", has_text="requests in 10 min").locator(".nbd-tile-value")
     expect(requests).to_have_text(re.compile(r"^(2[5-9]|[3-9]\d)$"), timeout=20_000)
     drift = board.locator("table", has=page.locator("th", has_text="PSI"))
     rows = drift.locator("tbody tr")

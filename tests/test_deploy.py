@@ -349,6 +349,58 @@ def test_deploy_from_a_notebook_file(deploy_home, cli, tmp_path):
     assert cli("stop", "nb-predict").code == 0
 
 
+def test_a_notebook_deployed_by_nbdeploy_makes_one_version_and_a_run_lists_its_deploys(
+    deploy_home, cli, make_notebook
+):
+    """nbdeploy deploy NOTEBOOK (the sidebar's Deploy too) runs the notebook, then deploys:
+    the notebook's own %deploy line does not deploy a second version, and the output
+    notebook says why. A plain run executes it as written and its record lists the deploy."""
+    import nbformat
+
+    notebook = make_notebook(
+        "own_step.ipynb",
+        [
+            "%load_ext nbdeploy",
+            "def scale(values: list[float]) -> list[float]:\n    return [2 * v for v in values]",
+            "%deploy scale --name own-step --no-mlflow",
+        ],
+    )
+    try:
+        deployed = cli(
+            "deploy", str(notebook), "--function", "scale", "--name", "own-step", "--no-mlflow",
+            "--json",
+        )  # fmt: skip
+        assert deployed.code == 0, deployed
+        assert deployed.json["version"] == 1
+        versions = DeploymentStore(StateStore(deploy_home / "state.db")).versions("own-step")
+        assert [v.version for v in versions] == [1]
+        run = cli("runs", deployed.json["run_id"], "--json").json
+        output = nbformat.read(run["output_path"], as_version=4)
+        text = "".join(o.get("text", "") for o in output.cells[2].outputs)
+        assert "%deploy scale skipped: nbdeploy runs this notebook to deploy from it" in text
+        assert run["deployed"] == []
+        # From another notebook, the name is refused before that notebook runs.
+        other = make_notebook("other.ipynb", ["def scale(values: list[float]) -> list[float]:\n"
+                                              "    return values"])  # fmt: skip
+        runs_before = len(cli("runs", "--json").json)
+        refused = cli("deploy", str(other), "--function", "scale", "--name", "own-step")
+        assert refused.code == 1, refused
+        assert "own-step serves v1, deployed from" in refused.err and "--replace" in refused.err
+        assert len(cli("runs", "--json").json) == runs_before  # nothing ran
+
+        plain = cli("run", str(notebook), "--no-mlflow", "--json")
+        assert plain.code == 0, plain
+        record = cli("runs", plain.json["id"], "--json").json
+        [made] = record["deployed"]
+        [live] = verbs.status("own-step")
+        assert (made["name"], made["version"]) == ("own-step", live.live_version)
+        assert made["url"] == deployed.json["url"]
+        shown = cli("runs", plain.json["id"])
+        assert f"deployed   own-step v{live.live_version} at {made['url']}" in shown.out
+    finally:
+        cli("stop", "own-step")
+
+
 def test_deploy_an_mlflow_registered_model_without_a_notebook(deploy_home, cli, tmp_path):
     import mlflow
     import mlflow.sklearn

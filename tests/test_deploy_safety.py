@@ -105,9 +105,10 @@ def test_records_follow_the_reference_dataframe(kernel, cli):
     assert code == 400 and "plan" in body
     code, body = post(url + "/score", {"df": [{**record, "colour": "red"}]})
     assert code == 400 and "colour" in body
-    # Nulls are accepted (missing values are the model's to handle, and counted later).
+    # The reference has no missing income: a null there is refused, naming the column
+    # (not a 500 from deep inside the model).
     code, body = post(url + "/score", {"df": [{**record, "income": None}]})
-    assert code == 200 and json.loads(body) == [None]
+    assert code == 400 and "income" in body, body
     # The schema is in the service's OpenAPI document.
     import urllib.request
 
@@ -214,6 +215,49 @@ def test_local_modules_are_snapshotted_and_rollbacks_work_from_anywhere(
     assert rolled.json["live_version"] == 1
     assert answer(url + "/shifted", {"values": [1, 2]}) == (200, [2.0, 3.0])
     (notebook_dir / "mylib.py").write_text("OFFSET = 1\ndef featurize(x):\n    return x + OFFSET\n")
+
+
+MYLIB = "OFFSET = 1\ndef featurize(x):\n    return x + OFFSET\n"
+
+
+def test_a_local_module_edited_but_not_reloaded_is_refused_unless_from_files(
+    kernel, cli, notebook_dir, safety_home
+):
+    """The kernel runs mylib as it imported it; the file on disk says something else. The
+    version must not silently serve the file's code."""
+    _, kc = kernel
+    (notebook_dir / "mylib.py").write_text(MYLIB)
+    execute(kc, "import importlib, mylib; importlib.reload(mylib)")
+    execute(
+        kc,
+        "def offset_of(values: list[float]) -> list[float]:\n"
+        "    return [mylib.featurize(v) for v in values]\n",
+    )
+    edited = "OFFSET = 100\n\n\ndef featurize(x):\n    return x * OFFSET\n"
+    (notebook_dir / "mylib.py").write_text(edited)
+    try:
+        output = execute(kc, "%deploy offset_of --name offset --no-mlflow", ok=False)
+        assert "local module mylib (" in output, output
+        assert "changed on disk since this kernel imported it" in output
+        assert "mylib.featurize" in output and "mylib.OFFSET" in output
+        assert "importlib.reload(mylib)" in output and "--from-files" in output
+        assert DeploymentStore(StateStore(safety_home / "state.db")).find("offset") is None
+        # Asked for: the files as they are now.
+        output = execute(kc, "%deploy offset_of --name offset --no-mlflow --from-files")
+        assert "snapshotted from its file, which differs from what the kernel imported" in output
+        url = url_of(cli, "offset")
+        assert answer(url + "/offset_of", {"values": [1, 2]}) == (200, [100.0, 200.0])
+        # Reloaded, the kernel and the file agree: no question, the same code.
+        execute(kc, "importlib.reload(mylib)")
+        output = execute(kc, "%deploy offset_of --name offset --no-mlflow")
+        assert "is snapshotted into the version" in output
+        # Only moved lines and comments: not a change.
+        (notebook_dir / "mylib.py").write_text("# a comment\n\n" + edited)
+        execute(kc, "%deploy offset_of --name offset --no-mlflow")
+    finally:
+        (notebook_dir / "mylib.py").write_text(MYLIB)
+        execute(kc, "importlib.reload(mylib)")
+        cli("stop", "offset")
 
 
 def test_a_failed_build_leaves_everything_as_it_was(kernel, safety_home, cli):

@@ -135,6 +135,13 @@ def open_panel(page: Any) -> Any:
     return panel
 
 
+def toolbar_button(page: Any, notebook: str, kind: str) -> Any:
+    """The nbdeploy button (``deploy`` or ``run``) of the open notebook ``notebook`` (the
+    workspace may have restored other notebooks beside it)."""
+    panel = page.get_by_role("tabpanel", name=notebook)
+    return panel.locator(f".jp-NotebookPanel-toolbar .nbdl-toolbar-{kind}")
+
+
 def nbdeploy_errors(console: list[str]) -> list[str]:
     """Console errors of the page (all of them count: the extension must cause none)."""
     return list(console)
@@ -240,7 +247,7 @@ def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, consol
     from playwright.sync_api import expect
 
     open_lab(page, lab, "train.ipynb")
-    page.locator(".jp-NotebookPanel-toolbar .nbdl-toolbar-deploy").click()
+    toolbar_button(page, "train.ipynb", "deploy").click()
     dialog = page.locator(".nbdl-operation-dialog")
     expect(dialog).to_be_visible()
     trees = dialog.locator("input[name='n_estimators']")
@@ -268,6 +275,7 @@ def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, consol
         re.compile(r"predict v2 is serving at http://127\.0\.0\.1:\d+"),
         timeout=DEPLOY_SECONDS * 1000,
     )
+    expect(outcome).to_be_in_viewport()  # scrolled to, not below the form's fold
     expect(dialog.locator(".nbdl-log li").first).to_be_visible()
     dialog.get_by_role("button", name="Close").last.click()
     expect(dialog).to_be_hidden()
@@ -292,12 +300,40 @@ def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, consol
     assert nbdeploy_errors(console) == []
 
 
+def test_deploying_a_name_another_notebook_serves_asks_first(lab, first_version, page, console):
+    """predict is served from train.ipynb: a deploy of predict from a copy asks before it
+    replaces it; cancelled, nothing runs and nothing changes."""
+    from playwright.sync_api import expect
+
+    shutil.copy(lab["root"] / "train.ipynb", lab["root"] / "copy.ipynb")
+    before = api(lab, "GET", "deployments/predict")[1]
+    open_lab(page, lab, "copy.ipynb")
+    toolbar_button(page, "copy.ipynb", "deploy").click()
+    dialog = page.locator(".nbdl-operation-dialog")
+    expect(dialog.locator("input[name='n_estimators']")).to_have_value("50", timeout=15_000)
+    dialog.get_by_role("button", name="Deploy").click()
+    ask = dialog.locator(".nbdl-ask")
+    expect(ask).to_be_visible(timeout=15_000)
+    expect(ask).to_contain_text("Replace the deployment?")
+    expect(ask).to_contain_text(re.compile(r"predict serves v\d+, deployed from .*train\.ipynb"))
+    expect(ask.get_by_role("button", name="Replace the deployment")).to_be_focused()
+    ask.get_by_role("button", name="Cancel").click()
+    expect(dialog.locator(".nbdl-outcome")).to_contain_text("Not deployed", timeout=10_000)
+    after = api(lab, "GET", "deployments/predict")[1]
+    assert after["live_version"] == before["live_version"]
+    assert len(after["versions"]) == len(before["versions"])
+    page.keyboard.press("Escape")
+    # Chromium reports the 409 the question came from; nothing else may be in the console.
+    expected = "the server responded with a status of 409 (Conflict)"
+    assert [error for error in nbdeploy_errors(console) if expected not in error] == []
+
+
 @pytest.mark.timeout(600)
 def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
     from playwright.sync_api import expect
 
     open_lab(page, lab, "train.ipynb")
-    page.locator(".jp-NotebookPanel-toolbar .nbdl-toolbar-run").click()
+    toolbar_button(page, "train.ipynb", "run").click()
     dialog = page.locator(".nbdl-operation-dialog")
     trees = dialog.locator("input[name='n_estimators']")
     expect(trees).to_have_value("50", timeout=15_000)

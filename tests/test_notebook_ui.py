@@ -292,7 +292,7 @@ def test_the_dashboard_of_a_real_deployment_shows_its_requests_and_drift(service
     )
     assert "serving <b>v" in state["header"] and url in state["header"]
     counted = re.search(
-        r'"nbd-tile-value">([\d,]+)</div><div class="nbd-tile-label">requests in 1 h',
+        r'"nbd-tile-value">([\d,]+)</div><div class="nbd-tile-label">requests in 10 min',
         state["tiles"],
     )
     assert counted is not None and int(counted.group(1).replace(",", "")) >= 30

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +367,60 @@ def test_an_ab_test_is_sticky_takes_feedback_and_decides(deployed, cli):
     assert promoted.code == 0 and promoted.json["live_version"] == 2, promoted
     assert roles() == [("live", 2), ("router", 0), ("standby", 1)]
     assert {ask_as(deployed, "user-1")["x-nbdeploy-version"] for _ in range(10)} == {"v2"}
+
+
+def ab_when(cli: Any, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The A/B report once ``condition`` holds (the router writes its logs out every half
+    second)."""
+    deadline = time.monotonic() + 10
+    while not condition(report := cli("ab", "scale", "--json").json):
+        assert time.monotonic() < deadline, report
+        time.sleep(0.2)
+    return report
+
+
+def test_each_ab_experiment_has_its_id_and_feedback_survives_a_router_restart(deployed, cli):
+    import signal as signals
+
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="ab")
+    first = [ask_as(deployed, f"a-{n}") for n in range(40)]
+    for headers in first:
+        assert feedback(deployed, {"request_id": headers["x-request-id"], "label": 1})[0] == 200
+    experiment_one = cli("ab", "scale", "--json").json["experiment"]
+    assert experiment_one and experiment_one.startswith("v2-vs-v1-")
+    nbdeploy.rollback("scale")  # ends the first experiment
+    time.sleep(1.1)  # a new experiment id (its time in seconds)
+    nbdeploy.deploy(scaler(4), name="scale", mlflow=False, strategy="ab")
+    second = [ask_as(deployed, f"b-{n}") for n in range(30)]
+    report = ab_when(cli, lambda found: sum(arm["requests"] for arm in found["arms"]) == 30)
+    assert report["experiment"] != experiment_one
+    assert report["experiments"] == [experiment_one, report["experiment"]]
+    # The second experiment's arms and requests only; no outcome of the first one counts.
+    assert sum(arm["requests"] for arm in report["arms"]) == 30
+    assert sum(arm["outcomes"] for arm in report["arms"]) == 0
+    old = cli("ab", "scale", "--experiment", experiment_one, "--json").json
+    assert sum(arm["outcomes"] for arm in old["arms"]) == 40
+    # kill -9 of the router: it comes back, and feedback for requests it answered before
+    # is still taken (the request ids are read back from the log).
+    router = next(s for s in nbdeploy.status("scale")[0].servers if s.role == "router")
+    os.kill(router.pid, signals.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status, answer = feedback(
+                deployed, {"request_id": second[0]["x-request-id"], "label": 1}
+            )
+            if status == 200:
+                break
+        except OSError:
+            status = None
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert answer["experiment"] == report["experiment"]
+    assert answer["arm"] == second[0]["x-nbdeploy-version"]
+    ab_when(cli, lambda found: sum(arm["outcomes"] for arm in found["arms"]) == 1)
+    assert cli("ab", "scale", "--experiment", "nope").code != 0
+    nbdeploy.rollback("scale")
 
 
 def test_a_shadow_never_changes_the_answer_and_survives_a_crashing_candidate(deployed, cli):

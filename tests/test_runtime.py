@@ -115,7 +115,16 @@ def test_an_unknown_category_is_refused(columns):
     assert "'red'" in error["msg"] and "'green'" in error["msg"]
 
 
-def test_nulls_are_accepted_in_every_column(columns):
+def test_a_null_is_refused_naming_the_column_where_the_reference_had_none(columns):
+    errors = errors_of(columns, [good_record(price=None, city=None)])
+    assert sorted(e["loc"][-1] for e in errors) == ["city", "price"]
+    assert all(e["input"] is None for e in errors)
+
+
+def test_nulls_are_accepted_where_the_reference_had_missing_values(reference):
+    found = reference_columns(pd.DataFrame({"a": [1.0, None], "b": ["x", None], "c": [1, 2]}))
+    assert [column["nullable"] for column in found] == [True, True, False]
+    columns = [{**column, "nullable": True} for column in reference_columns(reference)]
     nulls = {c["name"]: None for c in columns}
     records = validate(columns, [nulls, good_record()])
     frame = records_to_frame(records, columns)
@@ -243,8 +252,8 @@ def test_rows_endpoint_gives_records_as_the_reference_frame(columns, reference):
     endpoint = RowsEndpoint(call, {"mode": "records", "columns": columns})
     assert endpoint([]) == []
     assert seen == []
-    records = validate(columns, [good_record(), good_record(price=None)])
-    assert endpoint(records) == [6.5, None]
+    records = validate(columns, [good_record(), good_record(price=8.0)])
+    assert endpoint(records) == [6.5, 16.0]
     assert seen[0].dtypes.to_dict() == reference.dtypes.to_dict()
 
 

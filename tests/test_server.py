@@ -365,7 +365,8 @@ async def test_deploy_serve_and_stop_through_the_api(jp_fetch: Any, notebook: Pa
             break
         assert time.monotonic() < deadline, (metrics, listed)
         await asyncio.sleep(0.5)
-    assert set(summary) == {"requests_per_s", "p99_ms", "error_rate", "requests"}
+    assert set(summary) == {"requests_per_s", "p99_ms", "error_rate", "requests", "window"}
+    assert summary["window"] == "10m"  # the same default as every other view
 
     code, weighted = await call(
         jp_fetch, "deployments", "api-demo", "weights", method="POST", body={"weights": {"1": 100}}

@@ -90,6 +90,8 @@ export interface IDeployRequest {
   strategy: string | null;
   /** Record the notebook run and the version in MLflow (the server's default: true). */
   mlflow?: boolean;
+  /** Take over a name another notebook serves (the server refuses with 409 otherwise). */
+  replace?: boolean;
 }
 
 export interface IRunRequest {

@@ -200,8 +200,9 @@ export class OperationBody extends Widget {
     );
   }
 
-  /** Start the operation (the dialog's accept button); it stays open to show progress. */
-  async start(): Promise<void> {
+  /** Start the operation (the dialog's accept button); it stays open to show progress.
+   * ``replace``: the user agreed to take over a name another notebook serves. */
+  async start(replace = false): Promise<void> {
     if (this.running || !this.loaded || !this.form) {
       return;
     }
@@ -232,6 +233,7 @@ export class OperationBody extends Widget {
     this.progressArea.hidden = false;
     this.progress.removeAttribute('value');
     this.stepText.textContent = 'starting…';
+    this.progressArea.scrollIntoView({ block: 'nearest' }); // where the user is looking
     let operation: IOperation;
     try {
       const mlflow = this.mlflowInput?.checked ?? true;
@@ -242,7 +244,8 @@ export class OperationBody extends Widget {
           function: this.functionSelect?.value || null,
           parameters,
           strategy: this.strategySelect?.value || null,
-          ...(mlflow ? {} : { mlflow: false })
+          ...(mlflow ? {} : { mlflow: false }),
+          ...(replace ? { replace: true } : {})
         }));
       } else {
         ({ operation } = await api.run({
@@ -255,6 +258,20 @@ export class OperationBody extends Widget {
     } catch (error) {
       this.progressArea.hidden = true;
       this.setRunning(false);
+      if (error instanceof ApiError && error.status === 409 && error.field === 'replace') {
+        // The name is served from another notebook: ask before taking it over (here, in
+        // this dialog: JupyterLab shows a second dialog only once this one has closed).
+        const replace = await this.ask(
+          `Replace the deployment? ${error.message}. Deploying replaces it with a version from this notebook.`,
+          'Replace',
+          'Replace the deployment'
+        );
+        if (replace) {
+          return this.start(true);
+        }
+        this.say(`Not deployed: ${describeError(error)}`, true);
+        return;
+      }
       if (error instanceof ApiError && error.field === 'parameters') {
         this.form.showServerError(error.message);
       } else if (error instanceof ApiError && error.field === 'name' && nameError) {
@@ -296,6 +313,7 @@ export class OperationBody extends Widget {
       this.progress.value = 1;
       this.stepText.textContent = 'done';
       this.outcome.replaceChildren(this.describeResult(current.result));
+      this.outcome.scrollIntoView({ block: 'nearest' });
       this.outcome.classList.add('nbdl-success');
       this.dialog?.setAcceptLabel('Close');
     } else {
@@ -354,11 +372,39 @@ export class OperationBody extends Widget {
     return h('p', {}, `run ${id} ${status}${shown ? `: ${shown}` : ''}`.replace('  ', ' '));
   }
 
+  /** A question in the dialog's outcome area, answered by one of two buttons. */
+  private ask(question: string, yes: string, yesLabel: string): Promise<boolean> {
+    return new Promise(resolve => {
+      const answer = (value: boolean) => () => {
+        this.outcome.replaceChildren();
+        resolve(value);
+      };
+      const confirm = h('button', {
+        class: 'jp-mod-styled jp-mod-warn nbdl-ask-yes',
+        type: 'button',
+        'aria-label': yesLabel,
+        text: yes
+      });
+      const cancel = h('button', { class: 'jp-mod-styled nbdl-ask-no', type: 'button', text: 'Cancel' });
+      confirm.addEventListener('click', answer(true));
+      cancel.addEventListener('click', answer(false));
+      this.outcome.classList.remove('nbdl-success');
+      this.outcome.replaceChildren(
+        h('div', { class: 'nbdl-ask', role: 'alertdialog', 'aria-label': question }, h('p', { text: question }), confirm, cancel)
+      );
+      this.outcome.scrollIntoView({ block: 'nearest' });
+      confirm.focus();
+    });
+  }
+
   private say(text: string, error = false): void {
     this.outcome.classList.remove('nbdl-success');
     this.outcome.replaceChildren(
       text ? h('p', { class: error ? 'nbdl-error-text' : '', role: error ? 'alert' : null, text }) : ''
     );
+    if (text) {
+      this.outcome.scrollIntoView({ block: 'nearest' });
+    }
   }
 
   private setRunning(running: boolean): void {

@@ -42,6 +42,7 @@ class DeployOptions:
     log_sample: float = 1.0  # the share of requests the request log records (0 < x <= 1)
     redact: list[str] = field(default_factory=list)  # request keys never stored in the log
     replace: bool = False  # take over a name that another notebook deployed
+    from_files: bool = False  # local modules as on disk, even when the kernel runs older code
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DeployOptions:
@@ -66,6 +67,13 @@ class DeployOptions:
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     """The deploy flags (without the target: a function, a model variable or a notebook)."""
     parser.add_argument("--name", help="deployment name (default: the function's or variable's)")
+    parser.add_argument(
+        "--from-files",
+        action="store_true",
+        default=None,
+        help="snapshot local modules as their files are now, even when one changed since the "
+        "kernel imported it (default: refused, the version would not run what the kernel runs)",
+    )
     parser.add_argument(
         "--replace",
         action="store_true",

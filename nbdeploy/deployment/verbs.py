@@ -446,6 +446,7 @@ def deploy_notebook(
 
     from nbdeploy.pipeline.progress import NullProgress
     from nbdeploy.pipeline.runner import execute_run, prepare_run
+    from nbdeploy.service.package import deployment_name
 
     options = options or DeployOptions()
     prepared = prepare_run(notebook_path, values, text_values, kernel=kernel)
@@ -453,6 +454,12 @@ def deploy_notebook(
     if not chosen.isidentifier():
         flag = "--object" if model else "--function"
         raise DeployError(f"{flag} {chosen!r} is not a Python name")
+    if not options.replace:  # before the notebook runs, not after
+        name = (
+            deployment_name(options.name, given=True) if options.name else deployment_name(chosen)
+        )
+        source = {"notebook": str(prepared.notebook.path)}
+        check_owner(DeploymentStore(default_store()), name, source)
     arguments = {
         "target": chosen,
         "model": bool(model),
@@ -524,6 +531,9 @@ class _DeployStepLines:
 
 def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> None:
     """Run inside the notebook's kernel by ``nbdeploy deploy``: deploy and print the result."""
+    from nbdeploy.pipeline.context import DEPLOY_STEP_ENV
+
+    os.environ.pop(DEPLOY_STEP_ENV, None)  # not passed on to the version's server
     target = arguments["target"]
     notebook = Path(arguments["notebook"]).name
     value = namespace.get(target)

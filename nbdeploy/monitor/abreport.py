@@ -101,6 +101,8 @@ class AbData:
     skipped_request_lines: int = 0
     skipped_feedback_lines: int = 0
     missing_files: list[str] = field(default_factory=list)
+    experiment: str | None = None  # the experiment read (None: lines without an id)
+    experiments: list[str] = field(default_factory=list)  # every id in the log, oldest first
 
     @property
     def outcomes(self) -> dict[str, list[float]]:
@@ -199,11 +201,15 @@ class AbReport:
     missing_files: list[str]
     router_url: str | None = None
     notes: list[str] = field(default_factory=list)
+    experiment: str | None = None
+    experiments: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (non-finite numbers become None)."""
         return {
             "folder": str(self.folder),
+            "experiment": self.experiment,
+            "experiments": self.experiments,
             "router_url": self.router_url,
             "outcome_kind": self.outcome_kind,
             "alpha": self.alpha,
@@ -219,8 +225,11 @@ class AbReport:
 # -- reading the logs ----------------------------------------------------------------------
 
 
-def read_ab_log(folder: Path) -> AbData:
-    """Read the router's A/B request and feedback logs in ``folder``; missing files are empty.
+def read_ab_log(folder: Path, experiment: str | None = None) -> AbData:
+    """Read the router's A/B request and feedback logs in ``folder`` for one experiment
+    (``experiment``; default: the deployment's current one, else the newest in the log;
+    lines of earlier logs without an id form an experiment of their own, read when the log
+    has no other); missing files are empty.
 
     Feedback is ordered by its time ``t`` (ties in the order of the file); of several lines
     for one request id, the latest counts. Never raises on bad content: lines that are not
@@ -228,7 +237,17 @@ def read_ab_log(folder: Path) -> AbData:
     ignored).
     """
     data = AbData()
-    for record in _read_json_lines(folder / AB_LOG, data):
+    requests = _read_json_lines(folder / AB_LOG, data)
+    for record in requests:
+        named = record.get("experiment") if isinstance(record, dict) else None
+        if isinstance(named, str) and named not in data.experiments:
+            data.experiments.append(named)
+    data.experiment = experiment or _current_experiment(folder, data.experiments)
+    if experiment is None and data.experiment and data.experiment not in data.experiments:
+        data.experiments.append(data.experiment)  # running, nothing logged yet
+    for record in requests:
+        if isinstance(record, dict) and record.get("experiment") != data.experiment:
+            continue  # another experiment's request
         request = _parse_request(record)
         if request is None:
             data.skipped_request_lines += 1
@@ -240,6 +259,8 @@ def read_ab_log(folder: Path) -> AbData:
         data.latencies_ms.setdefault(arm, []).append(milliseconds)
     feedback: list[tuple[float, str, str, float, FeedbackKind]] = []
     for record in _read_json_lines(folder / FEEDBACK_LOG, data):
+        if isinstance(record, dict) and record.get("experiment") != data.experiment:
+            continue
         parsed = _parse_feedback(record)
         if parsed is None:
             data.skipped_feedback_lines += 1
@@ -254,6 +275,18 @@ def read_ab_log(folder: Path) -> AbData:
     if kinds:
         data.outcome_kind = "label" if kinds == {"label"} else "reward"
     return data
+
+
+def _current_experiment(folder: Path, logged: list[str]) -> str | None:
+    """The experiment the router runs (its configuration names it), else the newest."""
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    current = config.get("experiment") if isinstance(config, dict) else None
+    if isinstance(current, str):
+        return current
+    return logged[-1] if logged else None
 
 
 def _read_json_lines(path: Path, data: AbData) -> list[Any]:
@@ -336,6 +369,7 @@ def ab_report(
     treatment: str | None = None,
     alpha: float = DEFAULT_ALPHA,
     look_every: int = DEFAULT_LOOK_EVERY,
+    experiment: str | None = None,
 ) -> AbReport:
     """The A/B report of the deployment in ``folder``: every arm, and the test of each
     treatment arm against the control arm.
@@ -353,7 +387,10 @@ def ab_report(
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be strictly between 0 and 1, got {alpha!r}")
     folder = Path(folder)
-    data = read_ab_log(folder)
+    data = read_ab_log(folder, experiment)
+    if experiment is not None and experiment not in data.experiments:
+        known = ", ".join(data.experiments) or "none"
+        raise ValueError(f"no A/B experiment {experiment!r} in the log (there are: {known})")
     pairs = _pairs_to_compare(data.arms, control, treatment)
     comparisons = [
         _replay_comparison(data, pair, alpha, look_every, data.test_kind) for pair in pairs
@@ -370,6 +407,8 @@ def ab_report(
         missing_files=data.missing_files,
         router_url=router_url,
         notes=_notes(data, router_url),
+        experiment=data.experiment,
+        experiments=data.experiments,
     )
 
 
@@ -493,7 +532,11 @@ def format_ab_report(report: AbReport) -> str:
         )
         for arm in report.arms
     ]
-    lines = _table([(*header, "p50 ms", "p99 ms"), *rows]) if rows else []
+    lines = [f"experiment {report.experiment}"] if report.experiment else []
+    earlier = [e for e in report.experiments if e != report.experiment]
+    if earlier:
+        lines.append(f"  earlier: {', '.join(earlier[-3:])} (--experiment ID)")
+    lines += _table([(*header, "p50 ms", "p99 ms"), *rows]) if rows else []
     lines += [_comparison_line(comparison) for comparison in report.comparisons]
     lines += report.notes
     return "\n".join(lines)

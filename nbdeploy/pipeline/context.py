@@ -23,6 +23,9 @@ from nbdeploy.private_files import make_private, open_private, private_dir
 
 RUN_DIR_ENV = "NBDEPLOY_RUN_DIR"
 RUN_ID_ENV = "NBDEPLOY_RUN_ID"
+# Set in the kernel of a run that ends with nbdeploy's own deploy step (nbdeploy deploy
+# NOTEBOOK, the sidebar's Deploy): %deploy lines in the notebook then do not deploy.
+DEPLOY_STEP_ENV = "NBDEPLOY_DEPLOY_STEP"
 RESULTS_FILE = "results.jsonl"
 ARTIFACTS_DIR = "artifacts"
 
@@ -137,14 +140,22 @@ def log_artifact(path: str | os.PathLike[str]) -> None:
     _record("artifact", path=str(target), source=str(source.resolve()))
 
 
+def record_deployed(name: str, version: int, url: str | None) -> None:
+    """Note in the current run (if any: silently otherwise) that the notebook deployed."""
+    if current_run_dir() is not None:
+        _record("deployed", name=name, version=version, url=url)
+
+
 def read_results(run_dir: Path) -> dict[str, Any]:
     """What a run logged: ``metrics`` [(name, value, step)], ``params`` {}, ``artifacts`` [],
-    and ``missing`` {name: what was logged} for metrics logged as NaN or infinity (their
-    value is None in ``metrics``). A malformed line is skipped, never fatal."""
+    ``deployed`` [{name, version, url}] (what %deploy lines deployed), and ``missing``
+    {name: what was logged} for metrics logged as NaN or infinity (their value is None in
+    ``metrics``). A malformed line is skipped, never fatal."""
     metrics: list[tuple[str, float | None, int]] = []
     missing: dict[str, str] = {}
     params: dict[str, Any] = {}
     artifacts: list[str] = []
+    deployed: list[dict[str, Any]] = []
     results = run_dir / RESULTS_FILE
     if results.exists():
         for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -161,6 +172,17 @@ def read_results(run_dir: Path) -> dict[str, Any]:
                     params[entry["name"]] = entry["value"]
                 elif kind == "artifact" and entry["path"] not in artifacts:
                     artifacts.append(entry["path"])
+                elif kind == "deployed":
+                    deployed.append(
+                        {"name": str(entry["name"]), "version": int(entry["version"]),
+                         "url": entry.get("url")}
+                    )  # fmt: skip
             except (ValueError, TypeError, KeyError, AttributeError):
                 continue  # a line cut short by a killed kernel, or written by hand
-    return {"metrics": metrics, "params": params, "artifacts": artifacts, "missing": missing}
+    return {
+        "metrics": metrics,
+        "params": params,
+        "artifacts": artifacts,
+        "deployed": deployed,
+        "missing": missing,
+    }

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy.notebook.reader import Notebook
-from nbdeploy.pipeline.context import RUN_DIR_ENV, RUN_ID_ENV
+from nbdeploy.pipeline.context import DEPLOY_STEP_ENV, RUN_DIR_ENV, RUN_ID_ENV
 from nbdeploy.pipeline.progress import NullProgress, Progress
 from nbdeploy.private_files import open_private
 
@@ -76,6 +76,9 @@ def execute_notebook(
     env = dict(os.environ if environment is None else environment)
     env[RUN_DIR_ENV] = str(run_dir)
     env[RUN_ID_ENV] = run_id
+    env.pop(DEPLOY_STEP_ENV, None)
+    if epilogue:  # nbdeploy deploys after the last cell: the notebook's own %deploy does not
+        env[DEPLOY_STEP_ENV] = "1"
     env.pop("JPY_SESSION_NAME", None)  # the run's kernel is not the notebook's own kernel
     socket_dir = tempfile.mkdtemp(prefix="nbd-")
     km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=os.path.join(socket_dir, "k"))

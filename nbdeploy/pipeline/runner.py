@@ -397,6 +397,7 @@ class _Run:
             logged_params=logged["params"],
             artifacts=logged["artifacts"],
             outputs=recorded_outputs,
+            deployed=logged["deployed"],
         )
         (self.progress or NullProgress()).finish(
             ok, "succeeded" if ok else (message or status), interrupted=status == INTERRUPTED

@@ -54,6 +54,8 @@ def describe_run(record: RunRecord, message: str | None = None) -> str:
             f"{OK_MARK} {name} succeeded in {format_seconds(record.duration_s)} (run {record.id})"
         ]
         lines.append(f"  metrics: {format_metrics(record.metrics)}")
+        for deployed in record.deployed:
+            lines.append(f"  deployed: {deployed['name']} v{deployed['version']}")
     else:
         took = format_seconds(record.duration_s)
         lines = [f"{FAIL_MARK} {name} {record.status} after {took} (run {record.id})"]
@@ -131,6 +133,8 @@ def run_details(record: RunRecord) -> str:
         )
     for artifact in record.artifacts:
         lines.append(f"artifact   {artifact}")
+    for deployed in record.deployed:
+        lines.append(f"deployed   {deployed['name']} v{deployed['version']} at {deployed['url']}")
     if record.error:
         lines.append("error      " + (record.error.get("message") or json.dumps(record.error)))
     return "\n".join(lines)

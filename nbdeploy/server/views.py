@@ -305,8 +305,9 @@ def notebook_functions(notebook: Any) -> list[str]:
 
 # -- deploys -----------------------------------------------------------------------------
 def check_deploy(path: Path, body: DeployBody) -> str:
-    """Check a deploy request before it starts (the notebook, its parameters, the name);
-    returns the deployment's name."""
+    """Check a deploy request before it starts (the notebook, its parameters, the name, and
+    that the name is not served from another notebook unless ``replace``: a 409 the sidebar
+    asks about); returns the deployment's name."""
     from nbdeploy.deployment.verbs import serve_function_name
     from nbdeploy.pipeline.runner import prepare_run
     from nbdeploy.service.package import deployment_name
@@ -316,15 +317,25 @@ def check_deploy(path: Path, body: DeployBody) -> str:
     except NbdeployError as error:
         field = "parameters" if type(error).__name__ == "ParameterError" else "path"
         raise from_nbdeploy_error(error, field) from None
-    if body.name:
-        return body.name
-    function = body.function or serve_function_name(prepared.notebook)
-    try:
-        return deployment_name(function)
-    except NbdeployError as error:
-        raise ApiError(
-            422, error.message, "name", "give the deployment a name (1-40 of a-z, 0-9, -)"
-        ) from None
+    name = body.name
+    if not name:
+        function = body.function or serve_function_name(prepared.notebook)
+        try:
+            name = deployment_name(function)
+        except NbdeployError as error:
+            raise ApiError(
+                422, error.message, "name", "give the deployment a name (1-40 of a-z, 0-9, -)"
+            ) from None
+    if not body.replace:
+        from nbdeploy.deployment.store import DeploymentStore
+        from nbdeploy.deployment.verbs import check_owner
+        from nbdeploy.store import default_store
+
+        try:
+            check_owner(DeploymentStore(default_store()), name, {"notebook": str(path)})
+        except NbdeployError as error:
+            raise ApiError(409, error.message, "replace", error.hint) from None
+    return name
 
 
 def deploy(path: Path, body: DeployBody, name: str, operation: Operation) -> dict[str, Any]:

@@ -279,6 +279,111 @@ def local_module_path(name: str) -> Path | None:
     return path.parent if path.name == "__init__.py" else path
 
 
+def changed_since_import(name: str) -> list[str]:
+    """The parts of local module ``name`` (and of its submodules, for a package) whose code
+    on disk is no longer what the kernel loaded: functions, methods and module-level literal
+    values that differ, as ``module.name``. Empty when the files hold what runs (line moves
+    and comments do not count)."""
+    changed: list[str] = []
+    prefix = name + "."
+    for module_name, module in sorted(sys.modules.items()):
+        if module is None or (module_name != name and not module_name.startswith(prefix)):
+            continue
+        file = getattr(module, "__file__", None)
+        if not file or not str(file).endswith(".py") or not _plain_source_loader(module):
+            continue
+        try:
+            source = Path(file).read_text(encoding="utf-8")
+            tree = ast.parse(source, filename=file)
+            compiled = compile(tree, file, "exec")
+        except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+            changed.append(f"{module_name} (its file can no longer be read or compiled)")
+            continue
+        on_disk = {_code_key(code) for code in _code_objects(compiled)}
+        for label, code in _loaded_code(module, module_name):
+            if _code_key(code) not in on_disk:
+                changed.append(label)
+        for variable, value in _literal_assignments(tree).items():
+            loaded = getattr(module, variable, _MISSING)
+            if loaded is not _MISSING and _is_literal(loaded) and loaded != value:
+                changed.append(f"{module_name}.{variable}")
+    return changed
+
+
+_MISSING = object()
+
+
+def _plain_source_loader(module: types.ModuleType) -> bool:
+    """Loaded by Python's own loader from source (or its cache): its code is what compiling
+    the file gives. Import hooks (pytest's assertion rewriting, transpilers) change the code,
+    and such a module cannot be compared with its file."""
+    import importlib.machinery
+
+    loader = getattr(getattr(module, "__spec__", None), "loader", None)
+    return type(loader) in (
+        importlib.machinery.SourceFileLoader,
+        importlib.machinery.SourcelessFileLoader,
+    )
+
+
+def _code_objects(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _code_objects(constant)
+
+
+def _code_key(code: types.CodeType) -> tuple[Any, ...]:
+    """What a function does, without where it sits in its file."""
+    constants = tuple(
+        _code_key(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts
+    )
+    return (code.co_name, code.co_code, constants, code.co_names, code.co_varnames)
+
+
+def _loaded_code(module: types.ModuleType, module_name: str) -> Iterable[tuple[str, Any]]:
+    """The code objects of the functions, and of the methods of the classes, defined in
+    ``module`` as the kernel loaded it."""
+    for attribute, value in list(vars(module).items()):
+        if getattr(value, "__module__", None) != module_name:
+            continue
+        if isinstance(value, types.FunctionType):
+            yield f"{module_name}.{attribute}", value.__code__
+        elif isinstance(value, type):
+            for member, item in list(vars(value).items()):
+                function = getattr(item, "__func__", item)
+                if isinstance(function, types.FunctionType):
+                    yield f"{module_name}.{attribute}.{member}", function.__code__
+
+
+def _literal_assignments(tree: ast.Module) -> dict[str, Any]:
+    """``NAME = literal`` at the top of a module (thresholds, labels, settings)."""
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+    return found
+
+
+def _is_literal(value: Any) -> bool:
+    """An immutable literal: a module's lists, dicts and sets may be filled as it runs (a
+    cache, a registry), which is no edit of its file."""
+    if isinstance(value, (str, bytes, int, float, complex, bool, type(None))):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_is_literal(item) for item in value)
+    return False
+
+
 def _find_local_modules(captured: Captured) -> None:
     """Snapshot candidates: local modules used directly, and local modules they use."""
     pending = sorted(captured.modules)

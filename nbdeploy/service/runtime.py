@@ -166,7 +166,8 @@ def row_model(width: int | None) -> Any:
 
 def record_model(columns: list[dict[str, Any]], extra: str = "refuse") -> Any:
     """A pydantic model of one record: the reference's columns, each typed; an unknown
-    column is refused (400 naming it) or dropped."""
+    column is refused (400 naming it) or dropped; a null is refused (400 naming the column)
+    unless the reference has missing values in that column."""
     import datetime
     from typing import Literal
 
@@ -187,9 +188,10 @@ def record_model(columns: list[dict[str, Any]], extra: str = "refuse") -> Any:
             hint: Any = Literal[categories] if categories else str
         else:
             hint = types.get(kind, Any)
-        # Every feature may be null: missing values are counted by monitoring, and the
-        # model decides what a NaN means.
-        fields[f"c{index}"] = (hint | None, Field(..., alias=column["name"]))
+        # Null where the model saw missing values in training (monitoring counts them);
+        # versions made before "nullable" was recorded accept nulls everywhere.
+        nullable = column.get("nullable", True)
+        fields[f"c{index}"] = (hint | None if nullable else hint, Field(..., alias=column["name"]))
     config = ConfigDict(
         extra="forbid" if extra == "refuse" else "ignore",
         populate_by_name=False,

@@ -48,6 +48,8 @@ def column_kind(series: Any) -> dict[str, Any]:
     dtype = series.dtype
     label = series.name
     described: dict[str, Any] = {"name": str(label), "dtype": str(dtype)}
+    # A null is accepted where the reference has missing values, refused (400) elsewhere.
+    described["nullable"] = bool(series.isna().any())
     if not isinstance(label, str):
         described["label"] = label.item() if hasattr(label, "item") else label
     if isinstance(dtype, pd.CategoricalDtype):

@@ -166,6 +166,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "than a local process: its container id",
         ("ALTER TABLE servers ADD COLUMN container TEXT",),
     ),
+    Migration(
+        6,
+        "a run records what its notebook deployed (%deploy lines run by nbdeploy run)",
+        ("ALTER TABLE runs ADD COLUMN deployed TEXT NOT NULL DEFAULT '[]'",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

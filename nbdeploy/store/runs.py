@@ -103,6 +103,7 @@ class RunRecord:
     step: str | None = None
     fingerprint: str | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    deployed: list[dict[str, Any]] = field(default_factory=list)  # by its %deploy lines
     metrics: dict[str, float | None] = field(default_factory=dict)
     logged_params: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
@@ -208,6 +209,7 @@ class RunStore:
         artifacts: list[str] | None = None,
         outputs: dict[str, Any] | None = None,
         kernel: str | None = None,
+        deployed: list[dict[str, Any]] | None = None,
     ) -> None:
         """Record a run's end and everything it logged, in one transaction. A metric value
         that is not a finite number is stored as missing (NULL)."""
@@ -215,13 +217,14 @@ class RunStore:
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE runs SET status = ?, error = ?, finished_at = ?, outputs = ?, "
-                "kernel = COALESCE(?, kernel) WHERE id = ?",
+                "kernel = COALESCE(?, kernel), deployed = ? WHERE id = ?",
                 (
                     status,
                     _dumps(error) if error else None,
                     now,
                     _dumps(outputs or {}),
                     kernel,
+                    _dumps(deployed or []),
                     run_id,
                 ),
             )
@@ -400,6 +403,7 @@ class RunStore:
                     step=row["step"] if "step" in keys else None,
                     fingerprint=row["fingerprint"] if "fingerprint" in keys else None,
                     outputs=json.loads(row["outputs"]) if "outputs" in keys else {},
+                    deployed=json.loads(row["deployed"]) if "deployed" in keys else [],
                     metrics=metrics[row["id"]],
                     logged_params=params[row["id"]],
                     artifacts=artifacts[row["id"]],

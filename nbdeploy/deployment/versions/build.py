@@ -23,7 +23,7 @@ from typing import Any
 from nbdeploy import config
 from nbdeploy.deployment.runtime.processes import free_port
 from nbdeploy.deployment.store import DeploymentStore, Version
-from nbdeploy.errors import NbdeployError
+from nbdeploy.errors import DeployError, NbdeployError
 from nbdeploy.private_files import private_dir, write_private_text
 
 Notify = Callable[[str], None]
@@ -64,6 +64,7 @@ def prepare_version(
 ) -> PreparedVersion:
     """The version of ``captured``: reused when its content was deployed before, else
     written and built. Raises before anything is recorded when it cannot be built."""
+    from nbdeploy.service.capture import changed_since_import
     from nbdeploy.service.package import ServiceOptions, plan_version
     from nbdeploy.service.requirements import notebook_pip_installs
 
@@ -85,7 +86,24 @@ def prepare_version(
     example = example_request(plan, reference)
     notices: list[str] = []
     for module, path in sorted(captured.local_modules.items()):
-        notify(f"local module {module} ({path}) is snapshotted into the version")
+        changed = changed_since_import(module)
+        if changed and not options.from_files:
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            shown = ", ".join(changed[:5]) + more
+            raise DeployError(
+                f"local module {module} ({path}) changed on disk since this kernel imported "
+                f"it ({shown}): the version would serve the file's code, not what the kernel "
+                "runs",
+                f"reload it (importlib.reload({module}), or restart the kernel and run the "
+                "notebook again), or deploy the files as they are now with --from-files",
+            )
+        if changed:
+            notify(
+                f"local module {module} ({path}) is snapshotted from its file, which differs "
+                "from what the kernel imported (--from-files)"
+            )
+        else:
+            notify(f"local module {module} ({path}) is snapshotted into the version")
     for line in notebook_pip_installs(history):
         notices.append(
             f"the notebook ran `{line}`: its packages are included only if the function uses them"

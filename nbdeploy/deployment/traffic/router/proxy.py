@@ -58,6 +58,7 @@ DRAIN_TIMEOUT_S = 30.0
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 IDLE_SECONDS = 4.0  # below the versions' keep-alive timeout (uvicorn's default: 5 s)
 RECENT_IDS = 200_000  # A/B request ids kept to check feedback against
+RECALL_BYTES = 64 << 20  # how much of the A/B request log a starting router reads back
 # What a failed attempt to reach a version raises (refused, reset, cut short, garbled).
 UNREACHABLE = (OSError, asyncio.IncompleteReadError, BadRequest)
 # When no version could answer, every one is tried again after each of these pauses (about
@@ -147,7 +148,10 @@ class Router:
             "live_ms_sum": 0.0,
             "shadow_ms_sum": 0.0,
         }
-        self.recent: OrderedDict[str, str] = OrderedDict()
+        # A/B request id -> (arm, experiment), to check feedback against; rebuilt from the
+        # request log when the router starts, so feedback survives a restart.
+        self.recent: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self.experiment: str | None = None
         self.logs: dict[str, TextIO] = {}
         self.standby: dict[str, dict[str, Any]] = {}
         self.background: set[asyncio.Future[Any]] = set()  # shadow requests in flight
@@ -187,6 +191,7 @@ class Router:
         shadow = config.get("shadow")
         self.shadow = (shadow["version"], float(shadow.get("percent", 100))) if shadow else None
         self.mode = config.get("mode", "split")
+        self.experiment = config.get("experiment")
         key = config.get("key_sha256")
         self.key_hash = bytes.fromhex(key) if key else None
         self.generation = int(config.get("generation", 0))
@@ -321,7 +326,7 @@ class Router:
         if served_by:
             response.headers.append((b"X-Nbdeploy-Version", served_by.encode()))
         if self.mode == "ab" and served_by:
-            self.remember(request_id, served_by)
+            self.remember(request_id, served_by, self.experiment)
             self.log(
                 AB_LOG,
                 {
@@ -330,6 +335,7 @@ class Router:
                     "t": time.time(),
                     "status": response.status,
                     "ms": round(elapsed, 3),
+                    "experiment": self.experiment,
                 },
             )
         if shadow_task is not None:
@@ -453,9 +459,46 @@ class Router:
         self.changed = True
 
     # -- A/B feedback ----------------------------------------------------------------------
-    def remember(self, request_id: str, arm: str) -> None:
-        self.recent[request_id] = arm
+    def remember(self, request_id: str, arm: str, experiment: str | None) -> None:
+        self.recent[request_id] = (arm, experiment)
         if len(self.recent) > RECENT_IDS:
+            self.recent.popitem(last=False)
+
+    def recall_requests(self) -> list[tuple[str, str, str | None]]:
+        """The A/B requests at the end of the log (at most RECENT_IDS): feedback for requests
+        answered before a restart is still taken. Read in a thread as the router serves."""
+        found: list[tuple[str, str, str | None]] = []
+        path = self.folder / AB_LOG
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - RECALL_BYTES))
+                tail = handle.read()
+        except OSError:
+            return found
+        lines = tail.split(b"\n")
+        if size > RECALL_BYTES:
+            lines = lines[1:]  # the first one is cut
+        for line in lines[-RECENT_IDS:]:
+            try:
+                record = json.loads(line)
+                request_id, arm = record["request_id"], record["arm"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(request_id, str) and isinstance(arm, str):
+                experiment = record.get("experiment")
+                found.append((request_id, arm, experiment if isinstance(experiment, str) else None))
+        return found
+
+    def merge_recalled(self, recalled: list[tuple[str, str, str | None]]) -> None:
+        """Recalled requests, older than any answered since the start."""
+        since_start = self.recent
+        self.recent = OrderedDict((rid, (arm, exp)) for rid, arm, exp in recalled)
+        for request_id, known in since_start.items():
+            self.recent.pop(request_id, None)
+            self.recent[request_id] = known
+        while len(self.recent) > RECENT_IDS:
             self.recent.popitem(last=False)
 
     def feedback(self, request: Request) -> Response:
@@ -482,8 +525,8 @@ class Router:
             )
         if "label" in body and "reward" not in body and outcome not in (0.0, 1.0):
             return respond(400, {"error": "label must be true/false or 0/1"})
-        arm = self.recent.get(body["request_id"])
-        if arm is None:
+        known = self.recent.get(body["request_id"])
+        if known is None:
             return respond(
                 404,
                 {
@@ -491,6 +534,7 @@ class Router:
                     "hint": "send the X-Request-ID of an A/B response",
                 },
             )
+        arm, experiment = known
         self.log(
             FEEDBACK_LOG,
             {
@@ -499,15 +543,17 @@ class Router:
                 "t": time.time(),
                 "outcome": outcome,
                 "kind": "label" if "label" in body and "reward" not in body else "reward",
+                "experiment": experiment,
             },
         )
-        return respond(200, {"ok": True, "arm": arm})
+        return respond(200, {"ok": True, "arm": arm, "experiment": experiment})
 
     def log(self, name: str, record: dict[str, Any]) -> None:
         handle = self.logs.get(name)
         if handle is None:
             handle = self.logs[name] = open(self.folder / name, "a", encoding="utf-8")  # noqa: SIM115
         handle.write(json.dumps(record) + "\n")
+        self.changed = True  # written out with the state, within half a second
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -667,6 +713,10 @@ async def run(folder: Path) -> None:
         loop.add_signal_handler(signum, stop)
     router.write_state()
     keeper = asyncio.ensure_future(router.keep_state(stopped))
+    recalling = loop.run_in_executor(None, router.recall_requests)
+    recalling.add_done_callback(
+        lambda done: router.merge_recalled(done.result()) if not done.exception() else None
+    )
     print(f"nbdeploy router: {router.name} on {listen['host']}:{listen['port']}", flush=True)
     await stopped
     server.close()

@@ -16,6 +16,7 @@ warm), ``nbdeploy rollback NAME`` ends the experiment (the old one keeps all tra
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from nbdeploy.deployment import traffic
@@ -55,17 +56,24 @@ def _experiment(rollout: Rollout, kind: str) -> int:
     candidate = start_version(rollout, rollout.version, CANDIDATE)
     old, new = traffic.version_key(stable.version), traffic.version_key(candidate.version)
     settings: dict[str, Any]
+    experiment = f"{new}-vs-{old}-{time.strftime('%Y%m%d-%H%M%S')}"  # logs and reports are per id
     try:
         smoke_test(candidate, rollout.version)
         if kind == "ab":
             share = rollout.weight if rollout.weight is not None else DEFAULT_AB_SHARE
             weights = {old: 100 - share, new: share}
-            settings = {"mode": "ab", "shadow": None, "sticky": rollout.sticky}
+            settings = {
+                "mode": "ab",
+                "shadow": None,
+                "sticky": rollout.sticky,
+                "experiment": experiment,
+            }
         else:
             share = rollout.weight if rollout.weight is not None else DEFAULT_SHADOW_PERCENT
             weights = {old: 100.0}
             settings = {"mode": "split", "shadow": {"version": new, "percent": share}}
             settings["sticky"] = None
+            settings["experiment"] = None
         rollout.check_cancelled()
         traffic.route(
             rollout.deployments,
@@ -81,10 +89,13 @@ def _experiment(rollout: Rollout, kind: str) -> int:
         stop_server(rollout, candidate, FAILED)
         raise
     retire_standby(rollout)
-    rollout.deployments.add_event(rollout.name, f"{kind}-started", version=new, share=share)
+    details: dict[str, Any] = {"share": share}
+    if kind == "ab":
+        details["experiment"] = experiment
+    rollout.deployments.add_event(rollout.name, f"{kind}-started", version=new, **details)
     if kind == "ab":
         rollout.notify(
-            f"A/B: {old} {100 - share:g}%, {new} {share:g}%"
+            f"A/B experiment {experiment}: {old} {100 - share:g}%, {new} {share:g}%"
             + (f", sticky by {_describe(rollout.sticky)}" if rollout.sticky else "")
             + f"; send outcomes to POST {http_url(rollout.host, rollout.port)}/feedback "
             f'{{"request_id": ..., "label": 0|1}}; see nbdeploy ab {rollout.name}'
