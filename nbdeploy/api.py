@@ -284,10 +284,11 @@ def requests(
     return reader(name, since=since, until=until, version=version, limit=limit)
 
 
-def rollback(name: str, notify: Notify = _ignore) -> Any:
+def rollback(name: str, notify: Notify = _ignore, to: int | None = None) -> Any:
+    """Serve the previous version of ``name`` again, or its kept version ``to``."""
     from nbdeploy.deployment.verbs import rollback as rollback_deployment
 
-    return rollback_deployment(name, notify=notify)
+    return rollback_deployment(name, notify=notify, to=to)
 
 
 def promote(name: str, notify: Notify = _ignore) -> Any:

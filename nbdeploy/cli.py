@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true", help="with --requests: one per line")
     rollback = commands.add_parser("rollback", help="serve the previous version again")
     rollback.add_argument("name")
+    rollback.add_argument(
+        "--to", type=int, metavar="N", help="a kept version by number (default: the previous)"
+    )
     rollback.add_argument("--json", action="store_true")
     promote = commands.add_parser("promote", help="a canary in progress takes all the traffic now")
     promote.add_argument("name")
@@ -513,7 +516,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from nbdeploy import api
 
-    return _serving_now(args, api.rollback(args.name, notify=_notice))
+    return _serving_now(args, api.rollback(args.name, notify=_notice, to=args.to))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

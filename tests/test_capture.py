@@ -617,3 +617,52 @@ def test_pip_install_lines_are_reported():
         "%pip install lightgbm",
         "!pip install -q 'xgboost==2.0'",
     ]
+
+
+# -- a local module whose file changed since the kernel imported it ------------------------
+def test_what_changed_in_a_module_file_since_its_import_is_named(local_module, tmp_path):
+    from nbdeploy.service.capture import changed_since_import
+
+    source = """
+        import functools
+        from sklearn.base import BaseEstimator, TransformerMixin
+
+        THRESHOLD = 0.5
+        LABELS = ("no", "yes")
+        CACHE = {}  # filled as it runs: not an edit
+
+        def traced(function):
+            @functools.wraps(function)
+            def wrapper(*args):
+                return function(*args)
+            return wrapper
+
+        @traced
+        def label(p):
+            return LABELS[int(p > THRESHOLD)]
+
+        class Scaler(BaseEstimator, TransformerMixin):  # sklearn wraps transform
+            def fit(self, X, y=None):
+                return self
+
+            def transform(self, X):
+                return [[2 * v for v in row] for row in X]
+        """
+    name = local_module(source)
+    module = importlib.import_module(name)
+    module.CACHE["seen"] = 1
+    path = tmp_path / f"{name}.py"
+    assert changed_since_import(name) == []
+    # Moved lines and comments only: not a change.
+    path.write_text("# moved down\n\n" + textwrap.dedent(source))
+    assert changed_since_import(name) == []
+    edited = textwrap.dedent(source).replace("THRESHOLD = 0.5", "THRESHOLD = 0.8")
+    edited = edited.replace("2 * v", "3 * v").replace('"yes"', '"YES"')
+    path.write_text(edited)
+    assert changed_since_import(name) == [
+        f"{name}.Scaler.transform",
+        f"{name}.THRESHOLD",
+        f"{name}.LABELS",
+    ]
+    path.write_text("def broken(:\n")
+    assert changed_since_import(name) == [f"{name} (its file can no longer be read or compiled)"]

@@ -289,8 +289,12 @@ def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, consol
 
     # Roll back: confirm in JupyterLab's dialog, then v1 is live again.
     card.get_by_role("button", name="Roll back predict").click()
-    confirm = page.locator(".jp-Dialog").filter(has_text="Roll predict back?")
+    confirm = page.locator(".jp-Dialog").filter(has_text="Serve an earlier version of predict")
     expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text("v2 serves now")
+    choice = confirm.locator("select.nbdl-rollback-to")
+    expect(choice).to_have_value("1")  # the previous version, named; any kept one can be
+    expect(choice.locator("option")).to_have_count(1)
     confirm.get_by_role("button", name="Rollback predict").click()
     expect(card.locator(".nbdl-message")).to_have_text("rolled back: v1 is live", timeout=60_000)
     expect(card.locator(".nbdl-version")).to_have_text("v1")
@@ -337,9 +341,18 @@ def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
     dialog = page.locator(".nbdl-operation-dialog")
     trees = dialog.locator("input[name='n_estimators']")
     expect(trees).to_have_value("50", timeout=15_000)
+    run = dialog.get_by_role("button", name="Run")
+    trees.fill("")
+    trees.press_sequentially("lots")  # typed, as a user types it
+    expect(trees).to_have_value("lots")
+    expect(dialog.locator(".nbdl-param[data-name='n_estimators'] .nbdl-field-error")).to_have_text(
+        "n_estimators: enter a whole number (int)"
+    )
+    expect(run).to_be_disabled()
     trees.fill("10")
+    expect(run).to_be_enabled()
     dialog.locator("input[id$='-mlflow']").uncheck()
-    dialog.get_by_role("button", name="Run").click()
+    run.click()
     outcome = dialog.locator(".nbdl-outcome")
     expect(outcome).to_contain_text(
         re.compile(r"run [\w-]+ succeeded: accuracy 0\.\d+"), timeout=RUN_SECONDS * 1000

@@ -369,6 +369,22 @@ def test_an_ab_test_is_sticky_takes_feedback_and_decides(deployed, cli):
     assert {ask_as(deployed, "user-1")["x-nbdeploy-version"] for _ in range(10)} == {"v2"}
 
 
+def test_a_rollback_can_go_to_any_kept_version(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
+    nbdeploy.deploy(scaler(4), name="scale", mlflow=False)
+    assert ask(deployed, 1.0)[1] == [4.0]
+    done = cli("rollback", "scale", "--to", "1", "--json")
+    assert done.code == 0, done
+    assert done.json["live_version"] == 1 and ask(deployed, 1.0)[1] == [2.0]
+    missing = cli("rollback", "scale", "--to", "9")
+    assert missing.code != 0 and "scale has no version v9" in missing.err
+    assert "kept versions: v1, v2, v3" in missing.err
+    serving = cli("rollback", "scale", "--to", "1")
+    assert serving.code != 0 and "v1 of scale already serves" in serving.err
+    assert nbdeploy.rollback("scale", to=3).live_version == 3  # forward again, from Python
+    assert ask(deployed, 1.0)[1] == [4.0]
+
+
 def ab_when(cli: Any, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """The A/B report once ``condition`` holds (the router writes its logs out every half
     second)."""

@@ -212,6 +212,8 @@ async def test_invalid_bodies_get_4xx_naming_the_field(jp_fetch: Any, notebook: 
         (("deployments", "x", "weights"), {"weights": {"one": 1}}, 422, "weights"),
         (("deployments", "x", "weights"), {"weights": {"1": 0}}, 422, "weights"),
         (("deployments", "x", "weights"), {"split": {}}, 422, "weights"),
+        (("deployments", "x", "rollback"), {"to": 0}, 422, "to"),
+        (("deployments", "x", "rollback"), {"to": "latest"}, 422, "to"),
     ]
     for parts, body, status, field in cases:
         code, error = await call(jp_fetch, *parts, method="POST", body=body)

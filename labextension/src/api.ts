@@ -41,6 +41,8 @@ export interface IVersion {
 export interface IDeploymentDetail extends IDeployment {
   versions: IVersion[];
   rollout: Record<string, unknown> | null;
+  /** The version a rollback serves by default (the one before the live one). */
+  rollback_to?: number | null;
 }
 
 export interface IRun {
@@ -231,7 +233,8 @@ export const api = {
   deploy: (request: IDeployRequest): Promise<{ operation: IOperation }> =>
     post('deployments', request),
   stop: (name: string): Promise<IDeployment> => post(`deployments/${enc(name)}/stop`),
-  rollback: (name: string): Promise<IDeployment> => post(`deployments/${enc(name)}/rollback`),
+  rollback: (name: string, to?: number): Promise<IDeployment> =>
+    post(`deployments/${enc(name)}/rollback`, to ? { to } : {}),
   promote: (name: string): Promise<IDeployment> => post(`deployments/${enc(name)}/promote`),
   weights: (name: string, weights: Record<string, number>): Promise<IDeployment> =>
     post(`deployments/${enc(name)}/weights`, { weights }),

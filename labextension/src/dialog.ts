@@ -128,6 +128,14 @@ export class OperationBody extends Widget {
     this.formArea.replaceChildren(...children);
     this.formArea.removeAttribute('aria-busy');
     this.loaded = true;
+    // The accept button (Deploy, Run) only while every value fits its parameter.
+    const refresh = () => {
+      if (!this.running && !this.finished) {
+        this.dialog?.setAcceptEnabled(this.form?.isValid() ?? true);
+      }
+    };
+    this.formArea.addEventListener('input', refresh);
+    this.formArea.addEventListener('change', refresh);
     const first = this.formArea.querySelector<HTMLElement>('input, select, textarea');
     first?.focus();
   }

@@ -213,20 +213,14 @@ export class ParameterField {
       area.placeholder = kind === 'list' ? '[1, 2, 3]' : '{"key": "value"}';
       return area;
     }
-    const type =
-      kind === 'int' || kind === 'float'
-        ? 'number'
-        : kind === 'date'
-          ? 'date'
-          : kind === 'datetime'
-            ? 'datetime-local'
-            : 'text';
+    // Numbers are text fields with a numeric keyboard: a browser's number field hides what
+    // was typed when it is not a number ("lots" reads as empty), and the check below must
+    // see it to refuse it.
+    const type = kind === 'date' ? 'date' : kind === 'datetime' ? 'datetime-local' : 'text';
     const input = h('input', { id, name, type, class: 'jp-mod-styled' });
     if (kind === 'int') {
-      input.step = '1';
       input.inputMode = 'numeric';
     } else if (kind === 'float') {
-      input.step = 'any';
       input.inputMode = 'decimal';
     } else if (kind === 'datetime') {
       input.step = '1';
@@ -257,16 +251,14 @@ export class ParameterField {
     }
     switch (kind) {
       case 'int': {
-        const bad = (input as HTMLInputElement).validity?.badInput;
-        if (bad || !/^[-+]?\d+$/.test(text)) {
+        if (!/^[-+]?\d+$/.test(text)) {
           throw new Invalid('enter a whole number (int)');
         }
         return Number(text);
       }
       case 'float': {
-        const bad = (input as HTMLInputElement).validity?.badInput;
         const number = Number(text);
-        if (bad || text === '' || !Number.isFinite(number)) {
+        if (!/^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(text) || !Number.isFinite(number)) {
           throw new Invalid('enter a number (float), e.g. 0.25');
         }
         return number;
@@ -327,6 +319,9 @@ export class ParameterField {
   }
 
   showError(message: string | null): void {
+    // The field's own validity too: JupyterLab's dialog keeps its accept button disabled
+    // while a field of its body is invalid.
+    (this.input as HTMLInputElement).setCustomValidity?.(message ?? '');
     this.message.textContent = message ?? '';
     this.node.classList.toggle('nbdl-invalid', message !== null);
     if (message === null) {
@@ -397,6 +392,11 @@ export class ParameterForm {
       return undefined;
     }
     return Object.keys(values).length ? values : null;
+  }
+
+  /** No field shows an error (each checks itself as it is edited). */
+  isValid(): boolean {
+    return this.fields.every(field => !field.node.classList.contains('nbdl-invalid'));
   }
 
   /** Show a server's message at its parameter when it names one; true when it did. */

@@ -6,7 +6,7 @@ import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
-import { api, describeError, IDeployment, IRun } from './api';
+import { api, describeError, IDeployment, IDeploymentDetail, IRun } from './api';
 import {
   copyButton,
   formatMs,
@@ -45,8 +45,7 @@ const ACTIONS: Record<Action, { verb: string; done: string; confirm?: (name: str
     },
     rollback: {
       verb: 'Rollback',
-      done: 'rolled back',
-      confirm: name => `Roll ${name} back? The previous version takes all the traffic again.`
+      done: 'rolled back' // asks which version first (chooseRollback)
     },
     promote: {
       verb: 'Promote',
@@ -200,10 +199,59 @@ class DeploymentCard {
     this.message.setAttribute('role', error ? 'alert' : 'status');
   }
 
+  /** Ask which kept version a rollback serves (the previous one chosen); null: cancelled. */
+  private async chooseRollback(name: string): Promise<number | null | undefined> {
+    let detail: IDeploymentDetail;
+    try {
+      detail = await api.deployment(name);
+    } catch (error) {
+      this.say(`Could not read ${name}: ${describeError(error)}`, true);
+      return null;
+    }
+    const kept = [...detail.versions]
+      .filter(version => version.version !== detail.live_version || detail.status === 'stopped')
+      .reverse();
+    if (!kept.length) {
+      return undefined; // the server says why (nothing to roll back to, an experiment ends)
+    }
+    const select = h('select', { class: 'jp-mod-styled nbdl-rollback-to', 'aria-label': 'version' });
+    for (const version of kept) {
+      const option = h('option', {
+        value: String(version.version),
+        text: `v${version.version} · ${timeAgo(version.created_at)}${version.function ? ` · ${version.function}` : ''}`
+      });
+      option.selected = version.version === (detail.rollback_to ?? kept[0].version);
+      select.append(option);
+    }
+    const body = new Widget({
+      node: h(
+        'div',
+        { class: 'nbdl-rollback' },
+        h('p', {
+          text: `Serve an earlier version of ${name} again (v${detail.live_version ?? '?'} serves now). No rebuild: it takes all the traffic once it is ready.`
+        }),
+        h('label', {}, h('span', { text: 'version ' }), select)
+      )
+    });
+    const answer = await showDialog({
+      title: `Rollback ${name}`,
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Rollback', ariaLabel: `Rollback ${name}` })]
+    });
+    return answer.button.accept ? Number(select.value) : null;
+  }
+
   async act(action: Action): Promise<void> {
     const name = this.deployment.name;
     const { verb, done, confirm } = ACTIONS[action];
-    if (confirm) {
+    let to: number | undefined;
+    if (action === 'rollback') {
+      const chosen = await this.chooseRollback(name);
+      if (chosen === null) {
+        return;
+      }
+      to = chosen;
+    } else if (confirm) {
       const answer = await showDialog({
         title: `${verb} ${name}`,
         body: confirm(name),
@@ -220,7 +268,7 @@ class DeploymentCard {
     this.enableButtons();
     this.say(`${verb.toLowerCase()}…`);
     try {
-      const result = await api[action](name);
+      const result = action === 'rollback' ? await api.rollback(name, to) : await api[action](name);
       this.update(result);
       const live = result.status !== 'stopped' && result.live_version;
       this.say(live ? `${done}: v${result.live_version} is live` : done);

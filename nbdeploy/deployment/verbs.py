@@ -571,14 +571,21 @@ def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> No
 
 
 # -- the verbs that move traffic (done by the daemon: traffic.rollouts) -----------------
-def rollback(name: str, store: StateStore | None = None, notify: Notify = _ignore) -> Deployment:
-    """Serve the version that was live before the current one (no rebuild): at once when
-    it is still warm, else started beside the current one first (blue-green)."""
+def rollback(
+    name: str,
+    store: StateStore | None = None,
+    notify: Notify = _ignore,
+    to: int | None = None,
+) -> Deployment:
+    """Serve the version that was live before the current one, or kept version ``to`` (no
+    rebuild): at once when it is still warm, else started beside the current one first
+    (blue-green)."""
     from nbdeploy.deployment.runtime import client
 
     deployments = DeploymentStore(store or default_store())
     deployments.get(name)
-    client.call("rollback", name, notify=notify, home=client.home_of(store))
+    args = {"to": int(to)} if to is not None else {}
+    client.call("rollback", name, args, notify=notify, home=client.home_of(store))
     return deployments.get(name)
 
 

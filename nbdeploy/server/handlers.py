@@ -30,6 +30,7 @@ from nbdeploy.server.child import run_in_child
 from nbdeploy.server.errors import ApiError, from_nbdeploy_error
 from nbdeploy.server.models import (
     DeployBody,
+    RollbackBody,
     RunBody,
     WeightsBody,
     check_deployment_name,
@@ -162,6 +163,10 @@ class DeploymentActionHandler(NbdeployHandler):
     async def post(self, name: str, action: str) -> None:
         name = self.name_of(name)
         self.operations.refuse_if_busy(name)
+        if action == "rollback" and self.request.body.strip():
+            body: RollbackBody = self.body_of(RollbackBody)
+            self.reply(await self.call(views.rollback, name, body.to))
+            return
         self.reply(await self.call(ACTIONS[action], name))
 
 

@@ -78,6 +78,13 @@ class RunBody(_Body):
         return value
 
 
+class RollbackBody(_Body):
+    """POST deployments/NAME/rollback: ``{"to": N}`` for a kept version (default, or an
+    empty body: the previous one)."""
+
+    to: int | None = Field(default=None, ge=1)
+
+
 class WeightsBody(_Body):
     """POST deployments/NAME/weights: percentages by version, ``{"1": 90, "2": 10}``."""
 

@@ -83,7 +83,17 @@ def deployment(name: str) -> dict[str, Any]:
         data["rollout"] = api.rollout_state(name)
     except NbdeployError:
         data["rollout"] = None
+    data["rollback_to"] = _rollback_target(name, current.live_version)
     return data
+
+
+def _rollback_target(name: str, live: int | None) -> int | None:
+    """The version ``nbdeploy rollback NAME`` would serve (the one before the live one)."""
+    from nbdeploy.deployment.store import DeploymentStore
+    from nbdeploy.deployment.traffic.rollouts import previous_version
+    from nbdeploy.store import default_store
+
+    return previous_version(DeploymentStore(default_store()), name, live)
 
 
 def deployment_dict(current: Any) -> dict[str, Any]:
@@ -203,10 +213,10 @@ def stop(name: str) -> dict[str, Any]:
     return deployment_dict(api.stop(name))
 
 
-def rollback(name: str) -> dict[str, Any]:
+def rollback(name: str, to: int | None = None) -> dict[str, Any]:
     from nbdeploy import api
 
-    return deployment_dict(api.rollback(name))
+    return deployment_dict(api.rollback(name, to=to))
 
 
 def promote(name: str) -> dict[str, Any]:

@@ -343,17 +343,31 @@ def _code_key(code: types.CodeType) -> tuple[Any, ...]:
 
 def _loaded_code(module: types.ModuleType, module_name: str) -> Iterable[tuple[str, Any]]:
     """The code objects of the functions, and of the methods of the classes, defined in
-    ``module`` as the kernel loaded it."""
+    ``module``'s file as the kernel loaded it (a decorator's wrapper is looked through;
+    code from another file, such as a wrapper a base class puts around a method, is left
+    out: it is not in this file to compare with)."""
+    file = str(getattr(module, "__file__", ""))
+
+    def code_of(value: Any) -> types.CodeType | None:
+        try:
+            function = inspect.unwrap(getattr(value, "__func__", value))
+        except Exception:  # a cycle of __wrapped__, an object whose attributes raise
+            return None
+        code = getattr(function, "__code__", None)
+        if isinstance(function, types.FunctionType) and code is not None:
+            return code if code.co_filename == file else None
+        return None
+
     for attribute, value in list(vars(module).items()):
         if getattr(value, "__module__", None) != module_name:
             continue
-        if isinstance(value, types.FunctionType):
-            yield f"{module_name}.{attribute}", value.__code__
-        elif isinstance(value, type):
+        if isinstance(value, type):
             for member, item in list(vars(value).items()):
-                function = getattr(item, "__func__", item)
-                if isinstance(function, types.FunctionType):
-                    yield f"{module_name}.{attribute}.{member}", function.__code__
+                code = code_of(item)
+                if code is not None:
+                    yield f"{module_name}.{attribute}.{member}", code
+        elif (code := code_of(value)) is not None:
+            yield f"{module_name}.{attribute}", code
 
 
 def _literal_assignments(tree: ast.Module) -> dict[str, Any]:

@@ -107,7 +107,8 @@ def stop(daemon: Daemon, job: Job) -> dict[str, Any]:
 def rollback(daemon: Daemon, job: Job) -> dict[str, Any]:
     from nbdeploy.deployment.traffic.rollouts import roll_back
 
-    roll_back(_deployments(), job.name, job.notify)
+    to = job.args.get("to")
+    roll_back(_deployments(), job.name, job.notify, to=int(to) if to is not None else None)
     return _outcome(job.name)
 
 

@@ -165,8 +165,11 @@ def new_key(deployments: DeploymentStore, name: str) -> str:
     return key
 
 
-def roll_back(deployments: DeploymentStore, name: str, notify: Notify = _ignore) -> Deployment:
-    """In the daemon: what :func:`rollback` asks for."""
+def roll_back(
+    deployments: DeploymentStore, name: str, notify: Notify = _ignore, to: int | None = None
+) -> Deployment:
+    """In the daemon: what :func:`rollback` asks for (``to``: a kept version by number;
+    default: the one that served before the live one)."""
     from nbdeploy.deployment.traffic.strategies import canary
 
     current = deployments.get(name)
@@ -174,11 +177,13 @@ def roll_back(deployments: DeploymentStore, name: str, notify: Notify = _ignore)
     if ended is not None:  # a canary in progress: its stable version keeps all traffic
         notify(f"canary v{ended.version} {ended.status}: {ended.reason or ''}".rstrip(": "))
         return deployments.get(name)
-    if _end_experiment(deployments, current, notify):
+    if to is None and _end_experiment(deployments, current, notify):
         return deployments.get(name)
-    target = previous_version(deployments, name, current.live_version)
+    target = previous_version(deployments, name, current.live_version) if to is None else to
     if target is None:
         raise DeployError(f"{name} has no earlier version to roll back to")
+    if to is not None:
+        _check_rollback_target(deployments, name, current, to)
     version = deployments.version(name, target)
     with deployment_lock(name, notify):
         deployment = switch_to(
@@ -318,6 +323,19 @@ def split_traffic(
         )
         deployments.add_event(name, "weights", weights=dict(weights))
     return deployments.get(name)
+
+
+def _check_rollback_target(
+    deployments: DeploymentStore, name: str, current: Deployment, to: int
+) -> None:
+    kept = [v.version for v in deployments.versions(name)]
+    if to not in kept:
+        raise DeployError(
+            f"{name} has no version v{to}",
+            f"kept versions: {', '.join(f'v{v}' for v in kept) or 'none'} (nbdeploy show {name})",
+        )
+    if to == current.live_version and current.status == SERVING:
+        raise DeployError(f"v{to} of {name} already serves")
 
 
 def previous_version(deployments: DeploymentStore, name: str, live: int | None) -> int | None:
