@@ -54,11 +54,27 @@ def runs_dir() -> Path:
 
 
 def mlflow_tracking_uri() -> str:
-    """The user's ``MLFLOW_TRACKING_URI`` when set, else a SQLite store under NBDEPLOY_HOME."""
+    """The user's ``MLFLOW_TRACKING_URI`` when set (a relative path made absolute: MLflow's
+    helper process runs in NBDEPLOY_HOME), else a SQLite store under NBDEPLOY_HOME."""
     configured = os.environ.get(MLFLOW_URI_ENV)
     if configured:
-        return configured
+        return absolute_uri(configured)
     return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A tracking URI whose local path is relative (``./mlruns``, ``file:mlruns``,
+    ``sqlite:///mlflow.db``) as an absolute one, from the current folder; others as given."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///") :]
+        return f"sqlite:///{Path(path).resolve()}" if path and path != ":memory:" else uri
+    if uri.split(":")[0] in ("databricks", "databricks-uc", "uc"):
+        return uri  # MLflow's names of hosted stores, not paths
+    if "://" not in uri and not uri.startswith("file:"):
+        return Path(uri).resolve().as_uri()  # a plain path
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return Path(uri[len("file:") :]).resolve().as_uri()
+    return uri
 
 
 def mlflow_artifact_root() -> str:

@@ -255,6 +255,8 @@ def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, consol
     expect(dialog.locator("input[name='test_size']")).to_have_value("0.25")
     expect(dialog.locator("select[id$='-function']")).to_have_value("predict")
     expect(dialog.locator("select[id$='-strategy']")).to_have_value("blue-green")
+    # The training inputs are offered as the reference (drift and input checks).
+    expect(dialog.locator("select[id$='-reference']")).to_have_value("X_train")
     # A value that does not fit its type is refused at its field, before any request.
     trees.fill("2.5")
     expect(dialog.locator(".nbdl-param[data-name='n_estimators'] .nbdl-field-error")).to_have_text(
@@ -281,6 +283,8 @@ def test_deploy_from_the_toolbar_then_roll_back(lab, first_version, page, consol
     expect(dialog).to_be_hidden()
     status, runs = api(lab, "GET", "runs?limit=5")
     assert status == 200 and runs[0]["parameters"].get("n_estimators") == 30, runs
+    status, metrics = api(lab, "GET", "deployments/predict/metrics")
+    assert status == 200 and metrics["reference"] is True, metrics  # v2 has its reference
 
     panel = open_panel(page)
     card = panel.locator(".nbdl-card[data-name='predict']")

@@ -369,6 +369,22 @@ def test_an_ab_test_is_sticky_takes_feedback_and_decides(deployed, cli):
     assert {ask_as(deployed, "user-1")["x-nbdeploy-version"] for _ in range(10)} == {"v2"}
 
 
+def test_status_shows_the_latest_rollout_not_a_replaced_one(deployed, cli):
+    nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="canary", interval=600)
+    assert cli("promote", "scale").code == 0
+    shown = cli("status", "scale").out
+    assert "canary v2: promoted" in shown and "canary-promoted" in shown
+    assert cli("stop", "scale").code == 0
+    shown = cli("status", "scale").out
+    assert "canary v2" not in shown and "canary-promoted" not in shown and "stopped" in shown
+    nbdeploy.deploy(scaler(4), name="scale", mlflow=False)
+    shown = cli("status", "scale").out
+    assert "canary" not in shown, shown  # a newer rollout replaced it
+    rollout = nbdeploy.api.rollout_state("scale")
+    assert rollout["canary"] is None
+    assert [e["kind"] for e in rollout["events"]] == ["switched"]
+
+
 def test_a_rollback_can_go_to_any_kept_version(deployed, cli):
     nbdeploy.deploy(scaler(3), name="scale", mlflow=False)
     nbdeploy.deploy(scaler(4), name="scale", mlflow=False)

@@ -247,6 +247,23 @@ def test_run_is_recorded_in_mlflow(make_notebook, cli, home):
     artifacts = [a.path for a in client.list_artifacts(mlflow_id, "notebook")]
     assert artifacts == ["notebook/tracked.ipynb"]
     assert (home / "mlartifacts").is_dir()  # not ./mlruns in the working directory
+    assert not (nb.parent / "mlruns").exists()
+
+
+def test_a_relative_mlflow_uri_means_the_folder_it_was_given_in(tmp_path, monkeypatch):
+    from nbdeploy import config
+
+    monkeypatch.chdir(tmp_path)
+    for given, expected in [
+        ("sqlite:///mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        ("./mlruns", (tmp_path / "mlruns").as_uri()),
+        ("file:mlruns", (tmp_path / "mlruns").as_uri()),
+        ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+        ("databricks", "databricks"),
+    ]:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
+        assert config.mlflow_tracking_uri() == expected, given
 
 
 def test_log_output_streams_cell_output(make_notebook, cli):

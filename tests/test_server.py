@@ -401,6 +401,11 @@ async def test_run_a_notebook_and_a_sweep_through_the_api(jp_fetch: Any, noteboo
     html = page.body.decode()
     assert "Parameters injected by nbdeploy" in html and ">4.5<" in html
     assert "<script" not in html.lower()
+    assert "--jp-layout-color0: white" in html  # light unless the page asks for dark
+    dark = await jp_fetch("nbdeploy", "api", "runs", run_id, "output", params={"theme": "dark"})
+    assert "--jp-layout-color0: #111" in dark.body.decode()
+    code, refused = await call(jp_fetch, "runs", run_id, "output", params={"theme": "neon"})
+    assert code == 422 and refused["field"] == "theme", refused
     code, missing = await call(jp_fetch, "runs", "no-such-run", "output")
     assert code == 404, missing
 
@@ -425,3 +430,14 @@ async def test_a_failing_run_fails_its_operation_with_the_cell(
     done = await wait_for(jp_fetch, started["operation"])
     assert done["status"] == "failed" and "bad data" in done["error"]["error"], done
     assert done["result"]["status"] == "failed"
+
+
+def test_the_deploy_form_offers_the_training_inputs_as_reference() -> None:
+    from nbdeploy.notebook.reader import read_notebook
+    from nbdeploy.server.views import reference_candidates
+
+    example = Path(__file__).resolve().parent.parent / "example_notebooks" / "train.ipynb"
+    found = reference_candidates(read_notebook(example))
+    assert found[0] == "X_train", found
+    assert found.index("X_test") < found.index("y_train")  # labels last
+    assert not {"n_estimators", "max_depth"} & set(found)  # parameters are not inputs

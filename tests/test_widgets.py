@@ -477,3 +477,37 @@ def test_an_interrupt_during_the_example_call_says_the_deploy_had_completed():
         interrupt.cancel()
         server.shutdown()
         server.server_close()
+
+
+def test_the_card_follows_its_canary_until_it_ends(monkeypatch):
+    from nbdeploy.widgets import card as cards
+
+    monkeypatch.setattr(cards, "WATCH_EVERY_SECONDS", 0.01)
+    plan = {"version": 7, "status": "running", "steps": [10.0, 50.0, 100.0], "step": 1}
+    states = [
+        {"canary": dict(plan)},
+        {"canary": {**plan, "status": "rolled back", "reason": "errors 30.5% > 1%"}},
+    ]
+    read: list[str] = []
+
+    def state(name: str) -> dict[str, Any]:
+        read.append(name)
+        return states[min(len(read) - 1, 1)]
+
+    card = cards.DeploymentCard("<b>card</b>", "churn")
+    try:
+        card.watch_canary(7, state=state)
+        assert card._watcher is not None
+        card._watcher.join(5)
+        assert not card._watcher.is_alive()  # it ends with the canary
+        line = card.rollout_html.value
+        assert "canary v7 rolled back: errors 30.5% &gt; 1%" in line
+        assert "nbd-bad" in line and 'role="alert"' in line
+        assert card.show_rollout({"canary": plan}, 7)
+        assert "canary v7: 50% of traffic (step 2 of 3)" in card.rollout_html.value
+        assert not card.show_rollout({"canary": {**plan, "status": "promoted"}}, 7)
+        assert "nbd-good" in card.rollout_html.value
+        assert not card.show_rollout({"canary": None}, 7)
+        assert "replaced by a newer rollout" in card.rollout_html.value
+    finally:
+        card.close()

@@ -71,6 +71,8 @@ export interface INotebookParams {
   path: string;
   parameters: IParameter[];
   functions: FunctionInfo[];
+  /** Variables the notebook assigns that could hold its training inputs, likeliest first. */
+  references?: string[];
 }
 
 export interface IOperation {
@@ -94,6 +96,8 @@ export interface IDeployRequest {
   mlflow?: boolean;
   /** Take over a name another notebook serves (the server refuses with 409 otherwise). */
   replace?: boolean;
+  /** The variable with the training inputs: drift and input-quality monitoring. */
+  reference?: string | null;
 }
 
 export interface IRunRequest {

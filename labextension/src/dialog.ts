@@ -42,6 +42,7 @@ export class OperationBody extends Widget {
   private functionSelect: HTMLSelectElement | null = null;
   private nameInput: HTMLInputElement | null = null;
   private strategySelect: HTMLSelectElement | null = null;
+  private referenceSelect: HTMLSelectElement | null = null;
   private mlflowInput: HTMLInputElement | null = null;
   private readonly formArea: HTMLDivElement;
   private readonly progress: HTMLProgressElement;
@@ -108,7 +109,7 @@ export class OperationBody extends Widget {
     this.form = new ParameterForm(info.parameters, this.prefix);
     const children: HTMLElement[] = [];
     if (this.kind === 'deploy') {
-      children.push(this.deployOptions(info.functions));
+      children.push(this.deployOptions(info.functions, info.references ?? []));
     }
     children.push(this.form.node);
     if (this.kind === 'run') {
@@ -140,7 +141,7 @@ export class OperationBody extends Widget {
     first?.focus();
   }
 
-  private deployOptions(functions: FunctionInfo[]): HTMLElement {
+  private deployOptions(functions: FunctionInfo[], references: string[]): HTMLElement {
     const names = functions.map(f => (typeof f === 'string' ? f : f.name));
     const id = (part: string) => `${this.prefix}-${part}`;
     this.functionSelect = h('select', { id: id('function'), class: 'jp-mod-styled' });
@@ -179,6 +180,18 @@ export class OperationBody extends Widget {
     this.strategySelect.addEventListener('change', () => {
       strategyHelp.textContent = STRATEGY_HELP[this.strategySelect?.value ?? ''] ?? '';
     });
+    this.referenceSelect = h('select', {
+      id: id('reference'),
+      class: 'jp-mod-styled',
+      'aria-describedby': id('reference-help')
+    });
+    this.referenceSelect.append(h('option', { value: '', text: 'none' }));
+    const likely = references.find(name => /train/i.test(name));
+    for (const name of references) {
+      const option = h('option', { value: name, text: name });
+      option.selected = name === likely;
+      this.referenceSelect.append(option);
+    }
     this.mlflowInput = h('input', { type: 'checkbox', id: id('mlflow') });
     this.mlflowInput.checked = true;
     const row = (label: string, input: HTMLElement, ...rest: HTMLElement[]) =>
@@ -204,7 +217,16 @@ export class OperationBody extends Widget {
         }),
         h('div', { class: 'nbdl-field-error', id: id('name-error'), 'aria-live': 'polite' })
       ),
-      row('strategy', this.strategySelect, strategyHelp)
+      row('strategy', this.strategySelect, strategyHelp),
+      row(
+        'reference',
+        this.referenceSelect,
+        h('div', {
+          class: 'nbdl-help',
+          id: id('reference-help'),
+          text: 'the training inputs (a DataFrame or array): requests are checked against them and drift is watched; none: neither'
+        })
+      )
     );
   }
 
@@ -252,6 +274,7 @@ export class OperationBody extends Widget {
           function: this.functionSelect?.value || null,
           parameters,
           strategy: this.strategySelect?.value || null,
+          reference: this.referenceSelect?.value || null,
           ...(mlflow ? {} : { mlflow: false }),
           ...(replace ? { replace: true } : {})
         }));

@@ -119,12 +119,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openRunOutput: (runId, title) => {
         // The server renders the notebook to static HTML; the frame runs no script.
         const frame = new IFrame({ sandbox: [] });
-        frame.url = URLExt.join(
-          PageConfig.getBaseUrl(),
-          'nbdeploy/api/runs',
-          encodeURIComponent(runId),
-          'output'
-        );
+        // In the page's theme: a white page inside JupyterLab Dark would glare.
+        const dark = document.body.dataset.jpThemeLight === 'false';
+        frame.url =
+          URLExt.join(PageConfig.getBaseUrl(), 'nbdeploy/api/runs', encodeURIComponent(runId), 'output') +
+          (dark ? '?theme=dark' : '');
         const widget = new MainAreaWidget({ content: frame });
         widget.id = `nbdeploy-run-output-${runId}`;
         widget.title.label = title;

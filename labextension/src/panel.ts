@@ -429,9 +429,16 @@ export class DeploymentsPanel extends Widget {
     this.poll = new Poll({
       factory: () => this.load(),
       frequency: { interval: REFRESH_MS, backoff: true, max: 30_000 },
-      standby: 'when-hidden',
+      // Nothing is asked while the sidebar is closed (after the first load) or the page
+      // is in the background; opening it refreshes at once.
+      standby: () =>
+        (!this.isVisible && this.cards.size + this.runs.size > 0) || document.visibilityState === 'hidden',
       name: 'nbdeploy:deployments'
     });
+  }
+
+  protected onAfterShow(): void {
+    void this.poll.refresh();
   }
 
   /** Load now (after an action or a deploy). */

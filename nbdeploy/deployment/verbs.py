@@ -74,6 +74,7 @@ class DeployResult:
             "inputs": self.version.schema.get("inputs", []),
             "example": self.example or self.version.schema.get("example"),
             "status": self.deployment.status,
+            "strategy": self.deployment.strategy,
             "bento": self.version.bento_tag,
             "built": self.built,
             "requirements": self.requirements,
@@ -623,9 +624,27 @@ def rotate_key(name: str, store: StateStore | None = None) -> str:
     return key
 
 
+ROLLOUT_STARTS = frozenset({"canary-started", "ab-started", "shadow-started", "stopped"})
+
+
+def current_rollout(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events (newest first) of the latest rollout: back to the one that began it (a
+    deploy's switch, a canary, A/B or shadow start, a stop), so that what a newer rollout
+    replaced is not shown as if it were current."""
+    kept = []
+    for event in events:
+        kept.append(event)
+        began = event["kind"] in ROLLOUT_STARTS or (
+            event["kind"] == "switched" and event.get("strategy") not in ("canary", "ab", "shadow")
+        )
+        if began:
+            break
+    return kept
+
+
 def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
-    """What traffic does now, and the last rollouts: the split, a canary in progress or
-    its outcome, and the deployment's latest events (newest first)."""
+    """What traffic does now, and the latest rollout: the split, its canary (running, or how
+    it ended, with the reason) and its events (newest first)."""
     from dataclasses import asdict
 
     from nbdeploy.deployment import traffic
@@ -635,6 +654,11 @@ def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
     deployments.get(name)
     config = traffic.read_config(name)
     plan = canary.read_plan(name)
+    events = current_rollout(deployments.events(name, 50))
+    if plan is not None and not any(
+        e["kind"] == "canary-started" and e.get("version") == plan.version for e in events
+    ):
+        plan = None  # the canary of an earlier rollout
     return {
         "split": traffic.describe_split(name),
         "mode": config.get("mode", "split"),
@@ -642,5 +666,5 @@ def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
         "sticky": config.get("sticky"),
         "auth": "key" if config.get("key_sha256") else "none",
         "canary": asdict(plan) if plan is not None else None,
-        "events": deployments.events(name, 10),
+        "events": events[:10],
     }

@@ -35,6 +35,9 @@ class TrackingWorker:
         log = open_private(config.home() / "mlflow-worker.log", "ab")  # held by the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nbdeploy.pipeline.tracking_worker"],
+            # In nbdeploy's home: whatever MLflow writes to a relative place (./mlruns)
+            # lands there, never beside the notebook.
+            cwd=config.home(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,

@@ -230,7 +230,8 @@ class RunOutputHandler(NbdeployHandler):
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
-        html = await self.call(views.run_output_html, run_id)
+        theme = self.get_query_argument("theme", "light")
+        html = await self.call(views.run_output_html, run_id, theme)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.set_header(
             "Content-Security-Policy",

@@ -40,6 +40,14 @@ class DeployBody(_Body):
     strategy: str | None = None
     mlflow: bool = True
     replace: bool = False  # take over a name another notebook deployed
+    reference: str | None = None  # the variable with the training inputs (drift, input checks)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        if value is not None and not value.isidentifier():
+            raise ValueError(f"{value!r} is not a Python variable name")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -270,35 +270,50 @@ def _finite(value: Any) -> Any:
 
 # -- notebooks ---------------------------------------------------------------------------
 def notebook_params(path: Path, shown: str) -> dict[str, Any]:
-    """``GET notebooks/params``: typed parameters and the functions a deploy could serve."""
+    """``GET notebooks/params``: typed parameters, the functions a deploy could serve, and
+    the variables that could be its reference (the training inputs)."""
     from nbdeploy import api
     from nbdeploy.notebook.reader import read_notebook
 
+    notebook = read_notebook(path)
     return {
         "path": shown,
         "parameters": [parameter.to_dict() for parameter in api.params(path)],
-        "functions": notebook_functions(read_notebook(path)),
+        "functions": notebook_functions(notebook),
+        "references": reference_candidates(notebook),
     }
 
 
-def notebook_functions(notebook: Any) -> list[str]:
-    """Top-level functions defined in the notebook's code cells (not those tagged
-    ``nbdeploy:skip``), the entry function a deploy picks by default first."""
-    from nbdeploy.deployment.verbs import serve_function_name
-    from nbdeploy.notebook.reader import SKIP_TAG, cell_source, cell_tags
+def _code_trees(notebook: Any, parameters: bool = True) -> list[ast.Module]:
+    """The parsed code cells (not those tagged ``nbdeploy:skip``, nor the parameters cell
+    unless ``parameters``; magics and shell lines blanked; a cell that does not parse left
+    out)."""
+    from nbdeploy.notebook.reader import PARAMETERS_TAG, SKIP_TAG, cell_source, cell_tags
 
-    names: list[str] = []
+    trees = []
     for cell in notebook.cells:
         if cell.get("cell_type") != "code" or SKIP_TAG in cell_tags(cell):
+            continue
+        if not parameters and PARAMETERS_TAG in cell_tags(cell):
             continue
         source = "\n".join(
             "" if line.lstrip().startswith(("%", "!")) else line
             for line in cell_source(cell).splitlines()
         )
         try:
-            tree = ast.parse(source)
+            trees.append(ast.parse(source))
         except SyntaxError:
             continue
+    return trees
+
+
+def notebook_functions(notebook: Any) -> list[str]:
+    """Top-level functions defined in the notebook's code cells (not those tagged
+    ``nbdeploy:skip``), the entry function a deploy picks by default first."""
+    from nbdeploy.deployment.verbs import serve_function_name
+
+    names: list[str] = []
+    for tree in _code_trees(notebook):
         for node in tree.body:
             if (
                 isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
@@ -311,6 +326,38 @@ def notebook_functions(notebook: Any) -> list[str]:
         names.remove(entry)
         names.insert(0, entry)
     return names
+
+
+_TRAINING_NAME = re.compile(r"(^x(_|$)|train|features?$|^df$|frame)", re.IGNORECASE)
+
+
+def reference_candidates(notebook: Any) -> list[str]:
+    """Top-level names the notebook assigns (``X_train, X_test, ... = ...`` included) that
+    could hold its training inputs, the likeliest first (X_train, features, ...). What they
+    hold is checked when the deploy runs: a DataFrame or an array."""
+    names: list[str] = []
+    for tree in _code_trees(notebook, parameters=False):
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            for target in targets:
+                for name in ast.walk(target):
+                    if (
+                        isinstance(name, ast.Name)
+                        and not name.id.startswith("_")
+                        and name.id not in names
+                    ):
+                        names.append(name.id)
+
+    def rank(name: str) -> int:
+        if name.lower().startswith("y"):
+            return 3  # labels
+        if "train" in name.lower():
+            return 0
+        return 1 if _TRAINING_NAME.search(name) else 2
+
+    return sorted(names, key=rank)  # stable: in the notebook's order within a rank
 
 
 # -- deploys -----------------------------------------------------------------------------
@@ -353,7 +400,9 @@ def deploy(path: Path, body: DeployBody, name: str, operation: Operation) -> dic
     from nbdeploy.deployment.options import DeployOptions
     from nbdeploy.deployment.verbs import deploy_notebook
 
-    options = DeployOptions(name=name, mlflow=body.mlflow, replace=body.replace)
+    options = DeployOptions(
+        name=name, mlflow=body.mlflow, replace=body.replace, reference=body.reference
+    )
     if body.strategy:
         options.strategy = body.strategy
     _, result = deploy_notebook(
@@ -445,10 +494,14 @@ def runs(limit: int) -> list[dict[str, Any]]:
     return [_finite(record.to_dict()) for record in api.runs(limit=limit)]
 
 
-def run_output_html(run_id: str) -> str:
-    """``GET runs/ID/output``: the run's output notebook as static HTML (nbconvert), for
-    the sidebar to show when the notebook lies outside the server's root (run folders live
-    in NBDEPLOY_HOME). The path comes from nbdeploy's own run record, never a request."""
+OUTPUT_THEMES = ("light", "dark")
+
+
+def run_output_html(run_id: str, theme: str = "light") -> str:
+    """``GET runs/ID/output[?theme=dark]``: the run's output notebook as static HTML
+    (nbconvert), in the light or dark theme of the page that shows it, for the sidebar to
+    show when the notebook lies outside the server's root (run folders live in
+    NBDEPLOY_HOME). The path comes from nbdeploy's own run record, never a request."""
     from nbconvert import HTMLExporter
 
     from nbdeploy import api
@@ -462,7 +515,9 @@ def run_output_html(run_id: str) -> str:
             None,
             "a run writes it as its cells execute; a run that never started has none",
         )
-    body, _ = HTMLExporter(template_name="lab").from_filename(str(path))
+    if theme not in OUTPUT_THEMES:
+        raise ApiError(422, f"theme {theme!r}: light or dark", "theme")
+    body, _ = HTMLExporter(template_name="lab", theme=theme).from_filename(str(path))
     # A static page: the template's scripts (require.js, MathJax from a CDN) and any an
     # output carries would not run in the sandboxed frame anyway.
     return _SCRIPT.sub("", str(body))

@@ -1,11 +1,22 @@
-"""The deploy card as a widget: its HTML (:func:`nbdeploy.widgets.deployment.card_html`)
-and a button that opens the deployment's dashboard below it and closes it again."""
+"""The deploy card as a widget: its HTML (:func:`nbdeploy.widgets.deployment.card_html`),
+a line that follows the rollout while it runs (a canary's steps, then promoted, or rolled
+back in red with the reason), and a button that opens the deployment's dashboard below it
+and closes it again."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ipywidgets as widgets
+
+from nbdeploy.widgets.views import esc
+
+WATCH_EVERY_SECONDS = 2.0
+WATCH_AT_MOST_SECONDS = 24 * 3600.0  # a card never watches longer than this
+RolloutState = Callable[[str], Mapping[str, Any]]
 
 
 class DeploymentCard(widgets.VBox):
@@ -16,6 +27,9 @@ class DeploymentCard(widgets.VBox):
         self.text = text
         self.dashboard: Any = None
         self.card_html = widgets.HTML(value=html_value)
+        self.rollout_html = widgets.HTML(value="")
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
         self.dashboard_button = widgets.Button(
             description="dashboard",
             icon="line-chart",
@@ -25,9 +39,58 @@ class DeploymentCard(widgets.VBox):
         self.dashboard_button.on_click(lambda _: self.toggle_dashboard())
         self.output = widgets.Output()
         super().__init__(
-            children=[self.card_html, widgets.HBox([self.dashboard_button]), self.output]
+            children=[
+                self.card_html,
+                self.rollout_html,
+                widgets.HBox([self.dashboard_button]),
+                self.output,
+            ]
         )
         self.add_class("nbd-deployment-card")
+
+    # -- the rollout line ------------------------------------------------------------------
+    def watch_canary(self, version: int, state: RolloutState | None = None) -> None:
+        """Follow the canary of ``version`` in the background until it ends (or the card
+        closes): its step, then promoted, or rolled back with the reason."""
+        read = state or _rollout_state
+        self.show_rollout(read(self.deployment_name), version)
+        self._watcher = threading.Thread(
+            target=self._watch, args=(version, read), name="nbdeploy-card", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, version: int, read: RolloutState) -> None:
+        deadline = time.monotonic() + WATCH_AT_MOST_SECONDS
+        while not self._stop_watching.wait(WATCH_EVERY_SECONDS):
+            try:
+                running = self.show_rollout(read(self.deployment_name), version)
+            except Exception:  # the next reading may work; the card never raises
+                continue
+            if not running or time.monotonic() > deadline:
+                return
+
+    def show_rollout(self, state: Mapping[str, Any], version: int) -> bool:
+        """Show what the rollout state says of the canary of ``version``; True while it runs."""
+        plan = state.get("canary")
+        if not plan or plan.get("version") != version:
+            replaced = f"v{version}'s canary was replaced by a newer rollout"
+            self.rollout_html.value = _line("nbd-muted", replaced) if plan is None else ""
+            return False
+        status, reason = plan.get("status"), plan.get("reason")
+        if status == "running":
+            steps = plan.get("steps") or [0]
+            step = min(int(plan.get("step") or 0), len(steps) - 1)
+            where = f"step {step + 1} of {len(steps)}"
+            text = f"canary v{version}: {steps[step]:g}% of traffic ({where})"
+            self.rollout_html.value = _line("nbd-muted", text)
+            return True
+        if status == "rolled back":
+            text = f"canary v{version} rolled back" + (f": {reason}" if reason else "")
+            self.rollout_html.value = _line("nbd-bad", text, alert=True)
+            return False
+        text = f"canary v{version} {status}" + (f": {reason}" if reason else "")
+        self.rollout_html.value = _line("nbd-good" if status == "promoted" else "nbd-muted", text)
+        return False
 
     def toggle_dashboard(self) -> None:
         """Open the dashboard below the card, or close it (which stops its refreshing)."""
@@ -47,6 +110,7 @@ class DeploymentCard(widgets.VBox):
             display(self.dashboard)
 
     def close(self) -> None:
+        self._stop_watching.set()
         if self.dashboard is not None:
             self.dashboard.close()
             self.dashboard = None
@@ -62,3 +126,16 @@ def with_text(bundle: Any, text: str) -> Any:
     if bundle is not None and text:
         bundle["text/plain"] = text
     return bundle
+
+
+def _rollout_state(name: str) -> Mapping[str, Any]:
+    from nbdeploy import api
+
+    state: Mapping[str, Any] = api.rollout_state(name)
+    return state
+
+
+def _line(kind: str, text: str, alert: bool = False) -> str:
+    role = ' role="alert"' if alert else ""
+    badge = f'<span class="nbd-badge {kind}"{role}>{esc(text)}</span>'
+    return f'<div class="nbd nbd-rollout">{badge}</div>'

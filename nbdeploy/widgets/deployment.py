@@ -157,4 +157,6 @@ def show_deployment(result: Any) -> Any:
         text=describe_deploy(result),
     )
     display(card)
+    if data.get("strategy") == "canary":
+        card.watch_canary(int(data["version"]))
     return card
