@@ -128,9 +128,14 @@ def open_panel(page: Any) -> Any:
     panel = page.locator("#nbdeploy-deployments")
     tab = page.locator(".lm-TabBar-tab[data-id='nbdeploy-deployments']")
     expect(tab).to_be_visible(timeout=30_000)
-    # The workspace may restore the sidebar open: a click on its current tab would close it.
-    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
-        tab.click()
+    # The workspace may restore the sidebar open or collapsed; a click on the tab of an open
+    # sidebar closes it: click, look, and click again if that closed it.
+    for _ in range(3):
+        try:
+            expect(panel).to_be_visible(timeout=2_000)
+            return panel
+        except AssertionError:
+            tab.click()
     expect(panel).to_be_visible()
     return panel
 
@@ -384,6 +389,54 @@ def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
     expect(frame.locator(".celltag_injected-parameters")).to_contain_text("n_estimators = 10")
 
     assert nbdeploy_errors(console) == []
+
+
+@pytest.mark.timeout(600)
+def test_a_pipeline_file_runs_from_its_editor(lab, page, console):
+    """pipeline.yaml opened in JupyterLab's editor has a Run pipeline button: its steps run
+    in order, and the dialog says how each ended."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{lab['url']}/lab/tree/pipeline.yaml?token={lab['token']}")
+    button = page.get_by_role("tabpanel", name="pipeline.yaml").locator(".nbdl-toolbar-run")
+    expect(button).to_be_visible(timeout=60_000)
+    button.click()
+    dialog = page.locator(".nbdl-operation-dialog")
+    expect(dialog).to_contain_text("A pipeline: each step runs its notebook", timeout=15_000)
+    dialog.locator("input[id$='-mlflow']").uncheck()
+    dialog.get_by_role("button", name="Run").click()
+    expect(dialog.locator(".nbdl-outcome")).to_contain_text(
+        re.compile(r"succeeded: 2 of 2 steps \(prepare succeeded · train succeeded\)"),
+        timeout=RUN_SECONDS * 1000,
+    )
+    page.keyboard.press("Escape")
+    status, runs = api(lab, "GET", "runs?limit=5")
+    assert status == 200 and {"prepare", "train"} <= {r.get("step") for r in runs}, runs
+    assert nbdeploy_errors(console) == []
+
+
+def test_a_canary_rolled_back_turns_its_card_red_with_the_reason(lab, page, console, monkeypatch):
+    from test_rollout import scaler
+
+    import nbdeploy
+
+    monkeypatch.setenv("NBDEPLOY_HOME", str(lab["home"]))  # the lab's deployments
+    nbdeploy.deploy(scaler(2), name="scale", mlflow=False)
+    try:
+        nbdeploy.deploy(scaler(3), name="scale", mlflow=False, strategy="canary", interval=600)
+        from playwright.sync_api import expect
+
+        open_lab(page, lab)
+        card = open_panel(page).locator(".nbdl-card[data-name='scale']")
+        line = card.locator(".nbdl-rollout")
+        expect(line).to_have_text(re.compile(r"^canary v2 running"), timeout=15_000)
+        nbdeploy.rollback("scale")  # the canary ends, rolled back, with its reason
+        expect(line).to_contain_text("canary v2 rolled back", timeout=15_000)
+        expect(line).to_have_class(re.compile(r"\bnbdl-error-text\b"))
+        expect(line).to_have_attribute("role", "alert")
+        assert nbdeploy_errors(console) == []
+    finally:
+        nbdeploy.stop("scale")
 
 
 def test_a_stopped_deployment_greys_its_card(lab, first_version, page, console):

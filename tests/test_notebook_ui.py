@@ -336,3 +336,34 @@ def test_deploy_status_shows_the_dashboard_with_the_table_as_its_text(service_ke
     assert board["text/plain"].startswith("name ")
     text = execute(kc, "%deploy status --text")
     assert text.startswith("name ") and "score" in text
+
+
+def test_the_card_of_a_canary_turns_red_when_it_is_rolled_back(service_kernel, service_home):
+    """In a live kernel: %deploy --strategy canary shows a card whose rollout line follows
+    the canary; rolled back (here from the CLI, as a user would), it says so with the reason."""
+    kc = service_kernel
+    execute(kc, "%deploy score --name canaried --no-mlflow")
+    execute(kc, "def ones(rows: list[list[float]]) -> list[float]:\n    return [1.0 for r in rows]")
+    execute(kc, "%deploy ones --name canaried --no-mlflow --strategy canary --interval 600")
+    line = in_kernel(
+        kc,
+        "import json\nfrom ipywidgets import Widget\n"
+        "cards = [w for w in list(Widget.widgets.values())\n"
+        "         if type(w).__name__ == 'DeploymentCard' and w.deployment_name == 'canaried']\n"
+        "print(json.dumps(cards[-1].rollout_html.value))",
+    )
+    assert "canary v2: 10% of traffic (step 1 of" in line, line
+    verbs.rollback("canaried", store=StateStore(service_home / "state.db"))
+    state = in_kernel(
+        kc,
+        "import json, time\ndeadline = time.monotonic() + 20\n"
+        "while 'rolled back' not in cards[-1].rollout_html.value:\n"
+        "    assert time.monotonic() < deadline, cards[-1].rollout_html.value\n"
+        "    time.sleep(0.2)\n"
+        "print(json.dumps({'line': cards[-1].rollout_html.value,\n"
+        "    'watching': cards[-1]._watcher.is_alive()}))",
+    )
+    assert "canary v2 rolled back" in state["line"] and "nbd-bad" in state["line"]
+    execute(kc, "import time; time.sleep(2.5)")  # one more reading: the watcher has ended
+    assert in_kernel(kc, "print(json.dumps(cards[-1]._watcher.is_alive()))") is False
+    verbs.stop("canaried", store=StateStore(service_home / "state.db"))

@@ -17,9 +17,18 @@ export interface ISummary {
   window?: string;
 }
 
+/** What the latest rollout's canary did (nbdeploy.deployment.verbs.rollout_notice). */
+export interface IRolloutNotice {
+  kind: 'canary' | string;
+  version: number;
+  status: 'running' | 'promoted' | 'rolled back' | 'superseded' | string;
+  reason: string | null;
+}
+
 export interface IDeployment {
   name: string;
   status: DeploymentStatus;
+  notice?: IRolloutNotice | null;
   live_version: number | null;
   url: string | null;
   strategy: string | null;

@@ -9,7 +9,7 @@ import { Widget } from '@lumino/widgets';
 
 import { api, describeError, IDeploymentDetail, IMetrics } from './api';
 import { formatMs, formatNumber, formatPercent, formatValue, h, setText, timeAgo } from './dom';
-import { badge, updateBadge } from './panel';
+import { badge, showRollout, updateBadge } from './panel';
 
 export const DASHBOARD_REFRESH_MS = 5000;
 const WINDOWS = ['5m', '10m', '1h', '24h'];
@@ -132,6 +132,7 @@ export class DashboardView extends Widget {
   private readonly live: HTMLSpanElement;
   private readonly url: HTMLAnchorElement;
   private readonly problem: HTMLDivElement;
+  private readonly rolloutLine: HTMLDivElement;
   private readonly tiles: HTMLDivElement;
   private readonly body: HTMLDivElement;
   private readonly updated: HTMLSpanElement;
@@ -159,6 +160,7 @@ export class DashboardView extends Widget {
       void this.poll.refresh();
     });
     this.problem = h('div', { class: 'nbdl-problem', role: 'alert', hidden: true });
+    this.rolloutLine = h('div', { class: 'nbdl-rollout', hidden: true });
     this.tiles = h('div', { class: 'nbdl-tiles' });
     this.body = h('div', { class: 'nbdl-dashboard-body' });
     this.node.append(
@@ -174,6 +176,7 @@ export class DashboardView extends Widget {
         this.updated
       ),
       this.problem,
+      this.rolloutLine,
       this.tiles,
       this.body
     );
@@ -220,6 +223,7 @@ export class DashboardView extends Widget {
     setText(this.url, detail.url ?? '');
     this.url.href = detail.url ?? '';
     setText(this.updated, `updated ${clock(Date.now() / 1000, true)}`);
+    showRollout(this.rolloutLine, detail.status === 'stopped' ? null : detail.notice);
     const latency = metrics.latency ?? {};
     const window = this.window;
     const tiles: Array<[string, string]> = [

@@ -93,6 +93,12 @@ export class OperationBody extends Widget {
 
   private async load(): Promise<void> {
     let info: INotebookParams;
+    if (/\.ya?ml$/i.test(this.path)) {
+      // A pipeline file: its steps' notebooks and parameters are in the file itself.
+      info = { path: this.path, parameters: [], functions: [] };
+      this.showForm(info, 'A pipeline: each step runs its notebook with the parameters the file gives it.');
+      return;
+    }
     try {
       info = await api.params(this.path);
     } catch (error) {
@@ -106,7 +112,12 @@ export class OperationBody extends Widget {
       this.formArea.removeAttribute('aria-busy');
       return;
     }
-    this.form = new ParameterForm(info.parameters, this.prefix);
+    this.showForm(info);
+  }
+
+  /** The form of a notebook's parameters (none for a pipeline file: ``note`` says why). */
+  private showForm(info: INotebookParams, note?: string): void {
+    this.form = new ParameterForm(info.parameters, this.prefix, note);
     const children: HTMLElement[] = [];
     if (this.kind === 'deploy') {
       children.push(this.deployOptions(info.functions, info.references ?? []));
@@ -392,6 +403,17 @@ export class OperationBody extends Widget {
         head,
         url ? ' at ' : '',
         url ? h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', text: url }) : ''
+      );
+    }
+    if (data.kind === 'pipeline' && Array.isArray(data.steps)) {
+      const steps = data.steps as Array<Record<string, unknown>>;
+      const done = steps.filter(step => step.status === 'succeeded' || step.status === 'cached').length;
+      return h(
+        'p',
+        {},
+        `pipeline ${String(data.pipeline ?? '')} succeeded: ${done} of ${steps.length} steps (` +
+          steps.map(step => `${String(step.step)} ${String(step.status)}`).join(' · ') +
+          ')'
       );
     }
     const id = typeof data.id === 'string' ? data.id : '';

@@ -353,7 +353,7 @@ export class ParameterForm {
   readonly node: HTMLFieldSetElement;
   readonly fields: ParameterField[];
 
-  constructor(parameters: IParameter[], prefix: string) {
+  constructor(parameters: IParameter[], prefix: string, note?: string) {
     this.fields = parameters.map(parameter => new ParameterField(parameter, prefix));
     this.node = h(
       'fieldset',
@@ -365,7 +365,7 @@ export class ParameterForm {
       this.node.append(
         h('p', {
           class: 'nbdl-muted',
-          text: 'This notebook declares no parameters (a cell tagged "parameters").'
+          text: note ?? 'This notebook declares no parameters (a cell tagged "parameters").'
         })
       );
     }

@@ -14,6 +14,7 @@ import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { LabIcon, ToolbarButton } from '@jupyterlab/ui-components';
 import { DisposableDelegate, IDisposable } from '@lumino/disposable';
+import { Widget } from '@lumino/widgets';
 
 import { createDashboard, DashboardView } from './dashboard';
 import { openOperationDialog } from './dialog';
@@ -89,6 +90,32 @@ class NotebookButtons implements DocumentRegistry.IWidgetExtension<NotebookPanel
       deploy.dispose();
       run.dispose();
     });
+  }
+}
+
+/** A "Run pipeline" button on the editor of a pipeline file (``*.yaml``, ``*.yml``). */
+class PipelineFileButton implements DocumentRegistry.WidgetExtension {
+  constructor(private readonly afterRun: () => void) {}
+
+  createNew(widget: Widget, context: DocumentRegistry.Context): IDisposable {
+    if (!/\.ya?ml$/i.test(context.path)) {
+      return new DisposableDelegate(() => undefined);
+    }
+    const run = new ToolbarButton({
+      className: 'nbdl-toolbar-run',
+      icon: runIcon,
+      label: 'Run pipeline',
+      tooltip: 'Run this pipeline (its steps in order), recorded as pipeline runs (nbdeploy)',
+      onClick: () => {
+        const save = context.model.dirty && !context.model.readOnly ? context.save() : Promise.resolve();
+        void save.then(() => openOperationDialog('run', context.path, this.afterRun));
+      }
+    });
+    (widget as unknown as { toolbar: { addItem: (name: string, item: ToolbarButton) => boolean } }).toolbar.addItem(
+      'nbdeploy-run',
+      run
+    );
+    return new DisposableDelegate(() => run.dispose());
   }
 }
 
@@ -218,6 +245,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       palette.addItem({ command: CommandIDs.openPanel, category });
     }
     app.docRegistry.addWidgetExtension('Notebook', new NotebookButtons(app));
+    app.docRegistry.addWidgetExtension('Editor', new PipelineFileButton(afterOperation));
   }
 };
 

@@ -6,7 +6,7 @@ import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
-import { api, describeError, IDeployment, IDeploymentDetail, IRun } from './api';
+import { api, describeError, IDeployment, IDeploymentDetail, IRolloutNotice, IRun } from './api';
 import {
   copyButton,
   formatMs,
@@ -54,6 +54,19 @@ const ACTIONS: Record<Action, { verb: string; done: string; confirm?: (name: str
     }
   };
 
+/** The latest rollout's canary in ``line``: its progress, or a rollback in red with the
+ * reason (an alert); hidden when there is none (or a stop or a newer rollout ended it). */
+export function showRollout(line: HTMLElement, notice: IRolloutNotice | null | undefined): void {
+  const text = notice
+    ? `canary v${notice.version} ${notice.status}${notice.reason ? `: ${notice.reason}` : ''}`
+    : '';
+  const failed = notice?.status === 'rolled back';
+  setText(line, text);
+  line.hidden = !text;
+  line.classList.toggle('nbdl-error-text', failed);
+  line.setAttribute('role', failed ? 'alert' : 'status');
+}
+
 /** A status as a badge whose colour says it. */
 export function badge(status: string): HTMLSpanElement {
   const element = h('span', { class: 'nbdl-badge' });
@@ -75,6 +88,7 @@ class DeploymentCard {
   private readonly urlRow: HTMLDivElement;
   private readonly fields: Record<string, HTMLElement> = {};
   private readonly terms: Record<string, HTMLElement> = {};
+  private readonly rolloutLine = h('div', { class: 'nbdl-rollout', hidden: true });
   private readonly message: HTMLDivElement;
   private readonly buttons: Record<Action | 'dashboard', HTMLButtonElement>;
   private busy = false;
@@ -141,6 +155,7 @@ class DeploymentCard {
         this.badge
       ),
       this.urlRow,
+      this.rolloutLine,
       list,
       h(
         'div',
@@ -180,6 +195,7 @@ class DeploymentCard {
     setText(this.fields.p99, summary ? formatMs(summary.p99_ms) : '–');
     setText(this.fields.errors, summary ? formatPercent(summary.error_rate) : '–');
     setText(this.fields.updated, timeAgo(deployment.updated_at));
+    showRollout(this.rolloutLine, serving ? deployment.notice : null);
     this.enableButtons();
   }
 

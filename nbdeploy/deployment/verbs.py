@@ -642,23 +642,40 @@ def current_rollout(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
+def _canary_of(name: str, events: list[dict[str, Any]]) -> Any:
+    """The canary plan of the rollout ``events`` belong to (None: it started none)."""
+    from nbdeploy.deployment.traffic.strategies import canary
+
+    plan = canary.read_plan(name)
+    if plan is not None and any(
+        e["kind"] == "canary-started" and e.get("version") == plan.version for e in events
+    ):
+        return plan
+    return None
+
+
+def rollout_notice(name: str, store: StateStore | None = None) -> dict[str, Any] | None:
+    """What a glance at ``name`` should say of its latest rollout: its canary's progress
+    or outcome (status, version, reason); None when it has none."""
+    deployments = DeploymentStore(store or default_store())
+    plan = _canary_of(name, current_rollout(deployments.events(name, 50)))
+    if plan is None:
+        return None
+    return {"kind": "canary", "version": plan.version, "status": plan.status, "reason": plan.reason}
+
+
 def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:
     """What traffic does now, and the latest rollout: the split, its canary (running, or how
     it ended, with the reason) and its events (newest first)."""
     from dataclasses import asdict
 
     from nbdeploy.deployment import traffic
-    from nbdeploy.deployment.traffic.strategies import canary
 
     deployments = DeploymentStore(store or default_store())
     deployments.get(name)
     config = traffic.read_config(name)
-    plan = canary.read_plan(name)
     events = current_rollout(deployments.events(name, 50))
-    if plan is not None and not any(
-        e["kind"] == "canary-started" and e.get("version") == plan.version for e in events
-    ):
-        plan = None  # the canary of an earlier rollout
+    plan = _canary_of(name, events)
     return {
         "split": traffic.describe_split(name),
         "mode": config.get("mode", "split"),

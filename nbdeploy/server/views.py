@@ -97,7 +97,10 @@ def _rollback_target(name: str, live: int | None) -> int | None:
 
 
 def deployment_dict(current: Any) -> dict[str, Any]:
-    """A deployment as the API shows it (``Deployment.to_dict`` plus traffic and summary)."""
+    """A deployment as the API shows it (``Deployment.to_dict`` plus traffic, summary and
+    what its latest rollout's canary did)."""
+    from nbdeploy.deployment.verbs import rollout_notice
+
     folder = _folder(current.name)
     return {
         "name": current.name,
@@ -109,6 +112,7 @@ def deployment_dict(current: Any) -> dict[str, Any]:
         "updated_at": current.updated_at,
         "servers": [server.to_dict() for server in current.servers],
         "summary": summary(current.name, folder),
+        "notice": rollout_notice(current.name),
     }
 
 

@@ -39,6 +39,7 @@ POLL_SECONDS = 0.1
 PROBE_SECONDS = 5.0  # how often each router and version is asked whether it answers
 PROBE_TIMEOUT_SECONDS = 5.0
 HUNG_AFTER = 3  # unanswered probes in a row: the process is hung, and is killed
+EXIT_STATUS_WAIT_SECONDS = 0.5
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 120.0
 BACKOFF_SECONDS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -156,6 +157,23 @@ class Supervisor:
             self.exits[pid] = status
             if len(self.exits) > 4096:
                 self.exits.pop(next(iter(self.exits)))
+
+    def _exit_status(self, pid: int) -> int | None:
+        """The exit status of ``pid`` when it was our child. The loop reaps children now and
+        then; a death seen between two reapings is waited for here (briefly: a killed child
+        is a zombie at once), so the cause is its signal or code, not "gone"."""
+        self._reap()
+        deadline = time.monotonic() + EXIT_STATUS_WAIT_SECONDS
+        while pid > 0 and pid not in self.exits and time.monotonic() < deadline:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child, or reaped by the loop meanwhile
+                break
+            if done:
+                self.exits[pid] = status
+                break
+            time.sleep(0.02)
+        return self.exits.get(pid)
 
     def request_heal(self, name: str) -> None:
         with self.pending_lock:
@@ -381,7 +399,7 @@ class Supervisor:
         lines."""
         from nbdeploy.deployment.runtime.processes import tail
 
-        status = self.exits.get(server.pid or 0)
+        status = self._exit_status(server.pid or 0)
         if status is None:
             how = f"process {server.pid} is gone"
         elif os.WIFSIGNALED(status):
