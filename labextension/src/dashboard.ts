@@ -261,37 +261,13 @@ export class DashboardView extends Widget {
       );
     }
     const versions = Object.entries(metrics.versions ?? {});
-    if (versions.length) {
-      parts.push(
-        table(
-          'traffic by version',
-          ['version', 'requests', 'errors', 'p50', 'p99'],
-          versions.map(([version, data]) => [
-            version,
-            formatNumber(data.requests ?? null, 0),
-            formatPercent(data.error_rate ?? null),
-            formatMs(data.p50 ?? null),
-            formatMs(data.p99 ?? null)
-          ])
-        )
-      );
-    }
-    const endpoints = Object.entries(metrics.endpoints ?? {});
-    if (endpoints.length) {
-      parts.push(
-        table(
-          'traffic by endpoint',
-          ['endpoint', 'requests', 'errors', 'refused (4xx)', 'p50', 'p99'],
-          endpoints.map(([endpoint, data]) => [
-            endpoint,
-            formatNumber(data.requests ?? null, 0),
-            formatPercent(data.error_rate ?? null),
-            formatPercent(data.client_error_rate ?? null),
-            formatMs(data.p50 ?? null),
-            formatMs(data.p99 ?? null)
-          ])
-        )
-      );
+    for (const [caption, label, rows] of [
+      ['traffic by version', 'version', versions],
+      ['traffic by endpoint', 'endpoint', Object.entries(metrics.endpoints ?? {})]
+    ] as const) {
+      if (rows.length) {
+        parts.push(trafficTable(caption, label, rows));
+      }
     }
     const findings = Object.entries(metrics.findings ?? {}).filter(
       ([, found]) => found.unreadable_bodies || found.misfit_rows || found.misfit_predictions || found.note
@@ -366,6 +342,26 @@ export class DashboardView extends Widget {
     }
     this.body.replaceChildren(...parts);
   }
+}
+
+/** Requests, errors, refusals and latency per version or per endpoint. */
+function trafficTable(
+  caption: string,
+  label: string,
+  rows: ReadonlyArray<[string, Record<string, number | null>]>
+): HTMLTableElement {
+  return table(
+    caption,
+    [label, 'requests', 'errors', 'refused (4xx)', 'p50', 'p99'],
+    rows.map(([name, data]) => [
+      name,
+      formatNumber(data.requests ?? null, 0),
+      formatPercent(data.error_rate ?? null),
+      formatPercent(data.client_error_rate ?? null),
+      formatMs(data.p50 ?? null),
+      formatMs(data.p99 ?? null)
+    ])
+  );
 }
 
 /** The spacing of a series' points, in words ("10 s", "1 min"). */

@@ -346,7 +346,8 @@ class RunNotebookClient(PapermillNotebookClient):
         return CellFailure(number, first_line(cell), "CellExecutionError", "")
 
     # -- waiting for the kernel in bounded slices ------------------------------------------
-    # nbclient waits for a cell's execute_reply (and its outputs) with get_msg(timeout=None).
+    # nbclient's own waits for a cell's execute_reply and outputs block in get_msg without a
+    # timeout; both are replaced here.
     # zmq can lose the wake-up of such a wait while the message is already queued (nbclient
     # issue 312): a notebook with widgets hung in about 1 run of 6, forever. Here each wait
     # lasts at most REPLY_SLICE_SECONDS; between slices the kernel must still be alive (its
@@ -527,6 +528,10 @@ class NbdeployEngine(Engine):
             km=km,
             kernel_name=kernel_name,
             startup_timeout=start_timeout,
+            # No time limit per cell (training may take hours; --timeout bounds the run,
+            # through ``deadline``). The wait itself is bounded all the same: every wait
+            # for the kernel lasts at most REPLY_SLICE_SECONDS and checks between slices
+            # that the kernel lives and answers its heartbeat (_async_poll_for_reply).
             timeout=None,
         )
         try:
