@@ -111,6 +111,10 @@ def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     # The registered pyfunc is the same version and scores every row of a DataFrame.
     scored = _score_registered(deploy_home, "predict", version.mlflow_version)
     assert scored == [1, 0, 1]
+    # MLflow wrote into nbdeploy's home, nothing beside the notebook (the kernel's folder).
+    folder = Path(execute(kernel, "import os; print(os.getcwd())").strip())
+    assert folder.is_dir() and not (folder / "mlruns").exists(), sorted(folder.iterdir())
+    assert not (folder / "mlartifacts").exists() and (deploy_home / "mlartifacts").is_dir()
     code_text = cli("show", "predict", "--code").out
     assert "def predict(rows: list[list[float]]) -> list[int]:" in code_text
     assert ".batched(rows)" in code_text  # adaptive batching across requests
@@ -186,6 +190,29 @@ def test_rollback_serves_the_previous_version(kernel, deploy_home, cli):
     assert "the MLflow alias 'live' follows in the background" in rolled.err + rolled.out
     first = store(deploy_home).version("predict", 1)
     deadline = time.monotonic() + 60  # rollback returned once traffic switched
+    while live_model_version(deploy_home, "predict") != first.mlflow_version:
+        assert time.monotonic() < deadline, "the alias 'live' did not follow the rollback"
+        time.sleep(0.5)
+    # A registry that cannot follow (the model was renamed in MLflow's UI) does not hold
+    # the rollback back: traffic switches, and status says the alias was not updated.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{deploy_home / 'mlflow.db'}")
+    client.rename_registered_model("predict", "predict-elsewhere")
+    try:
+        rolled = cli("rollback", "predict", "--to", "3")
+        assert rolled.code == 0, rolled
+        assert post(deployment["url"] + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]})[1] == "[0]"
+        deadline = time.monotonic() + 60
+        while "registry-not-updated" not in (shown := cli("status", "predict").out):
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.5)
+        line = next(line for line in shown.splitlines() if "registry-not-updated" in line)
+        assert "version 3" in line and "MLflow registry not updated" in line, line
+    finally:
+        client.rename_registered_model("predict-elsewhere", "predict")
+    assert cli("rollback", "predict", "--to", "1").code == 0
+    deadline = time.monotonic() + 60
     while live_model_version(deploy_home, "predict") != first.mlflow_version:
         assert time.monotonic() < deadline, "the alias 'live' did not follow the rollback"
         time.sleep(0.5)

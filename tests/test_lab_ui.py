@@ -229,22 +229,27 @@ def test_the_panel_shows_a_deployment_made_through_the_api(lab, first_version, p
         )
 
     light = colours()
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^JupyterLab Dark$")).click()
-    expect(page.locator("body[data-jp-theme-light='false']")).to_have_count(1, timeout=10_000)
+    set_theme(page, "JupyterLab Dark")
     page.wait_for_function(
         "() => getComputedStyle(document.querySelector('#nbdeploy-deployments')).color"
         f" !== {json.dumps(light[0])}"
     )
     dark = colours()
     assert all(before != after for before, after in zip(light, dark, strict=True)), (light, dark)
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^JupyterLab Light$")).click()
-    expect(page.locator("body[data-jp-theme-light='true']")).to_have_count(1, timeout=10_000)
+    set_theme(page, "JupyterLab Light")
 
     assert nbdeploy_errors(console) == []
+
+
+def set_theme(page: Any, theme: str) -> None:
+    """Choose ``theme`` in Settings > Theme, and wait until the page has it."""
+    from playwright.sync_api import expect
+
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(theme)}$")).click()
+    light = "false" if "Dark" in theme else "true"
+    expect(page.locator(f"body[data-jp-theme-light='{light}']")).to_have_count(1, timeout=10_000)
 
 
 @pytest.mark.timeout(900)
@@ -381,12 +386,21 @@ def test_run_pipeline_from_the_toolbar_lists_the_run(lab, page, console):
     path = run.locator(".nbdl-run-output code")
     expect(path).to_have_text(re.compile(r"\.ipynb$"))
     assert Path(path.inner_text()).is_file()
-    run.get_by_role("button", name=re.compile("Show the output notebook")).click()
-    frame = page.frame_locator(".jp-MainAreaWidget iframe").last
-    expect(frame.locator("body")).to_contain_text(
-        re.compile(r"accuracy 0\.\d+ on \d+ held-out rows"), timeout=30_000
-    )
-    expect(frame.locator(".celltag_injected-parameters")).to_contain_text("n_estimators = 10")
+    # In JupyterLab Dark the output notebook is dark too (a white page would glare).
+    set_theme(page, "JupyterLab Dark")
+    try:
+        run.get_by_role("button", name=re.compile("Show the output notebook")).click()
+        frame = page.frame_locator(".jp-MainAreaWidget iframe").last
+        expect(frame.locator("body")).to_contain_text(
+            re.compile(r"accuracy 0\.\d+ on \d+ held-out rows"), timeout=30_000
+        )
+        expect(frame.locator(".celltag_injected-parameters")).to_contain_text("n_estimators = 10")
+        background = frame.locator("body").evaluate(
+            "b => getComputedStyle(b).backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)"
+        )
+        assert sum(background) / 3 < 80, background  # a dark page
+    finally:
+        set_theme(page, "JupyterLab Light")
 
     assert nbdeploy_errors(console) == []
 
@@ -429,9 +443,11 @@ def test_a_canary_rolled_back_turns_its_card_red_with_the_reason(lab, page, cons
         open_lab(page, lab)
         card = open_panel(page).locator(".nbdl-card[data-name='scale']")
         line = card.locator(".nbdl-rollout")
-        expect(line).to_have_text(re.compile(r"^canary v2 running"), timeout=15_000)
+        expect(line).to_have_text(
+            re.compile(r"^canary v2: running at 10% \(step 1 of"), timeout=15_000
+        )
         nbdeploy.rollback("scale")  # the canary ends, rolled back, with its reason
-        expect(line).to_contain_text("canary v2 rolled back", timeout=15_000)
+        expect(line).to_contain_text("canary v2: rolled back", timeout=15_000)
         expect(line).to_have_class(re.compile(r"\bnbdl-error-text\b"))
         expect(line).to_have_attribute("role", "alert")
         assert nbdeploy_errors(console) == []

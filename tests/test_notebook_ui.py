@@ -352,7 +352,7 @@ def test_the_card_of_a_canary_turns_red_when_it_is_rolled_back(service_kernel, s
         "         if type(w).__name__ == 'DeploymentCard' and w.deployment_name == 'canaried']\n"
         "print(json.dumps(cards[-1].rollout_html.value))",
     )
-    assert "canary v2: 10% of traffic (step 1 of" in line, line
+    assert "canary v2: running at 10% (step 1 of" in line, line
     verbs.rollback("canaried", store=StateStore(service_home / "state.db"))
     state = in_kernel(
         kc,
@@ -363,7 +363,16 @@ def test_the_card_of_a_canary_turns_red_when_it_is_rolled_back(service_kernel, s
         "print(json.dumps({'line': cards[-1].rollout_html.value,\n"
         "    'watching': cards[-1]._watcher.is_alive()}))",
     )
-    assert "canary v2 rolled back" in state["line"] and "nbd-bad" in state["line"]
+    assert "canary v2: rolled back" in state["line"] and "nbd-bad" in state["line"]
+    # The notebook dashboard says the same, read from the deployment itself.
+    board = in_kernel(
+        kc,
+        "import nbdeploy\nboard = nbdeploy.dashboard('canaried')\n"
+        "shown = {'rollout': board.rollout_html.value, 'header': board.header_html.value}\n"
+        "print(json.dumps(shown))\nboard.close()",
+    )
+    assert "canary v2: rolled back: rolled back by the user" in board["rollout"], board
+    assert "serving <b>v1</b>" in board["header"], board
     execute(kc, "import time; time.sleep(2.5)")  # one more reading: the watcher has ended
     assert in_kernel(kc, "print(json.dumps(cards[-1]._watcher.is_alive()))") is False
     verbs.stop("canaried", store=StateStore(service_home / "state.db"))

@@ -392,13 +392,14 @@ def test_an_unwritable_log_directory_never_fails_a_request(home):
 
 @integration
 def test_redacted_fields_never_reach_the_disk(home):
-    namespace = define(
+    score_source = (
         "def score(records: list[dict]) -> list[float]:\n"
         "    for r in records:\n"
         "        if r['income'] < 0:\n"
         "            raise ValueError(f'bad record {r}')\n"
-        "    return [r['income'] * 2 for r in records]\n"
+        "    return [r['income'] * FACTOR for r in records]\n"
     )
+    namespace = define("FACTOR = 2\n" + score_source)
     result = nbdeploy.deploy(
         namespace["score"], name="private", mlflow=False, redact=["ssn", "token"]
     )
@@ -419,6 +420,22 @@ def test_redacted_fields_never_reach_the_disk(home):
         assert rows["ok"]["inputs"] == {"records": [{"income": 1.5, "address": {"city": "Lyon"}}]}
         assert rows["ok"]["prediction"] == [3.0]
         assert rows["raises"]["status"] == 500 and rows["malformed"]["inputs"] is None
+        # A shadow version gets the same requests: its logs and the router's keep none.
+        nbdeploy.deploy(
+            define("FACTOR = 3\n" + score_source)["score"],
+            name="private",
+            mlflow=False,
+            redact=["ssn", "token"],
+            strategy="shadow",
+            weight=100,
+        )
+        for n in range(5):
+            assert send(url, {"records": [record_]}, f"mirrored-{n}")[0] == 200
+        assert send(url, {"records": [{**record_, "income": -1}]}, "mirrored-raises")[0] == 500
+        deadline = time.monotonic() + 30
+        while mirrored(home / "deployments" / "private") < 6:
+            assert time.monotonic() < deadline, "the shadow log lacks the mirrored requests"
+            time.sleep(0.2)
     finally:
         nbdeploy.stop("private")
     # Nowhere under the deployment's folder: request log, server and router logs, state.
@@ -430,6 +447,14 @@ def test_redacted_fields_never_reach_the_disk(home):
         assert SECRET.encode() not in path.read_bytes(), path.relative_to(folder)
     server_log = "\n".join(nbdeploy.logs("private", 2000))
     assert "ValueError: bad record" in server_log and "[redacted]" in server_log
+
+
+def mirrored(folder: Path) -> int:
+    """The requests the router's shadow logs under ``folder`` have recorded."""
+    return sum(
+        text.count('"request_id": "mirrored-')
+        for text in (path.read_text() for path in folder.rglob("shadow.jsonl"))
+    )
 
 
 @integration

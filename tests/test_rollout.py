@@ -22,6 +22,7 @@ from jupyter_client.manager import start_new_kernel
 from support import execute
 
 import nbdeploy
+from nbdeploy import api
 from nbdeploy.deployment import traffic
 from nbdeploy.deployment.traffic.strategies import canary
 from nbdeploy.errors import DeployError
@@ -427,6 +428,8 @@ def test_each_ab_experiment_has_its_id_and_feedback_survives_a_router_restart(de
     report = ab_when(cli, lambda found: sum(arm["requests"] for arm in found["arms"]) == 30)
     assert report["experiment"] != experiment_one
     assert report["experiments"] == [experiment_one, report["experiment"]]
+    # Every view's traffic line names the running experiment (status, sidebar, dashboards).
+    assert api.rollout_state("scale")["split"].endswith(f"(A/B {report['experiment']})")
     # The second experiment's arms and requests only; no outcome of the first one counts.
     assert sum(arm["requests"] for arm in report["arms"]) == 30
     assert sum(arm["outcomes"] for arm in report["arms"]) == 0

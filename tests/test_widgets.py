@@ -386,6 +386,21 @@ def test_a_stopped_deployment_is_shown_greyed_with_only_what_applies(make_dashbo
     assert all(b.disabled for b in (board.stop_button, board.rollback_button, board.promote_button))
 
 
+def test_the_dashboard_shows_the_latest_rollout_while_serving(make_dashboard):
+    notice = {"kind": "canary", "version": 3, "status": "rolled back", "reason": "errors 31%"}
+    notice["text"] = "canary v3: rolled back: errors 31%"
+    board = make_dashboard(fetch=lambda name, window: {**snapshot(), "rollout": notice})
+    assert "canary v3: rolled back: errors 31%" in board.rollout_html.value
+    assert "nbd-bad" in board.rollout_html.value and 'role="alert"' in board.rollout_html.value
+    stopped = make_dashboard(
+        fetch=lambda name, window: {**snapshot(status="stopped"), "rollout": notice},
+        deployments=lambda name: [deployment(status="stopped")],
+    )
+    assert stopped.rollout_html.value == ""  # a stopped deployment has no rollout to follow
+    plain = make_dashboard()
+    assert plain.rollout_html.value == ""
+
+
 def test_every_rate_says_the_window_it_is_over(make_dashboard):
     board = make_dashboard(fetch=lambda name, window: snapshot(window_seconds=600))
     tiles = board.tiles_html.value
@@ -501,10 +516,10 @@ def test_the_card_follows_its_canary_until_it_ends(monkeypatch):
         card._watcher.join(5)
         assert not card._watcher.is_alive()  # it ends with the canary
         line = card.rollout_html.value
-        assert "canary v7 rolled back: errors 30.5% &gt; 1%" in line
+        assert "canary v7: rolled back: errors 30.5% &gt; 1%" in line
         assert "nbd-bad" in line and 'role="alert"' in line
         assert card.show_rollout({"canary": plan}, 7)
-        assert "canary v7: 50% of traffic (step 2 of 3)" in card.rollout_html.value
+        assert "canary v7: running at 50% (step 2 of 3)" in card.rollout_html.value
         assert not card.show_rollout({"canary": {**plan, "status": "promoted"}}, 7)
         assert "nbd-good" in card.rollout_html.value
         assert not card.show_rollout({"canary": None}, 7)

@@ -23,6 +23,8 @@ export interface IRolloutNotice {
   version: number;
   status: 'running' | 'promoted' | 'rolled back' | 'superseded' | string;
   reason: string | null;
+  /** The line every view shows, e.g. "canary v8: running at 25% (step 2 of 4)". */
+  text: string;
 }
 
 export interface IDeployment {

@@ -57,9 +57,7 @@ const ACTIONS: Record<Action, { verb: string; done: string; confirm?: (name: str
 /** The latest rollout's canary in ``line``: its progress, or a rollback in red with the
  * reason (an alert); hidden when there is none (or a stop or a newer rollout ended it). */
 export function showRollout(line: HTMLElement, notice: IRolloutNotice | null | undefined): void {
-  const text = notice
-    ? `canary v${notice.version} ${notice.status}${notice.reason ? `: ${notice.reason}` : ''}`
-    : '';
+  const text = notice?.text ?? '';
   const failed = notice?.status === 'rolled back';
   setText(line, text);
   line.hidden = !text;

@@ -196,21 +196,27 @@ def describe_status(deployments: list[Deployment], rollout: dict[str, Any] | Non
     return text
 
 
+def canary_line(plan: dict[str, Any]) -> str:
+    """A canary as every view says it: "canary v8: running at 25% (step 2 of 4)",
+    "canary v8: rolled back: error rate 30.5% > 5%", "canary v8: promoted"."""
+    steps = plan.get("steps") or [0]
+    step_index = min(int(plan.get("step") or 0), len(steps) - 1)
+    running = plan.get("status") == "running"
+    where = f" at {steps[step_index]:g}% (step {step_index + 1} of {len(steps)})"
+    reason = plan.get("reason")
+    return (
+        f"canary v{plan.get('version')}: {plan.get('status')}"
+        + (where if running else "")
+        + (f": {reason}" if reason else "")
+    )
+
+
 def describe_rollout(name: str, state: dict[str, Any]) -> str:
     """The rollout part of ``nbdeploy status NAME``: traffic, a canary, the last events."""
     lines = [f"{name}: traffic {state['split']} (API key: {state['auth']})"]
     plan = state.get("canary")
     if plan is not None:
-        step = plan["steps"][min(plan["step"], len(plan["steps"]) - 1)]
-        lines.append(
-            f"  canary v{plan['version']}: {plan['status']}"
-            + (
-                f" at {step:g}% (step {plan['step'] + 1} of {len(plan['steps'])})"
-                if plan["status"] == "running"
-                else ""
-            )
-            + (f": {plan['reason']}" if plan.get("reason") else "")
-        )
+        lines.append("  " + canary_line(plan))
     for event in state.get("events", [])[:5]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
         detail = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("at", "kind"))

@@ -656,12 +656,23 @@ def _canary_of(name: str, events: list[dict[str, Any]]) -> Any:
 
 def rollout_notice(name: str, store: StateStore | None = None) -> dict[str, Any] | None:
     """What a glance at ``name`` should say of its latest rollout: its canary's progress
-    or outcome (status, version, reason); None when it has none."""
+    or outcome (status, version, reason, and ``text``, the line every view shows); None
+    when it has none."""
+    from dataclasses import asdict
+
+    from nbdeploy.deployment.report import canary_line
+
     deployments = DeploymentStore(store or default_store())
     plan = _canary_of(name, current_rollout(deployments.events(name, 50)))
     if plan is None:
         return None
-    return {"kind": "canary", "version": plan.version, "status": plan.status, "reason": plan.reason}
+    return {
+        "kind": "canary",
+        "version": plan.version,
+        "status": plan.status,
+        "reason": plan.reason,
+        "text": canary_line(asdict(plan)),
+    }
 
 
 def rollout_state(name: str, store: StateStore | None = None) -> dict[str, Any]:

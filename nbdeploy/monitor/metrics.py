@@ -61,6 +61,7 @@ def snapshot(
     never makes it fail: what does not fit is counted (``findings``)."""
     from nbdeploy.deployment import traffic
     from nbdeploy.deployment.store import DeploymentStore
+    from nbdeploy.deployment.verbs import rollout_notice
     from nbdeploy.monitor.requests import log_stats, read_requests
     from nbdeploy.monitor.window import percentiles, reader, summarize_rows
     from nbdeploy.store import default_store
@@ -90,6 +91,7 @@ def snapshot(
         "live_version": deployment.live_version,
         "url": deployment.url,
         "split": traffic.describe_split(name),
+        "rollout": rollout_notice(name, store),  # the latest rollout's canary, if any
         "window_seconds": window_seconds,
         "since": window.since,
         "until": until,

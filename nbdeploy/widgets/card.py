@@ -76,21 +76,8 @@ class DeploymentCard(widgets.VBox):
             replaced = f"v{version}'s canary was replaced by a newer rollout"
             self.rollout_html.value = _line("nbd-muted", replaced) if plan is None else ""
             return False
-        status, reason = plan.get("status"), plan.get("reason")
-        if status == "running":
-            steps = plan.get("steps") or [0]
-            step = min(int(plan.get("step") or 0), len(steps) - 1)
-            where = f"step {step + 1} of {len(steps)}"
-            text = f"canary v{version}: {steps[step]:g}% of traffic ({where})"
-            self.rollout_html.value = _line("nbd-muted", text)
-            return True
-        if status == "rolled back":
-            text = f"canary v{version} rolled back" + (f": {reason}" if reason else "")
-            self.rollout_html.value = _line("nbd-bad", text, alert=True)
-            return False
-        text = f"canary v{version} {status}" + (f": {reason}" if reason else "")
-        self.rollout_html.value = _line("nbd-good" if status == "promoted" else "nbd-muted", text)
-        return False
+        self.rollout_html.value = rollout_line(plan)
+        return plan.get("status") == "running"
 
     def toggle_dashboard(self) -> None:
         """Open the dashboard below the card, or close it (which stops its refreshing)."""
@@ -133,6 +120,20 @@ def _rollout_state(name: str) -> Mapping[str, Any]:
 
     state: Mapping[str, Any] = api.rollout_state(name)
     return state
+
+
+def rollout_line(plan: Mapping[str, Any] | None) -> str:
+    """A canary plan (or a rollout notice) as a coloured line: muted while it runs, green
+    when promoted, red (an alert) when rolled back; "" without one."""
+    from nbdeploy.deployment.report import canary_line
+
+    if not plan:
+        return ""
+    status = plan.get("status")
+    text = str(plan.get("text") or canary_line(dict(plan)))
+    if status == "rolled back":
+        return _line("nbd-bad", text, alert=True)
+    return _line("nbd-good" if status == "promoted" else "nbd-muted", text)
 
 
 def _line(kind: str, text: str, alert: bool = False) -> str:

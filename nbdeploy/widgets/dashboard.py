@@ -1,8 +1,9 @@
 """The live dashboard of deployments inside a notebook: ``nbdeploy.dashboard("churn")``.
 
-Status and versions, the traffic split, requests/s, latency percentiles and error rate,
-charts over time (a plotly ``FigureWidget``), the input quality and drift tables, and
-buttons to stop, roll back or promote. Figures come from
+Status and versions, the traffic split (an A/B test's experiment), the latest rollout's
+canary, requests/s, latency percentiles and error rate, charts over time (a plotly
+``FigureWidget``), the input quality and drift tables, and buttons to stop, roll back or
+promote. Figures come from
 :func:`nbdeploy.monitor.metrics.snapshot`; a background thread reads them every ``refresh``
 seconds and assigns only the widget values that changed (and the charts in one batch), so
 the kernel's iopub channel carries a few small messages a second at most. The thread ends
@@ -22,6 +23,7 @@ import ipywidgets as widgets
 from nbdeploy.deployment.store import SERVING, STOPPED
 from nbdeploy.monitor.metrics import DEFAULT_WINDOW_SECONDS
 from nbdeploy.widgets import views
+from nbdeploy.widgets.card import rollout_line
 
 MIN_REFRESH_SECONDS = 0.5  # at most 2 Hz
 JOIN_SECONDS = 5.0
@@ -108,6 +110,7 @@ class Dashboard(widgets.VBox):
         )
         self.picker.observe(self._on_pick, names="value")
         self.header_html = widgets.HTML()
+        self.rollout_html = widgets.HTML()
         self.tiles_html = widgets.HTML()
         actions_row = self._make_actions()
         # plotly's FigureWidget takes a few seconds to import the first time: the refreshing
@@ -120,6 +123,7 @@ class Dashboard(widgets.VBox):
         self.detail = widgets.VBox(
             [
                 self.header_html,
+                self.rollout_html,
                 self.tiles_html,
                 actions_row,
                 self.confirm_box,
@@ -258,6 +262,8 @@ class Dashboard(widgets.VBox):
             snapshot.get("split"),
         )
         _assign(self.header_html, _wrap(header))
+        serving = status == SERVING
+        _assign(self.rollout_html, rollout_line(snapshot.get("rollout")) if serving else "")
         _assign(self.tiles_html, _wrap(views.tiles(snapshot)))
         _assign(self.tables_html, _wrap(views.tables(snapshot)))
         errors = [text for key, text in self.errors.items() if key in ("", name)]

@@ -106,7 +106,8 @@ def write_config(name: str, config: dict[str, Any]) -> None:
 
 
 def describe_split(name: str) -> str:
-    """The traffic split as users read it: "v2", "v1 90% · v2 10%", "v1 · shadow v2"."""
+    """The traffic split as users read it: "v2", "v1 90% · v2 10%", "v1 · shadow v2",
+    "v1 50% · v2 50% (A/B ab-3f2c)" (an A/B test names its experiment)."""
     config = read_config(name)
     weights = {k: w for k, w in config.get("weights", {}).items() if w > 0}
     total = sum(weights.values())
@@ -115,7 +116,8 @@ def describe_split(name: str) -> str:
     parts = [k if len(weights) == 1 else f"{k} {100 * w / total:g}%" for k, w in weights.items()]
     text = " · ".join(parts)
     if config.get("mode") == "ab":
-        text += " (A/B)"
+        experiment = config.get("experiment")
+        text += f" (A/B {experiment})" if experiment else " (A/B)"
     shadow = config.get("shadow")
     if shadow:
         text += f" · shadow {shadow['version']}"
