@@ -13,12 +13,13 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }
 DEMO_HOME := $(CURDIR)/.demo/home
 
-.PHONY: help install demo test lint typecheck unit bench clean labextension
+.PHONY: help install demo test lint typecheck unit bench clean labextension wheel
 
 help:
 	@echo "make demo   set up .venv; run the example pipeline, deploy its model, serve requests"
 	@echo "make test   set up .venv with test tools and run lint, types and the whole test suite"
 	@echo "make bench  run the benchmarks in quick mode (installs wrk when run as root)"
+	@echo "make wheel  build dist/nbdeploy-*.whl (the lab extension prebuilt) to install elsewhere"
 
 install: $(STAMP)
 
@@ -70,6 +71,14 @@ $(LABEXT_LINKED): $(LABEXT_BUILD) $(STAMP)
 	touch $@
 
 labextension: $(LABEXT_LINKED)
+
+# A wheel with the JupyterLab extension prebuilt (pip install dist/nbdeploy-*.whl needs no
+# Node): what a user installs into their own environment.
+wheel: $(STAMP) $(LABEXT_BUILD)
+	rm -rf dist && mkdir -p dist
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation --disable-pip-version-check \
+	  --wheel-dir dist .
+	@ls dist/nbdeploy-*.whl
 
 demo: $(STAMP) $(LABEXT_LINKED)
 	@echo "==> the example notebooks' parameters"

@@ -430,6 +430,15 @@ def show_code(name: str, version: int | None = None) -> str:
     return code_of(name, version)
 
 
+def delete(name: str, *, registry: bool = True) -> Any:
+    """Stop ``name`` and remove everything it left: its versions (nbdeploy's and BentoML's
+    stores), request and server logs, router configuration and keys, and its MLflow
+    registered model (``registry=False`` keeps that). It cannot be undone."""
+    from nbdeploy.deployment.versions.prune import delete as delete_deployment
+
+    return delete_deployment(name, registry=registry)
+
+
 def prune(name: str | None = None, *, keep: int = 3, registry: bool = False) -> list[Any]:
     """Remove all but the newest ``keep`` versions (never the live one or the rollback
     target) from nbdeploy's and BentoML's stores; MLflow registry versions too with

@@ -172,8 +172,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Kubernetes manifests for deployment NAME, its versions served from the "
         "images nbdeploy image build makes; or with --pipeline a Job (a CronJob with "
         "--schedule, an Indexed Job for a --sweep) that runs a notebook or pipeline.yaml. "
+        "A deployment's manifests follow what it does here: its live version serves, and a "
+        "canary, A/B test or shadow in progress keeps its version and weights; --candidate N "
+        "names a version to roll out. "
         "Without --out or --apply they are printed as one YAML stream (nbdeploy k8s NAME | "
-        "kubectl apply -f -).",
+        "kubectl apply -f -); with --out the files are written even when --apply fails.",
     )
     k8s.add_argument("name", nargs="?", help="a deployment (or --pipeline instead)")
     add_k8s_arguments(k8s)
@@ -193,21 +196,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--json", action="store_true")
 
+    delete = commands.add_parser(
+        "delete",
+        help="stop a deployment and remove its versions, logs and MLflow model (asks first)",
+    )
+    delete.add_argument("name", help="the deployment")
+    delete.add_argument("--yes", action="store_true", help="do not ask (scripts, CI)")
+    delete.add_argument(
+        "--keep-registry", action="store_true", help="keep its MLflow registered model"
+    )
+    delete.add_argument("--json", action="store_true")
+
     ci = commands.add_parser("ci", help="continuous integration helpers")
     ci_commands = ci.add_subparsers(dest="ci_command", metavar="COMMAND", required=True)
     init = ci_commands.add_parser(
-        "init", help="write a GitHub Actions workflow that runs pipelines"
+        "init",
+        help="write a GitHub Actions workflow that runs pipelines",
+        description="Write .github/workflows/nbdeploy.yml at the root of the git repository "
+        "that holds the current folder (outside one: in the current folder). The workflow "
+        "installs nbdeploy (see --install) and the project's requirements, and runs the "
+        "targets.",
     )
     init.add_argument(
         "targets",
         nargs="*",
         metavar="NOTEBOOK_OR_PIPELINE",
-        help="what the workflow runs (default: every pipeline.yaml in the project)",
+        help="what the workflow runs, relative to the current folder (default: every "
+        "pipeline.yaml in the repository)",
     )
     init.add_argument(
-        "--path", default=".github/workflows/nbdeploy.yml", help="workflow file to write"
+        "--path",
+        default=".github/workflows/nbdeploy.yml",
+        help="workflow file to write, relative to the repository's root",
     )
     init.add_argument("--python", default="3.11", help="Python version for the runner")
+    init.add_argument(
+        "--install",
+        metavar="SPEC",
+        help="how the workflow installs nbdeploy: a release on the package index "
+        "(nbdeploy==0.1.0), a Git URL ('nbdeploy @ git+https://github.com/OWNER/nbdeploy@TAG') "
+        "or the path of an nbdeploy wheel committed to the repository (default: the Git URL "
+        "nbdeploy was installed from here, else nbdeploy==THIS_VERSION)",
+    )
     init.add_argument("--force", action="store_true", help="overwrite an existing workflow")
     return parser
 
@@ -236,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "weights": cmd_weights,
             "show": cmd_show,
             "prune": cmd_prune,
+            "delete": cmd_delete,
             "k8s": cmd_k8s,
             "image": cmd_image,
             "metrics": cmd_metrics,
@@ -373,7 +404,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(
                 f"✓ {data['name']} v{data['version']} serves {args.from_mlflow}: {data['endpoint']}"
             )
-            print("  try: " + curl_example(data["url"], deployed.version.schema))
+            schema = deployed.version.schema
+            print("  try: " + curl_example(data["url"], schema, schema.get("example")))
+            if not schema.get("width"):
+                print("  (the model logged no signature: a row needs as many values as it has")
+                print("  features; records, column -> value, are taken too)")
         return 0
     _, result = deploy_notebook(
         args.notebook,
@@ -423,20 +458,55 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    [deployment] = api.status(args.name)
+    what = (
+        f"{args.name} ({deployment.status}"
+        + (f", v{deployment.live_version} live" if deployment.live_version else "")
+        + "): every version, its request and server logs, its router and keys"
+        + ("" if args.keep_registry else ", and its MLflow registered model")
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise NbdeployError(
+                f"nbdeploy delete removes {what}; nothing asked, nothing removed",
+                f"confirm with: nbdeploy delete {args.name} --yes",
+            )
+        answer = input(f"Delete {what}? It cannot be undone. Type the name to confirm: ")
+        if answer.strip() != args.name:
+            print(f"not deleted: {args.name} is as it was")
+            return 1
+    report = api.delete(args.name, registry=not args.keep_registry)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        removed = ", ".join(f"v{v}" for v in report.removed) or "no versions"
+        registry = f"; MLflow model {args.name} deleted" if report.registry_removed else ""
+        print(f"✓ deleted {args.name}: {removed} ({report.freed_bytes / 2**20:.1f} MiB){registry}")
+    for error in report.errors:
+        _warn(error)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from nbdeploy import api
-    from nbdeploy.deployment.report import status_table
+    from nbdeploy.deployment.report import describe_status, live_version
 
     deployments = api.status(args.name)
     rollout = api.rollout_state(args.name) if args.name else None
     if args.json:
-        _print_json([{**d.to_dict(), "rollout": rollout} for d in deployments])
+        entries = []
+        for deployment in deployments:
+            live = live_version(deployment)
+            mlflow_version = live.mlflow_version if live is not None else None
+            entries.append(
+                {**deployment.to_dict(), "live_mlflow_version": mlflow_version, "rollout": rollout}
+            )
+        _print_json(entries)
     else:
-        print(status_table(deployments))
-        if rollout is not None:
-            from nbdeploy.deployment.report import describe_rollout
-
-            print(describe_rollout(args.name, rollout))
+        print(describe_status(deployments, rollout))
         for deployment in deployments:
             if deployment.status == "failed":
                 _print_last_error(deployment.name)
@@ -595,11 +665,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([v.to_dict() for v in versions])
         return 0
+    from nbdeploy.deployment.report import version_label
     from nbdeploy.pipeline.summary import table
 
     rows = [
         [
-            f"v{v.version}",
+            version_label(v),
             v.function,
             v.bento_tag,
             ", ".join(v.requirements),
@@ -615,7 +686,12 @@ def cmd_ci(args: argparse.Namespace) -> int:
     from nbdeploy.ci import write_github_workflow
 
     path = write_github_workflow(
-        Path(args.path), targets=args.targets, python_version=args.python, overwrite=args.force
+        args.targets,
+        path=args.path,
+        python_version=args.python,
+        install=args.install,
+        overwrite=args.force,
+        notify=_notice,
     )
     print(f"wrote {path}")
     return 0

@@ -8,6 +8,7 @@ read them; the mode also covers what libraries (MLflow, BentoML) write inside it
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from nbdeploy.private_files import DIR_MODE, private_dir
 
 HOME_ENV = "NBDEPLOY_HOME"
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQL stores
+# MLflow's default artifact root for a database store when set (``mlflow server`` sets it).
+MLFLOW_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 
 
 def home() -> Path:
@@ -77,7 +81,15 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def mlflow_artifact_root() -> str:
-    """Artifact location for experiments nbdeploy creates in its own tracking store (made
-    0700 here: MLflow would create it with the process's umask)."""
-    return private_dir(home() / "mlartifacts").as_uri()
+def mlflow_artifact_location(experiment: str) -> str | None:
+    """Artifact location for an MLflow experiment nbdeploy creates, in the tracking store of
+    :func:`mlflow_tracking_uri`. A database store's default is ``./mlruns`` of the folder of
+    whichever process opens it (the user's working folder, for one): so with a database
+    store, and no artifact root given to MLflow, a folder of NBDEPLOY_HOME/mlartifacts (made
+    0700 here: MLflow would create it with the process's umask). A file store or a tracking
+    server places artifacts itself: None. An existing experiment keeps its own location."""
+    scheme = mlflow_tracking_uri().split(":", 1)[0].split("+", 1)[0]
+    if scheme not in MLFLOW_DATABASE_SCHEMES or os.environ.get(MLFLOW_ARTIFACT_ROOT_ENV):
+        return None
+    folder = re.sub(r"[^\w.-]+", "_", experiment).strip(".") or "experiment"  # one folder
+    return (private_dir(home() / "mlartifacts") / folder).as_uri()

@@ -29,6 +29,7 @@ from nbdeploy.pipeline.context import (
 )
 
 SESSION_ENV = "JPY_SESSION_NAME"
+VSCODE_NOTEBOOK_VARIABLE = "__vsc_ipynb_file__"
 USAGE = """\
 %deploy FUNCTION|MODEL [--name NAME] [--port N] [--workers N] [--batch|--no-batch]
                  [--reference VAR] [--extra-columns refuse|drop] [--requirements REQ ...]
@@ -57,15 +58,32 @@ class _HelpShown(Exception):
     pass
 
 
-def current_notebook() -> Path:
-    """The notebook this kernel belongs to (JupyterLab sets JPY_SESSION_NAME)."""
-    session = os.environ.get(SESSION_ENV)
-    if not session:
+def notebook_of(namespace: dict[str, Any]) -> Path | None:
+    """The notebook file of the kernel whose user namespace is ``namespace``, when its front
+    end tells: JupyterLab and Notebook 7 set JPY_SESSION_NAME in the kernel's environment,
+    VS Code sets ``__vsc_ipynb_file__`` in its namespace (both the notebook's path)."""
+    given = os.environ.get(SESSION_ENV) or namespace.get(VSCODE_NOTEBOOK_VARIABLE)
+    if not isinstance(given, str) or not given:
+        return None
+    path = Path(given).expanduser()
+    if not path.is_absolute():
+        # An older Jupyter server's session path is relative to its root, and the kernel
+        # runs in the notebook's folder.
+        path = Path.cwd() / path.name
+    return path.resolve()
+
+
+def current_notebook(namespace: dict[str, Any], command: str) -> Path:
+    """:func:`notebook_of`, or an error that says to name the notebook to ``%deploy COMMAND``."""
+    notebook = notebook_of(namespace)
+    if notebook is None:
         raise NbdeployError(
-            "this kernel does not know its notebook (JPY_SESSION_NAME is not set)",
-            "name it: %deploy run path/to/notebook.ipynb",
+            f"%deploy {command}: this kernel does not know its notebook (JupyterLab and "
+            f"Notebook 7 name it in {SESSION_ENV}, VS Code in {VSCODE_NOTEBOOK_VARIABLE}: "
+            "neither is set)",
+            f"pass the notebook's path: %deploy {command} train.ipynb",
         )
-    return Path(session).expanduser().resolve()
+    return notebook
 
 
 @magics_class
@@ -164,7 +182,7 @@ class DeployMagics(Magics):
             )
             return None
         namespace = self._shell.user_ns
-        notebook = os.environ.get(SESSION_ENV)
+        notebook = notebook_of(namespace)
         in_kernel = is_kernel_shell(self.shell)
         notify: Any = _note
         progress: Any = contextlib.nullcontext()
@@ -180,7 +198,7 @@ class DeployMagics(Magics):
                     namespace[target],
                     namespace=namespace,
                     history=list(namespace.get("In", [])),
-                    source={"notebook": notebook, "target": target},
+                    source={"notebook": str(notebook) if notebook else None, "target": target},
                     notify=notify,
                     **vars(options),
                 )
@@ -301,7 +319,11 @@ class DeployMagics(Magics):
                 "(tag this cell nbdeploy:skip)"
             )
             return None
-        notebook = Path(args.notebook).resolve() if args.notebook else current_notebook()
+        notebook = (
+            Path(args.notebook).resolve()
+            if args.notebook
+            else current_notebook(self._shell.user_ns, "run")
+        )
         request = run_request_from_args(args)
         if not args.notebook and notebook.exists():
             age = time.time() - notebook.stat().st_mtime
@@ -350,7 +372,11 @@ class DeployMagics(Magics):
         parser = _MagicParser(prog="%deploy params")
         parser.add_argument("notebook", nargs="?")
         args = parser.parse_args(words)
-        notebook = Path(args.notebook) if args.notebook else current_notebook()
+        notebook = (
+            Path(args.notebook)
+            if args.notebook
+            else current_notebook(self._shell.user_ns, "params")
+        )
         parameters = api.params(notebook)
         print(params_table(parameters) if parameters else f"{notebook.name} declares no parameters")
 

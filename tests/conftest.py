@@ -6,13 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
+REPOSITORY = Path(__file__).resolve().parent.parent
 OWNED_PROCESSES = ("nbdeploy.deployment.runtime.launcher", "nbdeploy.deployment.runtime.daemon")
 
 
@@ -139,6 +143,7 @@ def cli(home: Path) -> Callable[..., CliResult]:
         env = dict(os.environ)
         completed = subprocess.run(
             [str(VENV_BIN / "nbdeploy"), *args],
+            stdin=subprocess.DEVNULL,  # never a terminal: a command that would ask refuses
             capture_output=True,
             text=True,
             cwd=cwd,
@@ -149,3 +154,88 @@ def cli(home: Path) -> Callable[..., CliResult]:
         return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def nbdeploy_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of this checkout, built as a release is: the build backend of this
+    environment, and the JupyterLab extension that make prebuilt (no Node here)."""
+    built = all(
+        (REPOSITORY / "nbdeploy" / "labextension" / name).is_file()
+        for name in ("package.json", "install.json")
+    )
+    require_component("the built JupyterLab extension", built, "run make labextension")
+    backend = find_spec("hatchling") is not None and find_spec("hatch_jupyter_builder") is not None
+    require_component("hatchling and hatch-jupyter-builder", backend, "pip install -e '.[dev]'")
+    target = tmp_path_factory.mktemp("wheel")
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    command += ["--disable-pip-version-check", "--wheel-dir", str(target), str(REPOSITORY)]
+    completed = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HATCH_JUPYTER_BUILDER_SKIP_NPM": "1"},
+        timeout=300,
+        check=False,
+    )
+    wheels = sorted(target.glob("nbdeploy-*.whl"))
+    assert completed.returncode == 0 and len(wheels) == 1, completed.stderr[-3000:]
+    return wheels[0]
+
+
+@dataclass(frozen=True)
+class FreshVenv:
+    """A new venv that finds this environment's packages through a .pth file (nothing is
+    downloaded) but has neither nbdeploy nor any command of this environment."""
+
+    prefix: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.prefix / "bin"
+
+    def env(self, home: Path, nbdeploy_home: Path | None = None) -> dict[str, str]:
+        """Its bin first on PATH (this environment's bin removed), a private HOME, pip
+        offline."""
+        home.mkdir(parents=True, exist_ok=True)
+        path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN]
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("JUPYTER_", "PYTHON", "MLFLOW_", "JPY_", "NBDEPLOY_", "PIP_"))
+            and key != "VIRTUAL_ENV"
+        }
+        env.update(
+            PATH=os.pathsep.join([str(self.bin), *path]),
+            VIRTUAL_ENV=str(self.prefix),
+            HOME=str(home),
+            PIP_NO_INDEX="1",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+        )
+        if nbdeploy_home is not None:
+            env["NBDEPLOY_HOME"] = str(nbdeploy_home)
+        return env
+
+
+@pytest.fixture
+def fresh_venv() -> Callable[[Path], FreshVenv]:
+    """Make a FreshVenv at a given path (without pip of its own: ``python -m pip`` is this
+    environment's, installing into the venv)."""
+
+    def make(prefix: Path) -> FreshVenv:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True, timeout=120
+        )
+        venv = FreshVenv(prefix)
+        site = subprocess.run(
+            [str(venv.bin / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        ours = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+        Path(site, "_nbdeploy_test_environment.pth").write_text("\n".join(ours) + "\n")
+        return venv
+
+    return make

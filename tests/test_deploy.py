@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -75,6 +76,14 @@ def live_model_version(home: Path, name: str) -> str:
     return str(client.get_model_version_by_alias(name, "live").version)
 
 
+def registered_run_artifacts(home: Path, name: str, number: str) -> str:
+    """Where the run that logged a registered model version keeps its artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    return str(client.get_run(client.get_model_version(name, number).run_id).info.artifact_uri)
+
+
 def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     output = execute(kernel, "%deploy predict --reference X")
     assert "requirements: " in output and "scikit-learn==" in output and "numpy==" in output
@@ -115,6 +124,17 @@ def test_deploy_from_a_live_kernel_serves_requests(kernel, deploy_home, cli):
     folder = Path(execute(kernel, "import os; print(os.getcwd())").strip())
     assert folder.is_dir() and not (folder / "mlruns").exists(), sorted(folder.iterdir())
     assert not (folder / "mlartifacts").exists() and (deploy_home / "mlartifacts").is_dir()
+    assert registered_run_artifacts(deploy_home, "predict", version.mlflow_version).startswith(
+        (deploy_home / "mlartifacts").as_uri()
+    )
+    # Status and show name the registry's version beside nbdeploy's (not the same number in
+    # a shared registry).
+    label = f"v1 (MLflow predict version {version.mlflow_version})"
+    assert f"predict: live {label}" in cli("status", "predict").out
+    assert cli("status", "predict", "--json").json[0]["live_mlflow_version"] == (
+        version.mlflow_version
+    )
+    assert label in cli("show", "predict").out
     code_text = cli("show", "predict", "--code").out
     assert "def predict(rows: list[list[float]]) -> list[int]:" in code_text
     assert ".batched(rows)" in code_text  # adaptive batching across requests
@@ -463,6 +483,21 @@ def test_deploy_an_mlflow_registered_model_without_a_notebook(deploy_home, cli, 
     assert result.json["name"] == "churn" and result.json["status"] == "serving"
     code, body = post(result.json["endpoint"], {"rows": [[0.9, 0.2, 0.2], [0.1, 0.7, 0.7]]})
     assert (code, json.loads(body)) == (200, [1, 0])
+    # A row of another width is the client's mistake: 400 saying the width, not a 500.
+    code, body = post(result.json["endpoint"], {"rows": [[0.9, 0.2]]})
+    assert code == 400 and "a row has 2 values; the model expects 3" in body, (code, body)
+    # The curl line it prints works as printed (the signature gives the width).
+    again = cli("deploy", "--from-mlflow", "models:/churn@champion")
+    assert again.code == 0, again
+    [line] = [line for line in again.out.splitlines() if line.startswith("  try: curl ")]
+    called = subprocess.run(
+        ["bash", "-c", line.removeprefix("  try: ") + " -s -w ' %{http_code}'"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert called.stdout.endswith(" 200") and "[0.0, 0.0, 0.0]" in line, (line, called)
     shown = cli("show", "churn", "--code")
     assert shown.code == 0 and "Serves the MLflow model" in shown.out, shown
     bad = cli("deploy", "--from-mlflow", "models:/churn@nope")
@@ -554,3 +589,35 @@ def test_a_lightgbm_booster_is_saved_with_its_framework_saver(kernel, deploy_hom
     high, low = json.loads(body)
     assert code == 200 and high > 0.5 > low
     assert cli("stop", "boost").code == 0
+
+
+def test_delete_removes_a_deployment_and_everything_it_left(kernel, deploy_home, cli):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    [deployment] = cli("status", "predict", "--json").json
+    versions = store(deploy_home).versions("predict")
+    bentos = deploy_home / "bentoml" / "bentos" / "nbd-predict"
+    assert versions and bentos.is_dir() and deployment["status"] == "serving"
+    # Without --yes, and no terminal to ask on: refused, and nothing changes.
+    refused = cli("delete", "predict")
+    assert refused.code == 2 and "nbdeploy delete predict --yes" in refused.err, refused
+    assert "MLflow registered model" in refused.err
+    assert post(deployment["url"] + "/predict", {"rows": [[0.9, 0.1, 0.1, 0.1]]})[0] == 200
+    deleted = cli("delete", "predict", "--yes", "--json")
+    assert deleted.code == 0, deleted
+    assert sorted(deleted.json["removed"]) == sorted(v.version for v in versions)
+    assert deleted.json["registry_removed"] and deleted.json["errors"] == []
+    assert not ready(deployment["url"])  # nothing answers at its address
+    assert not (deploy_home / "deployments" / "predict").exists()
+    assert not any(bentos.glob("*/bento.yaml"))
+    assert all(not Path(v.service_dir).exists() for v in versions)
+    gone = cli("status", "predict")
+    assert gone.code == 2 and "no deployment named 'predict'" in gone.err, gone
+    client = MlflowClient(tracking_uri=f"sqlite:///{deploy_home / 'mlflow.db'}")
+    with pytest.raises(MlflowException):
+        client.get_registered_model("predict")
+    # The name is free: a new deployment of it starts again at v1.
+    output = execute(kernel, "%deploy predict --no-mlflow")
+    assert "predict v1" in output, output
+    assert cli("delete", "predict", "--yes").code == 0

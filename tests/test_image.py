@@ -273,6 +273,126 @@ def test_offline_build_without_base_image_and_push_errors(
     assert "Traceback" not in push.err
 
 
+OFFLINE_PATH = "--offline --base-image IMAGE"
+MAKE_BASE = (
+    "mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "
+    "base.tar && docker import base.tar nbdeploy-base:bookworm"
+)
+
+
+def _default_base_unreachable(engine: Any) -> bool:
+    """The default base (python:X.Y-slim) is not in the engine and Docker Hub does not
+    resolve here: building with it must fail on the pull, not on the image."""
+    import socket
+
+    from docker.errors import ImageNotFound
+
+    try:
+        engine.inspect_image(f"python:{sys.version_info.major}.{sys.version_info.minor}-slim")
+        return False
+    except ImageNotFound:
+        pass
+    try:
+        socket.getaddrinfo("registry-1.docker.io", 443)
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.integration
+def test_base_image_that_cannot_be_pulled_names_the_offline_path(
+    engine: Any, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base image the engine lacks is pulled; when the pull fails the error says so, with
+    the engine's reason shortened, and names the offline path (never the venv module)."""
+    _deploy(cli, TRAIN)
+    cli("stop", "predict")
+    unreachable = "127.0.0.1:9/none:1"  # a registry that refuses at once
+    failed = cli("image", "build", "predict", "--base-image", unreachable, timeout=300)
+    assert failed.code == 2, failed
+    assert (
+        f"the base image {unreachable} is not in the engine and could not be pulled "
+        "(no registry reachable at 127.0.0.1:9, connection refused)"
+    ) in failed.err
+    assert OFFLINE_PATH in failed.err and MAKE_BASE in failed.err
+    assert "venv module" not in failed.err and "Traceback" not in failed.err
+
+    monkeypatch.delenv("NBDEPLOY_BASE_IMAGE", raising=False)
+    if not _default_base_unreachable(engine):
+        return  # a registry answers (or the image is here): the default base builds
+    default = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+    failed = cli("image", "build", "predict", timeout=300)
+    assert failed.code == 2, failed
+    assert f"the base image {default} is not in the engine and could not be pulled" in failed.err
+    assert "DNS: registry-1.docker.io does not resolve" in failed.err
+    assert OFFLINE_PATH in failed.err and MAKE_BASE in failed.err
+    assert "venv module" not in failed.err and f"e.g. {default}" not in failed.err
+
+
+@pytest.mark.integration
+def test_base_image_without_python_is_named_with_another_base(
+    engine: Any, cli: Callable[..., CliResult]
+) -> None:
+    """An image in the engine without python3: the venv error, whose hint suggests other
+    images, never the one that failed."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 5
+        archive.addfile(info, io.BytesIO(b"none\n"))
+    no_python = "nbdeploy-test/no-python:1"
+    engine.import_image_from_data(buffer.getvalue(), repository="nbdeploy-test/no-python", tag="1")
+    try:
+        _deploy(cli, TRAIN)
+        cli("stop", "predict")
+        failed = cli(
+            "image", "build", "predict", "--offline", "--base-image", no_python, timeout=300
+        )
+    finally:
+        engine.remove_image(no_python, force=True)
+    assert failed.code == 2, failed
+    assert (
+        f"the base image {no_python} has no python3 with the venv module (no python3 on its PATH)"
+        in failed.err
+    )
+    hint = failed.err.split("hint:", 1)[1]
+    assert no_python not in hint
+    assert "--base-image" in hint and MAKE_BASE in hint
+    assert "could not be pulled" not in failed.err and "Traceback" not in failed.err
+
+
+def test_base_image_hints_never_suggest_the_failed_image() -> None:
+    """The hints name other images than the one that failed; the engine's pull failures are
+    shortened to their cause."""
+    from nbdeploy.image.build import _other_base_hint, make_base_commands
+    from nbdeploy.image.engine import pull_failure
+
+    here = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+    assert here not in _other_base_hint(here)
+    assert f"e.g. {here}" in _other_base_hint("nbdeploy-test/no-python:1")
+    commands, name = make_base_commands()
+    assert name not in _other_base_hint(name)
+    assert commands.startswith("mmdebstrap --variant=minbase")
+    hub = 'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io'
+    assert (
+        pull_failure(f"{hub} on 10.0.0.1:53: no such host")
+        == "DNS: registry-1.docker.io does not resolve, no such host"
+    )
+    assert pull_failure('Get "https://r.example/v2/": dial tcp 10.0.0.2:443: i/o timeout') == (
+        "timeout reaching r.example, i/o timeout"
+    )
+    assert (
+        pull_failure(
+            'Get "https://r.example/v2/": tls: failed to verify certificate: x509: certificate '
+            "signed by unknown authority"
+        )
+        == "TLS failed with r.example, certificate signed by unknown authority"
+    )
+
+
 def test_lock_is_the_installed_closure_and_wheels_install(tmp_path: Path) -> None:
     """The lock follows requirements of requirements at installed versions; packed wheels
     are valid wheels that pip installs offline into a fresh venv."""

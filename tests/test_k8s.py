@@ -121,7 +121,7 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("strategy", ["rolling", "blue-green", "canary", "ab", "shadow"])
 def test_every_strategy_is_schema_valid(tmp_path: Path, strategy: str, mesh: str) -> None:
     add_versions(tmp_path, count=3, live=2)
-    options = K8sOptions(strategy=strategy, mesh=mesh, namespace="ml", max_replicas=6)
+    options = K8sOptions(strategy=strategy, mesh=mesh, namespace="ml", max_replicas=6, candidate=3)
     result = manifests("churn", options)
     assert result.objects
     assert schema_errors(result.objects) == []
@@ -183,7 +183,7 @@ def test_blue_green_sends_everything_to_the_new_version_and_keeps_the_old(
     tmp_path: Path,
 ) -> None:
     add_versions(tmp_path, count=2, live=1)
-    objects = manifests("churn", K8sOptions(strategy="blue-green")).objects
+    objects = manifests("churn", K8sOptions(strategy="blue-green", candidate=2)).objects
     names = [obj["metadata"]["name"] for obj in by_kind(objects, "Deployment")]
     assert names == ["churn-v1", "churn-v2"]
     route = by_kind(objects, "VirtualService")[0]["spec"]["http"][0]["route"]
@@ -201,7 +201,7 @@ def test_blue_green_sends_everything_to_the_new_version_and_keeps_the_old(
 
 def test_canary_is_an_argo_rollout_with_the_local_analysis(tmp_path: Path) -> None:
     add_versions(tmp_path, count=2, live=1)
-    options = K8sOptions(strategy="canary", steps=[5, 20, 60, 100], interval=120)
+    options = K8sOptions(strategy="canary", candidate=2, steps=[5, 20, 60, 100], interval=120)
     result = manifests("churn", options)
     rollout = by_kind(result.objects, "Rollout")[0]
     canary = rollout["spec"]["strategy"]["canary"]
@@ -242,19 +242,23 @@ def test_shadow_mirrors_to_the_new_version_and_answers_from_the_live_one(
     tmp_path: Path,
 ) -> None:
     add_versions(tmp_path, count=2, live=1)
-    objects = manifests("churn", K8sOptions(strategy="shadow", weight=25)).objects
+    objects = manifests("churn", K8sOptions(strategy="shadow", candidate=2, weight=25)).objects
     http = by_kind(objects, "VirtualService")[0]["spec"]["http"][0]
     assert [(r["destination"]["host"], r["weight"]) for r in http["route"]] == [("churn-v1", 100)]
     assert http["mirror"]["host"] == "churn-v2"
     assert http["mirrorPercentage"] == {"value": 25.0}
 
-    gateway = manifests("churn", K8sOptions(strategy="shadow", mesh="gateway-api")).objects
+    gateway = manifests(
+        "churn", K8sOptions(strategy="shadow", candidate=2, mesh="gateway-api")
+    ).objects
     rule = by_kind(gateway, "HTTPRoute")[0]["spec"]["rules"][0]
     assert rule["filters"] == [
         {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "churn-v2", "port": 80}}}
     ]
     with pytest.raises(ManifestError, match="mirrors every request") as caught:
-        manifests("churn", K8sOptions(strategy="shadow", mesh="gateway-api", weight=25))
+        manifests(
+            "churn", K8sOptions(strategy="shadow", candidate=2, mesh="gateway-api", weight=25)
+        )
     assert "--mesh istio" in (caught.value.hint or "")
 
 
@@ -276,11 +280,191 @@ def test_ab_keeps_the_local_split_and_names_each_arm(tmp_path: Path) -> None:
     assert route[0]["headers"]["response"]["set"] == {"X-Nbdeploy-Version": "v2"}
 
 
+# -- by default, what the deployment does here ------------------------------------------
+def rolled_back(tmp_path: Path) -> DeploymentStore:
+    """churn deployed as v1, v2, v3, then rolled back to v1: v3 is kept warm (a standby)."""
+    deployments = add_versions(tmp_path, count=3, live=1)
+    for number, role in ((3, "standby"), (1, "live")):
+        deployments.add_server(
+            "churn", number, pid=None, start_ticks=None, host="127.0.0.1",
+            port=9000 + number, log_path=str(tmp_path / f"v{number}.log"), role=role,
+        )  # fmt: skip
+    return deployments
+
+
+def images(objects: list[dict[str, Any]]) -> list[str]:
+    kinds = ("Deployment", "Rollout")
+    return [container_of(obj)["image"] for obj in objects if obj["kind"] in kinds]
+
+
+def route_weights(objects: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    route = by_kind(objects, "VirtualService")[0]["spec"]["http"][0]["route"]
+    return [(r["destination"]["host"], r["weight"]) for r in route]
+
+
+def test_manifests_serve_the_live_version_not_the_newest(tmp_path: Path) -> None:
+    rolled_back(tmp_path)
+    assert images(manifests("churn").objects) == ["nbdeploy/churn:v1"]
+
+    result = manifests("churn", K8sOptions(strategy="blue-green"))
+    assert route_weights(result.objects) == [("churn-v3", 0), ("churn-v1", 100)]
+    assert any(
+        "v1 takes all traffic, as it is live here; v3 keeps running for a rollback" in notice
+        and "name a version to roll out with --candidate N (versions: v2, v3)" in notice
+        for notice in result.notices
+    ), result.notices
+
+    result = manifests("churn", K8sOptions(strategy="canary"))
+    assert images(result.objects) == ["nbdeploy/churn:v1"]
+    assert any(
+        "no canary, A/B test or shadow of churn is in progress here: the Rollout runs v1, "
+        "the live version; name a version to roll out with --candidate N" in notice
+        for notice in result.notices
+    ), result.notices
+
+    for strategy in ("ab", "shadow"):
+        with pytest.raises(ManifestError) as caught:
+            manifests("churn", K8sOptions(strategy=strategy))
+        assert caught.value.message == (
+            f"--strategy {strategy} needs a version to try beside v1, the live version of "
+            "churn, and none is tried here (no canary, A/B test or shadow in progress)"
+        )
+        assert caught.value.hint == "name the version to try with --candidate N (versions: v2, v3)"
+
+    # A version to roll out is an explicit choice.
+    chosen = manifests("churn", K8sOptions(strategy="ab", candidate=3)).objects
+    assert route_weights(chosen) == [("churn-v1", 50), ("churn-v3", 50)]
+    chosen = manifests("churn", K8sOptions(strategy="blue-green", candidate=2)).objects
+    assert route_weights(chosen) == [("churn-v1", 0), ("churn-v2", 100)]
+    assert images(manifests("churn", K8sOptions(candidate=3)).objects) == ["nbdeploy/churn:v3"]
+
+
+def test_the_cli_follows_the_live_version_and_says_how_to_name_another(
+    tmp_path: Path, cli: Any
+) -> None:
+    import yaml
+
+    rolled_back(tmp_path)
+    done = cli("k8s", "churn", "--strategy", "shadow")
+    assert done.code == 2, done
+    assert "--strategy shadow needs a version to try beside v1" in done.err
+    assert "--candidate N (versions: v2, v3)" in done.err and "Traceback" not in done.err
+    done = cli("k8s", "churn", "--strategy", "canary")
+    assert done.code == 0, done.err
+    assert images(list(yaml.safe_load_all(done.out))) == ["nbdeploy/churn:v1"]
+    assert "the Rollout runs v1, the live version" in done.err
+    helped = cli("k8s", "--help")
+    assert "--candidate N" in helped.out and "version to roll out" in helped.out
+
+
+def start_canary_here(name: str, version: int, stable: int, share: float) -> None:
+    """What a canary of ``version`` at ``share`` percent leaves here: the router's split
+    and the running plan."""
+    from nbdeploy.deployment.traffic.strategies.canary import CanaryPlan, write_plan
+
+    traffic.write_config(
+        name,
+        {"mode": "split", "weights": {f"v{stable}": 100 - share, f"v{version}": share},
+         "shadow": None, "sticky": None},
+    )  # fmt: skip
+    write_plan(
+        CanaryPlan(name=name, version=version, stable=stable, candidate_server=2,
+                   stable_server=1, steps=[10, 20, 50, 100], interval=30, keep_warm=60)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mesh", ["istio", "gateway-api"])
+def test_a_canary_in_progress_here_keeps_its_version_and_weights(tmp_path: Path, mesh: str) -> None:
+    """v1 is live, the canary tries v2 at 20% (v3, the newest, is not in it)."""
+    add_versions(tmp_path, count=3, live=1)
+    start_canary_here("churn", version=2, stable=1, share=20)
+
+    result = manifests("churn", K8sOptions(strategy="canary", mesh=mesh))
+    assert images(result.objects) == ["nbdeploy/churn:v2"]
+    canary = by_kind(result.objects, "Rollout")[0]["spec"]["strategy"]["canary"]
+    assert canary["steps"] == [  # from its share here on, at its pace here
+        {"setWeight": 20},
+        {"pause": {"duration": "30s"}},
+        {"setWeight": 50},
+        {"pause": {"duration": "30s"}},
+    ]
+    assert any(
+        "the Rollout runs v2, in a canary (v1 80% · v2 20%) here: applied over the Rollout "
+        "of v1 (the live version)"
+        in notice
+        and "write v1's first with --candidate 1" in notice
+        for notice in result.notices
+    ), result.notices
+    assert schema_errors(result.objects) == []
+
+    ab = manifests("churn", K8sOptions(strategy="ab", mesh=mesh)).objects
+    shadow = manifests("churn", K8sOptions(strategy="shadow")).objects
+    blue_green = manifests("churn", K8sOptions(strategy="blue-green")).objects
+    if mesh == "istio":
+        assert route_weights(ab) == [("churn-v1", 80), ("churn-v2", 20)]
+    else:
+        backends = by_kind(ab, "HTTPRoute")[0]["spec"]["rules"][0]["backendRefs"]
+        assert [(b["name"], b["weight"]) for b in backends] == [("churn-v1", 80), ("churn-v2", 20)]
+    http = by_kind(shadow, "VirtualService")[0]["spec"]["http"][0]
+    assert route_weights(shadow) == [("churn-v1", 100)]
+    assert http["mirror"]["host"] == "churn-v2"
+    assert http["mirrorPercentage"] == {"value": 100.0}
+    assert route_weights(blue_green) == [("churn-v2", 0), ("churn-v1", 100)]
+    assert images(manifests("churn").objects) == ["nbdeploy/churn:v1"]
+    # Named, another version is rolled out instead.
+    named = manifests("churn", K8sOptions(strategy="ab", candidate=3)).objects
+    assert route_weights(named) == [("churn-v1", 50), ("churn-v3", 50)]
+
+
+def test_an_ab_test_or_shadow_in_progress_here_keeps_its_split(tmp_path: Path) -> None:
+    add_versions(tmp_path, count=3, live=1)
+    traffic.write_config(
+        "churn",
+        {"mode": "ab", "weights": {"v1": 60.0, "v2": 40.0}, "sticky": {"header": "X-U"},
+         "experiment": "v2-vs-v1-20250101-000000"},
+    )  # fmt: skip
+    result = manifests("churn", K8sOptions(strategy="ab"))
+    assert route_weights(result.objects) == [("churn-v1", 60), ("churn-v2", 40)]
+    assert any(
+        "v2 is the version in an A/B test (v1 60% · v2 40% (A/B v2-vs-v1-20250101-000000)) "
+        "here: v1 60%, v2 40%" in notice
+        for notice in result.notices
+    ), result.notices
+    assert any("sticky" in notice for notice in result.notices)
+    canary = manifests("churn", K8sOptions(strategy="canary")).objects
+    steps = by_kind(canary, "Rollout")[0]["spec"]["strategy"]["canary"]["steps"]
+    assert [step["setWeight"] for step in steps if "setWeight" in step] == [40, 50]
+
+    traffic.write_config(
+        "churn",
+        {"mode": "split", "weights": {"v1": 100.0}, "shadow": {"version": "v2", "percent": 30},
+         "sticky": None},
+    )  # fmt: skip
+    shadow = manifests("churn", K8sOptions(strategy="shadow")).objects
+    http = by_kind(shadow, "VirtualService")[0]["spec"]["http"][0]
+    assert route_weights(shadow) == [("churn-v1", 100)]
+    assert (http["mirror"]["host"], http["mirrorPercentage"]) == ("churn-v2", {"value": 30.0})
+    ab = manifests("churn", K8sOptions(strategy="ab")).objects
+    assert route_weights(ab) == [("churn-v1", 50), ("churn-v2", 50)]
+    assert route_weights(manifests("churn", K8sOptions(strategy="blue-green")).objects) == [
+        ("churn-v2", 0),
+        ("churn-v1", 100),
+    ]
+
+    # A stopped deployment tries nothing: its router's configuration is from before.
+    DeploymentStore(default_store()).set_state("churn", status="stopped", live_version=1)
+    with pytest.raises(ManifestError, match="none is tried here"):
+        manifests("churn", K8sOptions(strategy="ab"))
+
+
 # -- bad requests get clear errors ------------------------------------------------------
 def test_clear_errors(tmp_path: Path) -> None:
     add_versions(tmp_path, count=1)
-    with pytest.raises(ManifestError, match="needs two versions of churn"):
+    with pytest.raises(ManifestError, match="needs a version to try beside v1") as caught:
         manifests("churn", K8sOptions(strategy="shadow"))
+    assert "deploy another version first" in (caught.value.hint or "")
+    with pytest.raises(ManifestError, match="needs two versions of churn"):
+        manifests("churn", K8sOptions(strategy="shadow", candidate=1))
     with pytest.raises(ManifestError, match="--namespace 'ML_team'"):
         manifests("churn", K8sOptions(namespace="ML_team"))
     with pytest.raises(ManifestError, match="--memory '1 GB'"):
@@ -293,7 +477,10 @@ def test_clear_errors(tmp_path: Path) -> None:
         manifests("other")
     add_versions(tmp_path, name="fraud", count=2, live=1)
     with pytest.raises(ManifestError, match="names one image, but these manifests run 2"):
-        manifests("fraud", K8sOptions(strategy="blue-green", image="reg.example.com/fraud:1"))
+        manifests(
+            "fraud",
+            K8sOptions(strategy="blue-green", candidate=2, image="reg.example.com/fraud:1"),
+        )
     with pytest.raises(ManifestError, match="is not an image reference"):
         manifests("fraud", K8sOptions(image="Reg Example/fraud"))
     objects = manifests("fraud", K8sOptions(image="reg.example.com:5000/ml/fraud")).objects
@@ -339,7 +526,9 @@ def test_cli_writes_a_file_per_object_and_replaces_its_own(tmp_path: Path, cli: 
 
 def test_python_api(tmp_path: Path) -> None:
     add_versions(tmp_path, count=2, live=1)
-    result = nbdeploy.kubernetes("churn", out=tmp_path / "k8s", strategy="ab", weight=20)
+    result = nbdeploy.kubernetes(
+        "churn", out=tmp_path / "k8s", strategy="ab", candidate=2, weight=20
+    )
     assert (tmp_path / "k8s" / ".nbdeploy-k8s").exists()
     assert to_yaml(result.objects).count("\n---\n") == len(result.objects) - 1
     with pytest.raises(ManifestError, match="unexpected keyword argument 'replica'"):
@@ -776,7 +965,8 @@ def test_serving_pods_log_their_requests(tmp_path: Path) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["requests"] == {"name": "requests", "emptyDir": {"sizeLimit": "2Gi"}}
 
-    objects = manifests("churn", K8sOptions(strategy="canary", request_log_claim="logs")).objects
+    canary = K8sOptions(strategy="canary", candidate=3, request_log_claim="logs")
+    objects = manifests("churn", canary).objects
     assert schema_errors(objects) == []
     rollout = by_kind(objects, "Rollout")[0]["spec"]["template"]["spec"]
     assert {v["name"]: v for v in rollout["volumes"]}["requests"]["persistentVolumeClaim"] == {
@@ -971,21 +1161,56 @@ def test_apply_without_a_kubeconfig_says_so_and_writes_nothing(
     project: Path, kube: Path, cli: Any, tmp_path: Path
 ) -> None:
     add_versions(tmp_path)
-    out = tmp_path / "manifests"
     for target in (["--pipeline", str(project / "Train Model.ipynb")], ["churn"]):
-        done = cli("k8s", *target, "--apply", "--out", str(out))
+        done = cli("k8s", *target, "--apply")
         assert done.code == 2, done
         assert (
             f"no Kubernetes cluster configured: no kubeconfig at {kube} and not running in a "
             "cluster" in done.err
         )
-        assert "set KUBECONFIG or use --out DIR to write the manifests" in done.err
+        assert (
+            "set KUBECONFIG and run this again, or use --out DIR to write the manifests" in done.err
+        )
         assert "Traceback" not in done.err
-        assert not out.exists()  # nothing half-done
+        assert done.out == ""  # nothing half-done: no YAML on stdout either
+
+
+def test_apply_without_a_kubeconfig_still_writes_the_out_folder(
+    project: Path, kube: Path, cli: Any, tmp_path: Path
+) -> None:
+    """--out was asked for: the files are written, and the error says where they are and
+    how to apply them (a server-side check only, for --dry-run), not to use --out."""
+    import yaml
+
+    add_versions(tmp_path, count=2, live=1)
+    cases = [
+        (["--pipeline", str(project / "Train Model.ipynb")], ["Job"]),
+        (["churn", "--strategy", "blue-green"], ["Deployment", "PodDisruptionBudget",
+                                                 "Service", "Service", "VirtualService"]),
+    ]  # fmt: skip
+    for number, (target, kinds) in enumerate(cases):
+        for dry_run in (["--dry-run"], []):
+            out = tmp_path / f"manifests-{number}{'-dry' if dry_run else ''}"
+            done = cli("k8s", *target, "--apply", *dry_run, "--out", str(out))
+            assert done.code == 2, done
+            assert f"no kubeconfig at {kube}" in done.err
+            assert "--out DIR" not in done.err
+            check = " --dry-run=server" if dry_run else ""
+            assert (
+                f"set KUBECONFIG and run this again, or the manifests are written in {out}: "
+                f"kubectl apply --server-side{check} -f {out} applies them" in done.err
+            ), done.err
+            assert "Traceback" not in done.err
+            written = sorted(out.glob("*.yaml"))
+            assert [yaml.safe_load(path.read_text())["kind"] for path in written] == kinds
+    route = yaml.safe_load((tmp_path / "manifests-1" / "05-virtualservice-churn.yaml").read_text())
+    assert [(r["destination"]["host"], r["weight"]) for r in route["spec"]["http"][0]["route"]] == [
+        ("churn-v1", 100)
+    ]
 
 
 def test_apply_to_an_unreachable_server_names_its_address(
-    project: Path, kube: Path, cli: Any
+    project: Path, kube: Path, cli: Any, tmp_path: Path
 ) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -1000,6 +1225,14 @@ def test_apply_to_an_unreachable_server_names_its_address(
     )
     assert "kubectl cluster-info" in done.err and "Traceback" not in done.err
     assert time.monotonic() - started < 60
+    out = tmp_path / "manifests"
+    done = cli(
+        "k8s", "--pipeline", str(project / "Train Model.ipynb"), "--apply", "--out", str(out)
+    )
+    assert done.code == 1, done
+    assert f"the manifests are written in {out}: kubectl apply --server-side -f {out}" in done.err
+    assert "--out DIR" not in done.err
+    assert [path.name for path in out.glob("*.yaml")] == ["01-job-train-model.yaml"]
 
 
 def test_apply_sends_server_side_apply_of_the_manifests_written(

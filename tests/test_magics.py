@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client.manager import start_new_kernel
 
+from nbdeploy.magics import VSCODE_NOTEBOOK_VARIABLE, DeployMagics
 from nbdeploy.store import StateStore
 from nbdeploy.store.runs import RunStore
 
@@ -103,3 +106,33 @@ def test_deploy_run_inside_a_run_does_not_recurse(kernel, cli, home):
     assert result.code == 0, result
     assert "`%deploy run` ignored: this notebook is itself running under nbdeploy" in result.out
     assert len(RunStore(StateStore(home / "state.db")).recent()) == 1
+
+
+@pytest.fixture
+def shell(monkeypatch):
+    """An in-process IPython shell with the magics (no kernel: nothing names its notebook
+    but what a test sets)."""
+    ip = InteractiveShell.instance()
+    ip.register_magics(DeployMagics)
+    monkeypatch.delitem(ip.user_ns, VSCODE_NOTEBOOK_VARIABLE, raising=False)
+    return ip
+
+
+def test_the_magics_find_a_vs_code_notebook(shell, make_notebook, monkeypatch, capsys):
+    notebook = make_notebook("vscode.ipynb", [("n: int = 1  # a number", ["parameters"])])
+    monkeypatch.setitem(shell.user_ns, VSCODE_NOTEBOOK_VARIABLE, str(notebook))
+    shell.run_line_magic("deploy", "params")
+    assert "n     int   1        a number" in capsys.readouterr().out
+    # `%deploy run` takes the same notebook: its parameters are checked before any kernel.
+    with pytest.raises(UsageError) as raised:
+        shell.run_line_magic("deploy", "run -p n lots --no-mlflow")
+    assert "parameter 'n' of vscode.ipynb expects int, got lots" in str(raised.value)
+
+
+@pytest.mark.parametrize("command", ["run", "params"])
+def test_a_kernel_that_does_not_know_its_notebook_says_to_name_it(shell, command):
+    with pytest.raises(UsageError) as raised:
+        shell.run_line_magic("deploy", command)
+    message = str(raised.value)
+    assert f"%deploy {command}: this kernel does not know its notebook" in message
+    assert f"hint: pass the notebook's path: %deploy {command} train.ipynb" in message

@@ -447,6 +447,10 @@ def test_redacted_fields_never_reach_the_disk(home):
         assert SECRET.encode() not in path.read_bytes(), path.relative_to(folder)
     server_log = "\n".join(nbdeploy.logs("private", 2000))
     assert "ValueError: bad record" in server_log and "[redacted]" in server_log
+    # The malformed body was the client's mistake: one warning line, no traceback.
+    logs = "".join(p.read_text() for p in files if p.parent.name == "logs" and p.suffix == ".log")
+    assert "[WARNING]" in logs and "POST /score refused (400): " in logs
+    assert "pydantic_core._pydantic_core.ValidationError" not in logs
 
 
 def mirrored(folder: Path) -> int:

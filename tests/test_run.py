@@ -250,6 +250,35 @@ def test_run_is_recorded_in_mlflow(make_notebook, cli, home):
     assert not (nb.parent / "mlruns").exists()
 
 
+def test_a_users_sqlite_store_keeps_artifacts_out_of_the_working_folder(
+    make_notebook, cli, home, tmp_path, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    database = tmp_path / "store" / "user.db"
+    database.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    nb = make_notebook(
+        "shared.ipynb",
+        ["open('plot.txt', 'w').write('x')\nimport nbdeploy\nnbdeploy.log_artifact('plot.txt')"],
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("run", str(nb), "--json", cwd=elsewhere)
+    assert result.code == 0, result
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
+    run = client.get_run(result.json["mlflow_run_id"])
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "artifacts")] == [
+        "artifacts/plot.txt"
+    ]
+    location = client.get_experiment(run.info.experiment_id).artifact_location
+    assert location == (home / "mlartifacts" / "shared").as_uri()
+    assert run.info.artifact_uri.startswith(location)
+    assert [p.name for p in (home / "mlartifacts" / "shared").rglob("*.txt")] == ["plot.txt"]
+    for folder in (elsewhere, nb.parent, database.parent):
+        assert not (folder / "mlruns").exists(), folder
+
+
 def test_a_relative_mlflow_uri_means_the_folder_it_was_given_in(tmp_path, monkeypatch):
     from nbdeploy import config
 

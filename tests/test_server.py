@@ -84,6 +84,7 @@ async def wait_for(jp_fetch: Any, operation: dict[str, Any], timeout: float = 24
     while time.monotonic() < deadline:
         code, state = await call(jp_fetch, "operations", operation["id"])
         assert code == 200
+        assert not state["steps"] or 0 <= state["step"] <= state["steps"], state  # never 7 of 6
         if state["status"] != "running":
             return state
         await asyncio.sleep(0.25)
@@ -441,3 +442,18 @@ def test_the_deploy_form_offers_the_training_inputs_as_reference() -> None:
     assert found[0] == "X_train", found
     assert found.index("X_test") < found.index("y_train")  # labels last
     assert not {"n_estimators", "max_depth"} & set(found)  # parameters are not inputs
+
+
+def test_an_operations_progress_never_counts_past_its_total() -> None:
+    from nbdeploy.server.operations import Operation, OperationProgress
+
+    operation = Operation(id="op", kind="run", subject=None)
+    progress = OperationProgress(operation)
+    progress.start("train.ipynb", 6)
+    seen = []
+    for position in range(1, 8):  # six cells, then the epilogue nbdeploy adds
+        progress.cell_started(position, position, "")
+        seen.append(operation.step)
+    assert seen == [1, 2, 3, 4, 5, 6, 6]
+    progress.finish(True, "done")
+    assert operation.step == operation.steps == 6

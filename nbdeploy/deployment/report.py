@@ -9,7 +9,7 @@ import shlex
 import time
 from typing import Any
 
-from nbdeploy.deployment.store import SERVING, Deployment
+from nbdeploy.deployment.store import SERVING, Deployment, DeploymentStore, Version
 from nbdeploy.deployment.traffic import describe_split
 from nbdeploy.pipeline.summary import FAIL_MARK, OK_MARK, table
 
@@ -189,11 +189,35 @@ def describe_switch(deployment: Deployment) -> str:
 
 
 def describe_status(deployments: list[Deployment], rollout: dict[str, Any] | None = None) -> str:
-    """``nbdeploy status [NAME]`` as text: the table, and for one deployment its rollout."""
+    """``nbdeploy status [NAME]`` as text: the table, and for one deployment its live
+    version (with its MLflow registry version) and its rollout."""
     text = status_table(deployments)
     if rollout is not None and len(deployments) == 1:
+        live = live_version(deployments[0])
+        if live is not None:
+            text += f"\n{live.deployment}: live {version_label(live)}"
         text += "\n" + describe_rollout(deployments[0].name, rollout)
     return text
+
+
+def version_label(version: Version) -> str:
+    """A version as nbdeploy and the MLflow registry both name it: "v3 (MLflow predict
+    version 7)" (nbdeploy's v3 is not the registry's version 3 in a shared store); "v3"
+    when it is not registered."""
+    label = f"v{version.version}"
+    if version.mlflow_version:
+        label += f" (MLflow {version.deployment} version {version.mlflow_version})"
+    return label
+
+
+def live_version(deployment: Deployment) -> Version | None:
+    """The record of the version that serves (None before the first), from the default
+    store."""
+    from nbdeploy.store import default_store
+
+    if deployment.live_version is None:
+        return None
+    return DeploymentStore(default_store()).version(deployment.name, deployment.live_version)
 
 
 def canary_line(plan: dict[str, Any]) -> str:

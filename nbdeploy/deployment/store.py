@@ -255,6 +255,14 @@ class DeploymentStore:
                 "DELETE FROM versions WHERE deployment = ? AND version = ?", (name, version)
             )
 
+    def delete_deployment(self, name: str) -> None:
+        """Forget a deployment: its row, versions, servers and events (``nbdeploy delete``)."""
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM events WHERE subject = ?", (name,))
+            conn.execute("DELETE FROM servers WHERE deployment = ?", (name,))
+            conn.execute("DELETE FROM versions WHERE deployment = ?", (name,))
+            conn.execute("DELETE FROM deployments WHERE name = ?", (name,))
+
     def set_mlflow_version(self, name: str, version: int, mlflow_version: str) -> None:
         with self.store.transaction() as conn:
             conn.execute(

@@ -6,7 +6,9 @@ its pinned requirements, installed offline from a wheelhouse made on this machin
 (:mod:`nbdeploy.image.wheelhouse`). The engine builds two images with the classic builder:
 a dependency image keyed by the requirements lock (built once per lock, reused by every
 version that shares it) and the version's image on top of it, so a change to the function
-rebuilds only the code layer. ``--pipeline NOTEBOOK_OR_YAML`` builds the image a
+rebuilds only the code layer. The base image comes from the engine, else is pulled (never
+with ``--offline``); where no registry is reachable, :func:`make_base_commands` says how to
+make one from Debian's packages. ``--pipeline NOTEBOOK_OR_YAML`` builds the image a
 pipeline's Kubernetes Job runs in (:mod:`nbdeploy.image.pipeline`) the same way.
 ``--context-only DIR`` writes one portable multi-stage Dockerfile and its context
 instead, for an engine elsewhere.
@@ -229,7 +231,7 @@ def _build_with_engine(
         notify(f"dependencies: reusing {context.dependencies_tag} (same requirements lock)")
     else:
         notify(f"dependencies: building {context.dependencies_tag} from the wheelhouse")
-        _require_base(api, context.base_image, offline)
+        _require_base(api, context.base_image, offline, notify)
         _check_base_python(api, context, notify)
         result.dependencies = engine.build(
             api,
@@ -266,24 +268,30 @@ def _same_base(api: Any, dependencies: dict[str, Any], base_image: str) -> bool:
 
 def _check_base_python(api: Any, context: ImageContext, notify: Notify) -> None:
     """The base image's python3 has this Python's X.Y (the wheels are for it); packages
-    whose Requires-Python excludes its exact version are named."""
+    whose Requires-Python excludes its exact version are named. The image is in the engine
+    (see :func:`_require_base`): a failure here is the image's own."""
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    found = engine.run_once(
-        api,
-        context.base_image,
-        ["python3", "-c", "import sys, venv; print('%d.%d.%d' % sys.version_info[:3])"],
+    base = context.base_image
+    ran = engine.run_once(
+        api, base, ["python3", "-c", "import sys, venv; print('%d.%d.%d' % sys.version_info[:3])"]
     )
+    found = ran.output
+    if ran.timed_out:
+        raise engine.ImageBuildError(
+            f"could not check the Python of the base image {base}: {ran.problem}",
+            "check that the engine runs containers (docker run --rm IMAGE true), then retry",
+        )
     if found is None or not re.fullmatch(r"\d+\.\d+\.\d+", found):
         raise ImageDefinitionError(
-            f"the base image {context.base_image} has no python3 with the venv module",
-            f"use an image with Python {here} and venv, e.g. python:{here}-slim, or Debian's "
-            "python3 and python3-venv",
+            f"the base image {base} has no python3 with the venv module "
+            f"({_python_problem(ran.problem, found)})",
+            _other_base_hint(base, "and its venv module"),
         )
     if not found.startswith(f"{here}."):
         raise ImageDefinitionError(
-            f"the base image {context.base_image} has Python {found}, this kernel {here}: the "
-            "locked wheels are for this kernel's Python",
-            f"use a base image with Python {here} (e.g. python:{here}-slim)",
+            f"the base image {base} has Python {found}, this kernel {here}: the locked wheels "
+            "are for this kernel's Python",
+            _other_base_hint(base),
         )
     excluded = wheelhouse.python_mismatches(context.lock, found)
     if excluded:
@@ -293,15 +301,82 @@ def _check_base_python(api: Any, context: ImageContext, notify: Notify) -> None:
         )
 
 
-def _require_base(api: Any, base_image: str, offline: bool) -> None:
-    if engine.image_exists(api, base_image) is not None or not offline:
-        return
-    raise engine.ImageBuildError(
-        f"the base image {base_image} is not in the engine, and an offline build cannot pull it",
-        f"load it first (docker pull {base_image} where a registry is reachable, then docker "
-        "save/load; or docker import a root file system with python3 and python3-venv), or "
-        "give --base-image an image the engine has",
+def _python_problem(problem: str, printed: str | None) -> str:
+    """Why python3 gave no version, in a few words: the engine's words are long."""
+    if re.search(r"python3.*(executable file not found|no such file)", problem, re.I):
+        return "no python3 on its PATH"
+    if "No module named" in problem:
+        return problem.split("ModuleNotFoundError: ", 1)[-1]
+    return problem[-160:] if problem else f"python3 printed {printed!r}"
+
+
+# Debian releases by the Python their python3 is: the suite mmdebstrap makes a base of.
+DEBIAN_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
+
+
+def make_base_commands(avoid: str = "") -> tuple[str, str]:
+    """The commands that make a base image without a registry (as tests/docker/engine.sh
+    does): a minimal Debian with python3 and python3-venv from Debian's packages, imported
+    into the engine; and the image's name (never ``avoid``, the image that failed)."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    suite = DEBIAN_SUITES.get(here, "bookworm")
+    name = f"nbdeploy-base:{suite}"
+    if name == avoid:
+        name = f"nbdeploy-base:python3-{suite}"
+    commands = (
+        f"mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates "
+        f"{suite} base.tar && docker import base.tar {name}"
     )
+    if here not in DEBIAN_SUITES:
+        commands += f" (with a suite whose python3 is {here} in place of {suite})"
+    return commands, name
+
+
+def _other_base_hint(failed: str, wanted: str = "") -> str:
+    """What to give instead of ``failed``: never ``failed`` itself."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    official = f"python:{here}-slim"
+    example = f" (e.g. {official})" if official != failed else ""
+    commands, name = make_base_commands(avoid=failed)
+    with_python = f"Python {here} {wanted}".strip()
+    return (
+        f"give --base-image an image with {with_python}{example}; or make one without a "
+        f"registry: {commands}, then --base-image {name}"
+    )
+
+
+def _require_base(api: Any, base_image: str, offline: bool, notify: Notify) -> None:
+    """The base image is in the engine: there already, else pulled (not when offline).
+    A pull that fails says so, with the engine's reason, and names the offline path."""
+    if engine.image_exists(api, base_image) is not None:
+        return
+    commands, name = make_base_commands(avoid=base_image)
+    offline_path = (
+        "use an image the engine already has: --offline --base-image IMAGE (see docker "
+        f"images); or make one without a registry: {commands}, then --offline --base-image "
+        f"{name}"
+    )
+    if offline:
+        raise engine.ImageBuildError(
+            f"the base image {base_image} is not in the engine, and an offline build does not "
+            "pull it",
+            f"{offline_path}; or docker pull {base_image} where a registry is reachable and "
+            "bring it here with docker save and docker load",
+        )
+    notify(f"base image: pulling {base_image} (it is not in the engine)")
+    try:
+        engine.pull(api, base_image)
+    except engine.ImageBuildError as error:
+        raise engine.ImageBuildError(
+            f"the base image {base_image} is not in the engine and could not be pulled "
+            f"({error.message})",
+            offline_path,
+        ) from None
+    if engine.image_exists(api, base_image) is None:
+        raise engine.ImageBuildError(
+            f"the pull of the base image {base_image} ended without the image in the engine",
+            offline_path,
+        )
 
 
 def _check_registry(registry: str) -> None:

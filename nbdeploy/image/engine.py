@@ -1,6 +1,7 @@
 """The Docker Engine, through the ``docker`` package's low-level API: connect (DOCKER_HOST
 and the usual environment respected), build with the classic builder while streaming its
-steps, push, and turn the engine's failures into errors that say what to do.
+steps, pull (with a deadline) and push, and turn the engine's failures into errors that say
+what to do.
 
 A build's own record of its steps (which ones the engine took from its cache) is kept, so
 that callers and tests can tell a rebuild that reused the dependency layer from one that
@@ -12,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import queue
 import re
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +234,91 @@ def push(api: Any, repository: str, tag: str, progress: Progress | None = None) 
     return digest
 
 
+PULL_TIMEOUT = 600.0
+"""Seconds a pull may take in all: a base image is tens of MB; a registry that does not
+answer is given up on well before."""
+
+
+def pull(api: Any, reference: str, timeout: float = PULL_TIMEOUT) -> None:
+    """Pull ``reference`` into the engine, waiting at most ``timeout`` seconds in all.
+    Raises ImageBuildError whose message is the engine's reason, shortened (see
+    :func:`pull_failure`); the caller says what the image was for and what to do.
+
+    The docker package reads a pull's answer with no timeout, so the pull runs in a daemon
+    thread and this waits for its messages with a deadline; a pull given up on is left to
+    the engine, which cancels it when the connection closes."""
+    repository, tag = split_reference(reference)
+    messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def stream() -> None:
+        try:
+            for chunk in api.pull(repository, tag=tag, stream=True, decode=True):
+                messages.put(("chunk", chunk))
+            messages.put(("done", None))
+        except Exception as error:  # the engine's APIError, a dropped connection
+            messages.put(("error", error))
+
+    threading.Thread(target=stream, name=f"nbdeploy-pull-{reference}", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            kind, value = messages.get(timeout=max(remaining, 0.0))
+        except queue.Empty:
+            raise ImageBuildError(f"timeout: the pull did not finish in {timeout:.0f} s") from None
+        if kind == "done":
+            return
+        if kind == "error":
+            explanation = getattr(value, "explanation", None)
+            raise ImageBuildError(pull_failure(str(explanation or value))) from None
+        if isinstance(value, dict) and "error" in value:
+            raise ImageBuildError(pull_failure(str(value["error"])))
+
+
+def split_reference(reference: str) -> tuple[str, str | None]:
+    """``repository`` and ``tag`` (None for a digest, which stays in the repository)."""
+    if "@" in reference:
+        return reference, None
+    repository, colon, tag = reference.rpartition(":")
+    if not colon or "/" in tag:  # no tag, or the colon was a registry's port
+        return reference, "latest"
+    return repository, tag
+
+
+_PULL_REASONS: list[tuple[str, str]] = [
+    # (a pattern in the engine's message, what it means), the first that matches wins
+    (r"no such host|server misbehaving|lookup \S+", "DNS: {host} does not resolve"),
+    (r"timeout|timed out|deadline exceeded", "timeout reaching {host}"),
+    (r"x509|certificate|tls:|TLS handshake|server gave HTTP response", "TLS failed with {host}"),
+    (
+        r"connection refused|no route to host|network is unreachable|connection reset"
+        r"|dial tcp",
+        "no registry reachable at {host}",
+    ),
+    (
+        r"manifest unknown|not found|pull access denied|repository does not exist"
+        r"|unauthorized|authentication required",
+        "{host} has no such image, or needs docker login",
+    ),
+]
+
+
+def pull_failure(detail: str) -> str:
+    """The engine's reason a pull failed, shortened: no registry reachable, DNS, TLS,
+    timeout or no such image, the registry's host, and the engine's last words, e.g.
+    ``DNS: registry-1.docker.io does not resolve, no such host``."""
+    text = _last_line(detail) or "no reason given"
+    url = re.search(r"https?://([^/\"\s]+)", text)
+    lookup = re.search(r"lookup (\S+?)(?: on |:|$)", text)
+    named = lookup or url
+    host = named[1] if named else "the registry"
+    cause = text.rsplit(": ", 1)[-1].strip()[:160]
+    for pattern, meaning in _PULL_REASONS:
+        if re.search(pattern, text, re.IGNORECASE):
+            return f"{meaning.format(host=host)}, {cause}"
+    return text[-200:]
+
+
 def label_of(image: dict[str, Any], key: str) -> str | None:
     labels = (image.get("Config") or {}).get("Labels") or {}
     value = labels.get(key)
@@ -244,9 +333,19 @@ def describe(image: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_once(api: Any, image: str, command: list[str]) -> str | None:
-    """Run ``command`` in a throwaway container of ``image`` with no network; its output, or
-    None when it fails."""
+@dataclass
+class RunOutcome:
+    """What a throwaway container did: its output when it exited 0, else None and why."""
+
+    output: str | None
+    problem: str = ""
+    timed_out: bool = False
+
+
+def run_once(api: Any, image: str, command: list[str], timeout: float = 60) -> RunOutcome:
+    """Run ``command`` in a throwaway container of ``image`` with no network, waiting at
+    most ``timeout`` seconds; its output, or why it gave none (the engine could not start
+    it, it exited non-zero, it did not finish in time)."""
     from docker.errors import APIError
 
     container = None
@@ -255,12 +354,23 @@ def run_once(api: Any, image: str, command: list[str]) -> str | None:
             image, command=command, host_config=api.create_host_config(network_mode="none")
         )
         api.start(container["Id"])
-        status = api.wait(container["Id"], timeout=60)
+        status = api.wait(container["Id"], timeout=timeout)
         output = api.logs(container["Id"], stdout=True, stderr=False).decode().strip()
-        return output if status.get("StatusCode") == 0 else None
-    except APIError:
-        return None
+        code = status.get("StatusCode")
+        if code == 0:
+            return RunOutcome(output)
+        errors = api.logs(container["Id"], stdout=False, stderr=True).decode().strip()
+        return RunOutcome(None, f"exit status {code}: {_last_line(errors) or 'no output'}")
+    except APIError as error:
+        return RunOutcome(None, _last_line(str(error.explanation or error)))
+    except Exception as error:  # requests' read timeout of the wait, a dropped connection
+        return RunOutcome(None, f"no answer within {timeout:.0f} s ({_short(error)})", True)
     finally:
         if container is not None:
-            with contextlib.suppress(APIError):
+            with contextlib.suppress(Exception):
                 api.remove_container(container["Id"], force=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""

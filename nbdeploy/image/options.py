@@ -32,13 +32,17 @@ def add_image_commands(commands: Any) -> None:
     build.add_argument(
         "--base-image",
         metavar="IMAGE",
-        help="any image with python3 and venv (default: python:X.Y-slim of this Python)",
+        help="any image with python3 and venv (default: python:X.Y-slim of this Python, "
+        "or NBDEPLOY_BASE_IMAGE); pulled when the engine lacks it",
     )
     build.add_argument(
         "--offline",
         action="store_true",
         help="download nothing: wheels only from this environment and the cache, the base "
-        'image only from the engine (builds always run with network "none")',
+        'image only from the engine (builds always run with network "none"). Without a '
+        "registry, make a base image: mmdebstrap --variant=minbase "
+        "--include=python3,python3-venv,ca-certificates bookworm base.tar && docker import "
+        "base.tar nbdeploy-base:bookworm; then --offline --base-image nbdeploy-base:bookworm",
     )
     build.add_argument("--push", metavar="REGISTRY", help="tag and push to this registry")
     build.add_argument(

@@ -120,15 +120,15 @@ def write_and_apply(
 ) -> list[Path]:
     """Write ``result``'s objects into ``out`` and, with ``apply``, apply them to the
     cluster of the kubeconfig's ``context`` (``result.applied`` holds the cluster's
-    answers). The kubeconfig is read first: without a cluster nothing is written."""
-    cluster = None
-    if apply:
-        from nbdeploy.k8s.apply import connect
-
-        cluster = connect(context)
-    elif context or dry_run:
+    answers). The files are written first: when the cluster cannot be had or refuses
+    them, they are there to apply another way, and the error says so."""
+    if not apply and (context or dry_run):
         raise ManifestError("--context and --dry-run go with --apply")
     files = write(result.objects, out) if out is not None else []
-    if cluster is not None:
+    if apply:
+        from nbdeploy.k8s.apply import WRITE_INSTEAD, apply_written, connect
+
+        instead = WRITE_INSTEAD if out is None else apply_written(out, dry_run=dry_run)
+        cluster = connect(context, instead)
         result.applied = cluster.apply(result.objects, namespace, dry_run=dry_run)
     return files

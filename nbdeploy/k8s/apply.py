@@ -44,6 +44,19 @@ _INSTALL = {  # what a cluster without these APIs needs
 }
 
 
+WRITE_INSTEAD = "use --out DIR to write the manifests and apply them elsewhere"
+
+
+def apply_written(folder: str | Path, *, dry_run: bool = False) -> str:
+    """What to do without the cluster when the manifests are written in ``folder``:
+    apply them as nbdeploy would (a server-side check only, for a dry run)."""
+    check = " --dry-run=server" if dry_run else ""
+    return (
+        f"the manifests are written in {folder}: kubectl apply --server-side{check} "
+        f"-f {folder} applies them where a cluster is configured"
+    )
+
+
 class ClusterError(NbdeployError):
     """The cluster could not be reached, or did not take the objects."""
 
@@ -70,16 +83,17 @@ def kubeconfig_paths() -> list[Path]:
     return [Path("~/.kube/config").expanduser()]
 
 
-def connect(context: str | None = None) -> Cluster:
+def connect(context: str | None = None, instead: str = WRITE_INSTEAD) -> Cluster:
     """The cluster of the kubeconfig (``context``, else its current one), or of the pod's
-    service account inside a cluster. Nothing is sent yet."""
+    service account inside a cluster. Nothing is sent yet. ``instead`` ends the hint of
+    an error: what to do without this cluster (by default: write the manifests with
+    --out; :func:`apply_written` when they are written)."""
     try:
         from kubernetes import client, config
     except ImportError:
         raise NbdeployError(
             "--apply needs the kubernetes Python client, which is not installed",
-            "pip install 'nbdeploy[k8s]' (or pip install kubernetes); or write the manifests "
-            "with --out DIR and apply them with kubectl",
+            f"pip install 'nbdeploy[k8s]' (or pip install kubernetes); or {instead}",
         ) from None
     configuration = client.Configuration()
     paths = kubeconfig_paths()
@@ -122,9 +136,9 @@ def connect(context: str | None = None) -> Cluster:
         raise NbdeployError(
             f"no Kubernetes cluster configured: no kubeconfig at {shown} and not running in "
             "a cluster",
-            "set KUBECONFIG or use --out DIR to write the manifests and apply them elsewhere",
+            f"set KUBECONFIG and run this again, or {instead}",
         )
-    return Cluster(configuration, context_name, default_namespace)
+    return Cluster(configuration, context_name, default_namespace, instead)
 
 
 def _home_relative(path: Path) -> str:
@@ -147,6 +161,7 @@ class Cluster:
     configuration: Any  # kubernetes.client.Configuration
     context: str
     namespace: str  # for objects that name none
+    instead: str = WRITE_INSTEAD  # what to do when it cannot be reached
 
     @property
     def server(self) -> str:
@@ -272,7 +287,7 @@ class Cluster:
             f"cannot reach the Kubernetes API server at {self.server} (context "
             f"{self.context}): {text}",
             "is the cluster running and reachable from here? kubectl cluster-info checks the "
-            "same kubeconfig; or write the manifests with --out DIR and apply them elsewhere",
+            f"same kubeconfig; or {self.instead}",
         )
 
     def _refused(self, error: Any, what: str, namespace: str | None, changed: str) -> ClusterError:

@@ -33,8 +33,9 @@ class K8sOptions:
     replicas: int = 2
     max_replicas: int | None = None  # an autoscaler from replicas up to this
     image: str | None = None  # a repository (tagged vN per version) or one image
-    candidate: int | None = None  # the new version (default: the newest)
-    weight: float | None = None  # A/B: the new arm's share; shadow: percent mirrored
+    # The version to roll out (default: the one tried here, else the live one serves).
+    candidate: int | None = None
+    weight: float | None = None  # A/B, canary: the new version's share; shadow: % mirrored
     steps: list[float] | None = None
     interval: float | None = None
     cpu: str | None = None
@@ -70,14 +71,20 @@ def add_k8s_arguments(parser: argparse.ArgumentParser) -> None:
         "nbdeploy image build tags them); or one image:tag",
     )
     parser.add_argument(
-        "--candidate", type=int, metavar="N", help="the new version (default: the newest)"
+        "--candidate",
+        type=int,
+        metavar="N",
+        help="the version to roll out: rolling and blue-green switch to vN, canary, ab and "
+        "shadow try it beside the live version (default: the version a canary, A/B test or "
+        "shadow in progress here tries, at its share here; with none in progress the live "
+        "version serves, and ab and shadow need --candidate)",
     )
     parser.add_argument(
         "--weight",
         type=float,
         metavar="P",
-        help="ab: the new version's share (default 50); shadow: percent of requests "
-        "mirrored (default 100)",
+        help="ab: the new version's share; canary: its first step; shadow: percent of "
+        "requests mirrored (default: as here, else ab 50, shadow 100)",
     )
     parser.add_argument("--steps", type=percentages, metavar="P,P,...", help="canary steps")
     parser.add_argument("--interval", type=float, metavar="SECONDS", help="canary step length")

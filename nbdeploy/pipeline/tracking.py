@@ -115,16 +115,12 @@ class MlflowTracker:
         """Create the MLflow run in the helper process, in the background (once)."""
         if self._started is not None:
             return
-        artifact_location = None
-        if not os.environ.get(config.MLFLOW_URI_ENV):
-            # MLflow's default artifact root is ./mlruns in the current directory.
-            artifact_location = f"{config.mlflow_artifact_root()}/{self.experiment}"
         self._started = tracking_worker().request(
             f"{self.run_id}:start",
             op="start",
             uri=self.uri,
             experiment=self.experiment,
-            artifact_location=artifact_location,
+            artifact_location=config.mlflow_artifact_location(self.experiment),
             run_name=self.run_name,
             tags=self.tags,
         )

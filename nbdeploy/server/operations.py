@@ -94,7 +94,8 @@ class OperationProgress:
         self.operation.say(f"running {label}")
 
     def cell_started(self, position: int, cell_number: int, first_line: str) -> None:
-        self.operation.step = position + 1
+        # ``position`` counts from 1; the epilogue nbdeploy adds runs as the last step
+        self.operation.step = min(position, self.operation.steps or position)
 
     def output(self, text: str, stream: str) -> None:
         pass

@@ -316,10 +316,60 @@ def from_environment(manifest: dict[str, Any]) -> RequestLog | None:
 def bentoml_logging(log: RequestLog | None) -> dict[str, Any]:
     """BentoML's ``logging`` service setting: its access log (a line per request, about a
     quarter of the throughput of a small model) is off when the request log replaces it;
-    errors and tracebacks go to the server log either way."""
+    errors and tracebacks go to the server log either way, except a client's mistake (an
+    answer 4xx), which is one warning line (:class:`ClientErrorsAsOneLine`)."""
+    server_log = logging.getLogger(BENTOML_HTTP_LOGGER)
+    if not any(isinstance(f, ClientErrorsAsOneLine) for f in server_log.filters):
+        server_log.addFilter(ClientErrorsAsOneLine())
     asked = os.environ.get(ACCESS_LOG_ENV, "").strip().lower()
     enabled = asked in ("1", "true", "yes", "on") if asked else log is None
     return {"access": {"enabled": enabled}}
+
+
+BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"  # logs "Exception on /path [POST]"
+
+
+class ClientErrorsAsOneLine(logging.Filter):
+    """BentoML logs every refused request (a body that does not validate: answered 400) as
+    an ERROR with the whole traceback. A client's mistake is not the server's error: such a
+    record becomes one WARNING line with what was wrong (the traceback of a 5xx stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        status = _client_error_status(error)
+        if status is None:
+            return True
+        record.msg = "%s refused (%d): %s"
+        record.args = (_path_of(record), status, _one_line(error))
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _client_error_status(error: BaseException | None) -> int | None:
+    """The 4xx status BentoML answers ``error`` with (None: not a client's mistake)."""
+    if error is None:
+        return None
+    if type(error).__name__ == "ValidationError" and type(error).__module__.startswith("pydantic"):
+        return 400
+    code = getattr(getattr(error, "error_code", None), "value", None)
+    return code if isinstance(code, int) and 400 <= code < 500 else None
+
+
+def _path_of(record: logging.LogRecord) -> str:
+    """ "POST /predict" from BentoML's ("Exception on %s [%s]", path, method)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return f"{args[1]} {args[0]}" if len(args) >= 2 else "a request"
+
+
+def _one_line(error: BaseException | None) -> str:
+    """The first lines of ``error``'s message, joined; pydantic's echo of the input and its
+    links to documentation left out (the input may hold private values)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith("For further information")]
+    text = "; ".join(kept)
+    text = _INPUT_VALUE.sub("input_value=…", text)
+    return text[:300] + ("…" if len(text) > 300 else "")
 
 
 class RequestLog:

@@ -78,8 +78,8 @@ def ask_daemon(op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[s
 
 def record(kind: str, fields: dict[str, Any], home: Path | None = None) -> dict[str, Any]:
     """Have the daemon (the store's only writer) record what this process made: a new
-    version (``kind`` "version"), its MLflow model version ("mlflow_version"), or a version
-    it pruned ("pruned_version")."""
+    version (``kind`` "version"), its MLflow model version ("mlflow_version"), a version
+    it pruned ("pruned_version"), or a deployment it deleted ("deleted_deployment")."""
     if in_daemon():  # the daemon itself (a rollback records the registry's version)
         from nbdeploy.deployment.runtime.daemon import record as record_here
 

@@ -282,9 +282,9 @@ def _reply(connection: socket.socket, message: dict[str, Any]) -> None:
 def record(request: dict[str, Any]) -> dict[str, Any]:
     """Write what a client made (the daemon is the store's only writer): a new version's row
     (and its deployment's, the first time), the MLflow model version it was registered as,
-    or the end of a version whose build was pruned. Answered at once, outside the
-    deployment's queue: the client holds the deployment's lock while it builds, and a queued
-    rollout may be waiting for that lock."""
+    the end of a version whose build was pruned, or of a deployment deleted. Answered at
+    once, outside the deployment's queue: the client holds the deployment's lock while it
+    builds, and a queued rollout may be waiting for that lock."""
     from nbdeploy.deployment.store import DeploymentStore, Version
     from nbdeploy.store import default_store
 
@@ -296,6 +296,9 @@ def record(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "version": deployments.add_version(version).version}
     if request.get("kind") == "pruned_version":
         deployments.delete_version(str(request["deployment"]), int(request["version"]))
+        return {"ok": True}
+    if request.get("kind") == "deleted_deployment":
+        deployments.delete_deployment(str(request["deployment"]))
         return {"ok": True}
     if request.get("kind") == "mlflow_version":
         name, number = str(request["deployment"]), int(request["version"])

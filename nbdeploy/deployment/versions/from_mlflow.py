@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nbdeploy import config
 from nbdeploy.deployment.options import DeployOptions
@@ -47,16 +48,17 @@ def deploy_mlflow_model(
 
     started = time.monotonic()
     check_host(host)
-    resolved, registered_name, columns, requirements = _resolve_mlflow_model(model_uri)
+    resolved, registered_name, (columns, width), requirements = _resolve_mlflow_model(model_uri)
     name = deployment_name(name, given=True) if name else deployment_name(registered_name)
     deployments = DeploymentStore(store or default_store())
-    content = hashlib.sha256(f"{resolved}\n{columns}\n{workers}".encode()).hexdigest()
+    content = hashlib.sha256(f"{resolved}\n{columns}\n{width}\n{workers}".encode()).hexdigest()
     model_tag = f"nbd-{name}-mlflow:{content[:16]}"
     code = render(
         "mlflow_service.py.j2",
         deployment=name,
         model_uri=resolved,
         columns=columns,
+        width=width,
         service_name=f"nbd-{name}",
         workers=int(workers),
         timeout=60,
@@ -73,11 +75,14 @@ def deploy_mlflow_model(
     write_private_text(version_dir / REQUEST_LOG_FILE, request_log)
     write_private_text(version_dir / UPSTREAM_GUARD_FILE, guard)
     write_private_text(version_dir / "requirements.txt", "".join(f"{r}\n" for r in requirements))
-    schema = {
+    schema: dict[str, Any] = {
         "route": "/predict",
         "inputs": [{"name": "rows", "type": "list[Any]"}],
         "output": "list[Any]",
+        "width": width,  # values per row, from the model's signature (None: unknown)
     }
+    if width:  # a request that works as printed: one row of zeros of the right width
+        schema["example"] = {"rows": [[0.0] * width]}
     manifest = {
         "name": name,
         "function": "predict",
@@ -126,8 +131,11 @@ def _existing_or_built(
     return add_version(deployments, host, port, planned), built
 
 
-def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str]]:
-    """(a URI that names one version, the model's name, input column names, requirements)."""
+def _resolve_mlflow_model(
+    model_uri: str,
+) -> tuple[str, str, tuple[list[str], int | None], list[str]]:
+    """(a URI that names one version, the model's name, its input (column names, values per
+    row), requirements)."""
     import re
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([\w.-]+)|/(\d+))", model_uri.strip())
@@ -161,10 +169,23 @@ def _resolve_mlflow_model(model_uri: str) -> tuple[str, str, list[str], list[str
         info = mlflow.models.get_model_info(_with_tracking(resolved))
     except MlflowException as error:
         raise DeployError(f"MLflow has no model {model_uri!r}: {error.message}") from None
-    columns = []
-    if info.signature is not None and info.signature.inputs is not None:
-        columns = [name for name in info.signature.inputs.input_names() if isinstance(name, str)]
-    return resolved, model_name, columns, _mlflow_requirements(resolved)
+    return resolved, model_name, input_shape(info.signature), _mlflow_requirements(resolved)
+
+
+def input_shape(signature: Any) -> tuple[list[str], int | None]:
+    """A signature's input as rows: the column names (a column-based schema) and the values
+    a row has (None: the model logged no signature, or rows of no fixed width)."""
+    if signature is None or signature.inputs is None:
+        return [], None
+    inputs = signature.inputs
+    columns = [name for name in inputs.input_names() if isinstance(name, str)]
+    if columns:
+        return columns, len(columns)
+    if inputs.is_tensor_spec() and len(inputs.inputs) == 1:
+        shape = tuple(inputs.inputs[0].shape or ())
+        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+            return [], shape[1]
+    return [], None
 
 
 def _with_tracking(uri: str) -> str:

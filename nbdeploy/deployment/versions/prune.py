@@ -1,9 +1,15 @@
-"""``nbdeploy prune``: old versions do not fill the disk.
+"""``nbdeploy prune``: old versions do not fill the disk; ``nbdeploy delete``: a deployment
+and everything it left, gone.
 
 Versions beyond the newest N of a deployment are removed from nbdeploy's store, from
 BentoML's store (the bento, and the saved objects no kept version uses) and from the
 version folders. The live version and the rollback target are always kept. MLflow registry
 versions stay unless ``registry=True``.
+
+:func:`delete` stops a deployment, then removes every version that way, its folder (request
+and server logs, router configuration, keys) and its rows in nbdeploy's store; its MLflow
+registered model too unless ``registry=False``. Output notebooks of runs stay (they are the
+runs', listed by ``nbdeploy runs``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from nbdeploy import config
 from nbdeploy.deployment.runtime.locks import deployment_lock
-from nbdeploy.deployment.store import DeploymentStore, Version
+from nbdeploy.deployment.store import STOPPED, DeploymentStore, Version
 from nbdeploy.errors import NbdeployError
 from nbdeploy.store import StateStore, default_store
 
@@ -77,6 +83,43 @@ def prune(
                 _remove(deployments, doomed, kept, report, registry)
             reports.append(report)
     return reports
+
+
+def delete(name: str, *, registry: bool = True, store: StateStore | None = None) -> PruneReport:
+    """Stop ``name`` and remove all it left (see the module's docstring). A deploy of the
+    same name that lands meanwhile is kept, and the deletion refused."""
+    from nbdeploy.deployment.runtime import client
+    from nbdeploy.deployment.traffic import keys
+    from nbdeploy.deployment.versions.build import deployments_dir
+
+    deployments = DeploymentStore(store or default_store())
+    deployments.get(name)  # an unknown name: the error lists the deployments there are
+    client.call("stop", name, home=client.home_of(store))
+    with deployment_lock(name):
+        current = deployments.get(name)
+        if current.status != STOPPED:
+            raise NbdeployError(
+                f"{name} was deployed again while it was being deleted: kept",
+                f"stop it and delete it again: nbdeploy delete {name}",
+            )
+        versions = deployments.versions(name)
+        report = PruneReport(name)
+        _remove(deployments, versions, [], report, registry=False)
+        if registry and any(v.mlflow_version for v in versions):
+            try:
+                _delete_registered_model(name)
+                report.registry_removed = [
+                    str(v.mlflow_version) for v in versions if v.mlflow_version
+                ]
+            except Exception as error:  # the rest of the deletion still holds
+                report.errors.append(f"MLflow registered model {name}: {error}")
+        client.record("deleted_deployment", {"deployment": name}, home=client.home_of(store))
+        keys.delete_key(name)
+        folder = deployments_dir() / name
+        if folder.is_dir() and folder.resolve().is_relative_to(config.home().resolve()):
+            report.freed_bytes += _size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return report
 
 
 def _remove(
@@ -150,6 +193,12 @@ def _delete_registry_version(model_name: str, version: str) -> None:
     MlflowClient(tracking_uri=config.mlflow_tracking_uri()).delete_model_version(
         model_name, version
     )
+
+
+def _delete_registered_model(model_name: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=config.mlflow_tracking_uri()).delete_registered_model(model_name)
 
 
 def _size(folder: Path) -> int:

@@ -5,7 +5,6 @@ the version that serves. Registry errors never fail a deploy: they become notice
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -27,15 +26,12 @@ def register_version(version: Any) -> Future[dict[str, Any]]:
     from nbdeploy.pipeline.tracking import tracking_worker
 
     directory = Path(version.service_dir)
-    artifact_location = None
-    if not os.environ.get(config.MLFLOW_URI_ENV):
-        artifact_location = f"{config.mlflow_artifact_root()}/{EXPERIMENT}"
     return tracking_worker().request(
         f"register-{uuid.uuid4().hex}",
         op="register",
         uri=config.mlflow_tracking_uri(),
         experiment=EXPERIMENT,
-        artifact_location=artifact_location,
+        artifact_location=config.mlflow_artifact_location(EXPERIMENT),
         run_name=f"{version.deployment}-v{version.version}",
         tags={
             "nbdeploy.deployment": version.deployment,
