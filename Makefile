@@ -153,7 +153,7 @@ BASE_IMAGE := nbdeploy-test/python3:bookworm
 test: lint typecheck $(K8S_SCHEMAS) $(BROWSER) $(LABEXT_LINKED)
 	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
 	export $$engine NBDEPLOY_TEST_BASE_IMAGE=$(BASE_IMAGE); \
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # bench/monitor.py compares drift with Evidently's, run in an environment of its own
 # (Evidently 0.7 pins plotly < 6 and needs pandas < 3, older than nbdeploy's).

@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     key.add_argument("name")
     key.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    url = commands.add_parser(
+        "url", help="print a deployment's address (for scripts: curl $(nbdeploy url NAME)/predict)"
+    )
+    url.add_argument("name")
     ab = commands.add_parser(
         "ab", help="an A/B test's arms and its decision (an always-valid sequential test)"
     )
@@ -262,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "promote": cmd_promote,
             "ab": cmd_ab,
             "key": cmd_key,
+            "url": cmd_url,
             "shadow": cmd_shadow,
             "weights": cmd_weights,
             "show": cmd_show,
@@ -620,6 +625,20 @@ def cmd_weights(args: argparse.Namespace) -> int:
     else:
         shares = ", ".join(f"{k} {v:g}%" for k, v in split.items())
         print(f"{deployment.name}: {shares} at {deployment.url}")
+    return 0
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    from nbdeploy import api
+
+    [deployment] = api.status(args.name)
+    if deployment.status == "stopped":
+        raise NbdeployError(
+            f"{args.name} is stopped: nothing answers at {deployment.url}",
+            f"deploy it again (nbdeploy deploy NOTEBOOK --name {args.name}, or %deploy in "
+            "its notebook)",
+        )
+    print(deployment.url)
     return 0
 
 
