@@ -104,7 +104,8 @@ def delete(name: str, *, registry: bool = True, store: StateStore | None = None)
             )
         versions = deployments.versions(name)
         report = PruneReport(name)
-        _remove(deployments, versions, [], report, registry=False)
+        # The deployment's rows go last: an interrupted deletion is finished by running it
+        # again, which finds the deployment and what is left of it.
         if registry and any(v.mlflow_version for v in versions):
             try:
                 _delete_registered_model(name)
@@ -113,12 +114,13 @@ def delete(name: str, *, registry: bool = True, store: StateStore | None = None)
                 ]
             except Exception as error:  # the rest of the deletion still holds
                 report.errors.append(f"MLflow registered model {name}: {error}")
-        client.record("deleted_deployment", {"deployment": name}, home=client.home_of(store))
+        _remove(deployments, versions, [], report, registry=False)
         keys.delete_key(name)
         folder = deployments_dir() / name
         if folder.is_dir() and folder.resolve().is_relative_to(config.home().resolve()):
             report.freed_bytes += _size(folder)
             shutil.rmtree(folder, ignore_errors=True)
+        client.record("deleted_deployment", {"deployment": name}, home=client.home_of(store))
     return report
 
 
