@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from nbdeploy.api import (
+        batch,
         deploy,
         get_run,
         kubernetes,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         stop,
         weights,
     )
+    from nbdeploy.api import schedules as schedules  # an object: not in __all__
     from nbdeploy.image.build import build_image
     from nbdeploy.image.container import run_image
     from nbdeploy.pipeline.context import log_artifact, log_metric, log_param
@@ -54,10 +56,12 @@ _LAZY = {
     "prune": "nbdeploy.api",
     "requests": "nbdeploy.api",
     "show_code": "nbdeploy.api",
+    "schedules": "nbdeploy.api",  # an object (add, list, ...): not in __all__
     "kubernetes": "nbdeploy.api",
     "build_image": "nbdeploy.image.build",
     "run_image": "nbdeploy.image.container",
     "metrics": "nbdeploy.api",
+    "batch": "nbdeploy.api",
     "dashboard": "nbdeploy.widgets.dashboard",
     "log_metric": "nbdeploy.pipeline.context",
     "log_param": "nbdeploy.pipeline.context",
@@ -66,6 +70,7 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "batch",
     "build_image",
     "dashboard",
     "deploy",

@@ -13,9 +13,11 @@ from nbdeploy.monitor.metrics import DEFAULT_WINDOW
 from nbdeploy.notebook.parameters import Parameter
 from nbdeploy.pipeline.progress import Progress
 from nbdeploy.pipeline.runner import Notify, RunOutcome, _ignore
+from nbdeploy.schedule import Schedules
 from nbdeploy.store.runs import RunRecord
 
 PIPELINE_SUFFIXES = (".yaml", ".yml")
+schedules = Schedules()  # nbdeploy.schedules.add/list/pause/...: nbdeploy.schedule
 
 
 def params(notebook: str | Path) -> list[Parameter]:
@@ -446,3 +448,22 @@ def prune(name: str | None = None, *, keep: int = 3, registry: bool = False) -> 
     from nbdeploy.deployment.versions.prune import prune as prune_versions
 
     return prune_versions(name, keep=keep, registry=registry)
+
+
+def batch(
+    name: str,
+    input: str | Path,
+    output: str | Path,
+    **options: Any,
+) -> Any:
+    """Score the rows of ``input`` (a CSV, Parquet or JSON Lines file, a folder of them, or
+    a glob) with the live version of deployment ``name`` (or ``version=N``), without HTTP,
+    and write the kept columns and the predictions to ``output`` (.parquet, .csv, .jsonl).
+    Options are those of ``nbdeploy batch``: ``version``, ``keep``, ``features``,
+    ``errors``, ``max_error_share``, ``executor`` ("local" or "dask"), ``scheduler``,
+    ``workers``, ``chunk_rows``, ``resume``, ``mlflow``; and ``on_progress(rows_done,
+    rows_total or None)``, ``notify(message)``. Returns a BatchResult (``ok`` is False when
+    more than ``max_error_share`` of the rows failed; the output is written anyway)."""
+    from nbdeploy.batching import run_batch
+
+    return run_batch(name, input, output, **options)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nbdeploy import __version__
+from nbdeploy.batching.options import add_batch_command
 from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
 from nbdeploy.errors import NbdeployError
 from nbdeploy.image.options import add_image_commands
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", help="one deployment (default: all)")
     status.add_argument("--json", action="store_true")
     _add_daemon_parser(commands)
+    from nbdeploy.schedule.cli import add_schedule_parser
+
+    add_schedule_parser(commands)
     stop = commands.add_parser("stop", help="stop a deployment's servers")
     stop.add_argument("name")
     stop.add_argument("--json", action="store_true")
@@ -190,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     add_apply_arguments(k8s)
 
     add_image_commands(commands)
+    add_batch_command(commands)
     prune = commands.add_parser(
         "prune", help="remove old versions (never the live one or the rollback target)"
     )
@@ -277,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "metrics": cmd_metrics,
             "report": cmd_report,
             "daemon": cmd_daemon,
+            "batch": cmd_batch,
+            "schedule": cmd_schedule,
         }[args.command]
         return handler(args)
     except NbdeployError as error:
@@ -346,6 +353,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from nbdeploy.batching.options import run_command
+
+    return run_command(args, notify=_notice)
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     from nbdeploy import api
     from nbdeploy.pipeline.summary import params_table
@@ -369,7 +382,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(record.to_dict())
         else:
-            print(run_details(record))
+            if record.kind == "batch":
+                from nbdeploy.batching.options import batch_run_details
+
+                print(batch_run_details(record))
+            else:
+                print(run_details(record))
         return 0
     records = api.runs(limit=args.limit)
     if args.json:
@@ -509,13 +527,34 @@ def cmd_status(args: argparse.Namespace) -> int:
             entries.append(
                 {**deployment.to_dict(), "live_mlflow_version": mlflow_version, "rollout": rollout}
             )
-        _print_json(entries)
+        _print_json(entries)  # a list of deployments, always (schedule list --json: schedules)
     else:
         print(describe_status(deployments, rollout))
         for deployment in deployments:
             if deployment.status == "failed":
                 _print_last_error(deployment.name)
+        schedules = _schedules_for_status(args)
+        if schedules:
+            from nbdeploy.schedule.cli import table
+
+            print("\nschedules:\n" + table(schedules, color=sys.stdout.isatty()))
     return 0 if all(d.status != "failed" for d in deployments) else 1
+
+
+def _schedules_for_status(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The schedules part of ``nbdeploy status``'s text (all of them, when no name is
+    given); ``nbdeploy schedule list --json`` gives them as data."""
+    if args.name:
+        return []
+    from nbdeploy import schedule
+
+    return schedule.list_schedules()
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from nbdeploy.schedule.cli import cmd_schedule as run_schedule_command
+
+    return run_schedule_command(args)
 
 
 def _print_last_error(name: str) -> None:
@@ -804,10 +843,6 @@ def run() -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
-    run()
-
-
 def cmd_image(args: argparse.Namespace) -> int:
     if args.image_command == "run":
         from nbdeploy.image.container import run_image
@@ -845,3 +880,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         else:
             print(f"  run it here: nbdeploy image run {result.deployment}:{result.version}")
     return 0
+
+
+if __name__ == "__main__":
+    run()

@@ -39,6 +39,10 @@ USAGE = """\
             [--output-dir DIR] [--kernel NAME] [--timeout S] [--log-output] [--no-mlflow]
 %deploy params [NOTEBOOK]
 %deploy runs [ID]
+%deploy schedule add NAME [--cron CRON] [--tz ZONE] [--on TRIGGER] ... -- run NOTEBOOK ...
+%deploy schedule list | show NAME | pause NAME | resume NAME | remove NAME | run-now NAME
+                 | history NAME
+%deploy batch NAME INPUT --output FILE [--version N] [--keep COL ...] [--features COL ...]
 Add --help after a subcommand for its options."""
 
 
@@ -116,6 +120,8 @@ class DeployMagics(Magics):
             "rollback": self._rollback,
             "promote": self._promote,
             "show": self._show,
+            "batch": self._batch,
+            "schedule": self._schedule,
         }
         handler = handlers.get(command)
         try:
@@ -364,6 +370,18 @@ class DeployMagics(Magics):
             if not result.ok:
                 raise RunFailedError("the run failed (see above)")
         return None
+
+    def _schedule(self, words: list[str]) -> None:
+        from nbdeploy.schedule.cli import add_schedule_arguments, cmd_schedule
+
+        parser = _MagicParser(prog="%deploy schedule")
+        add_schedule_arguments(parser)
+        cmd_schedule(parser.parse_args(words))
+
+    def _batch(self, words: list[str]) -> None:
+        from nbdeploy.batching.options import run_magic
+
+        run_magic(words, _MagicParser(prog="%deploy batch"), is_kernel_shell(self.shell))
 
     def _params(self, words: list[str]) -> None:
         from nbdeploy import api

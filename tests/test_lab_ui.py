@@ -474,3 +474,58 @@ def test_a_stopped_deployment_greys_its_card(lab, first_version, page, console):
     for action in ("Stop predict", "Roll back predict", "Promote the new version of predict"):
         expect(card.get_by_role("button", name=action)).to_be_disabled()
     assert nbdeploy_errors(console) == []
+
+
+@pytest.mark.timeout(600)
+def test_schedules_in_the_sidebar(lab, page, console, make_notebook):
+    """A schedule made through the API is listed with when it fires; Run now fires it and
+    its history links the run it made; a schedule whose command fails turns red with the
+    reason; Pause and Resume change its state."""
+    from playwright.sync_api import expect
+
+    make_notebook("failing.ipynb", ["raise RuntimeError('no data today')"], folder=lab["root"])
+    nightly = {
+        "name": "nightly",
+        "command": ["run", "prepare.ipynb", "--no-mlflow"],
+        "cron": "0 2 * * *",
+        "tz": "Europe/Berlin",
+    }
+    broken = {"name": "broken", "command": ["run", "failing.ipynb", "--no-mlflow"]}
+    broken["cron"] = "0 3 * * *"
+    for body in (nightly, broken):
+        status, answer = api(lab, "POST", "schedules", body)
+        assert status == 201, answer
+    try:
+        open_lab(page, lab)
+        panel = open_panel(page)
+        item = panel.locator(".nbdl-schedule[data-name='nightly']")
+        expect(item.locator(".nbdl-badge").first).to_have_text("active", timeout=15_000)
+        expect(item.locator(".nbdl-schedule-when")).to_have_text("0 2 * * * (Europe/Berlin)")
+        expect(item.locator(".nbdl-schedule-next")).to_contain_text("next: ")
+        item.get_by_role("button", name="Run nightly now").click()
+        fire = item.locator(".nbdl-fire").first
+        expect(fire.locator(".nbdl-badge")).to_have_text("succeeded", timeout=RUN_SECONDS * 1000)
+        run_link = fire.locator(".nbdl-fire-runs .nbdl-link")
+        expect(run_link).to_have_count(1)
+        run_id = run_link.inner_text()
+        run_link.click()  # the run's output notebook opens in the main area
+        frame = page.frame_locator(f"#nbdeploy-run-output-{run_id} iframe")
+        expect(frame.locator("body")).to_contain_text("positive_share", timeout=30_000)
+
+        bad = panel.locator(".nbdl-schedule[data-name='broken']")
+        bad.get_by_role("button", name="Run broken now").click()
+        last = bad.locator(".nbdl-schedule-last")
+        expect(bad.locator(".nbdl-badge").first).to_have_text("failing", timeout=RUN_SECONDS * 1000)
+        expect(last).to_contain_text("last: failed")
+        expect(last).to_have_class(re.compile(r"\bnbdl-error-text\b"))
+        expect(last).to_have_attribute("role", "alert")
+
+        item.get_by_role("button", name="Pause or resume nightly").click()
+        expect(item.locator(".nbdl-badge").first).to_have_text("paused", timeout=15_000)
+        expect(item.locator(".nbdl-schedule-next")).to_have_text("next: —")
+        item.get_by_role("button", name="Pause or resume nightly").click()
+        expect(item.locator(".nbdl-badge").first).to_have_text("active", timeout=15_000)
+        assert nbdeploy_errors(console) == []
+    finally:
+        for name in ("nightly", "broken"):
+            api(lab, "POST", f"schedules/{name}/remove")

@@ -104,6 +104,9 @@ async def test_every_endpoint_refuses_requests_without_a_token(
     reads += ["notebooks/params?path=a.ipynb", "operations", "operations/x"]
     writes = ["deployments", "deployments/x/stop", "deployments/x/rollback", "runs"]
     writes += ["deployments/x/promote", "deployments/x/weights"]
+    reads += ["schedules", "schedules/x", "schedules/x/history"]
+    writes += ["schedules", "schedules/x/pause", "schedules/x/resume", "schedules/x/run-now"]
+    writes += ["schedules/x/remove"]
     for path, method in [(p, "GET") for p in reads] + [(p, "POST") for p in writes]:
         response = await client.fetch(
             api_url(jp_base_url, path),
@@ -457,3 +460,131 @@ def test_an_operations_progress_never_counts_past_its_total() -> None:
     assert seen == [1, 2, 3, 4, 5, 6, 6]
     progress.finish(True, "done")
     assert operation.step == operation.steps == 6
+
+
+# -- schedules ---------------------------------------------------------------------------
+@pytest.fixture
+def ends_the_daemon(home: Path) -> Iterator[None]:
+    """The daemon a schedule test started stops after it, and with it its fires."""
+    yield
+    import psutil
+
+    from nbdeploy.deployment.runtime import client
+
+    client.shutdown(home)
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and process.environ().get("NBDEPLOY_HOME") == str(home):
+                process.kill()
+        except psutil.Error:
+            continue
+
+
+@pytest.mark.integration
+async def test_schedules_through_the_api(
+    jp_fetch: Any, notebook: Path, ends_the_daemon: None
+) -> None:
+    command = ["run", "work/model.ipynb", "-p", "factor", "3", "--no-mlflow"]
+    body = {"name": "nightly", "command": command, "cron": "0 2 * * *", "tz": "Europe/Berlin"}
+    code, added = await call(jp_fetch, "schedules", method="POST", body=body)
+    assert code == 201, added
+    code, listed = await call(jp_fetch, "schedules")
+    assert code == 200 and [s["name"] for s in listed] == ["nightly"]
+    assert listed[0]["status"] == "active" and listed[0]["next_fire"]
+    # The command runs in the server's root: its notebook path was made absolute there.
+    code, shown = await call(jp_fetch, "schedules", "nightly")
+    assert code == 200 and str(notebook) in shown["spec"]["command"], shown
+    code, fired = await call(jp_fetch, "schedules", "nightly", "run-now", method="POST")
+    assert code == 200, fired
+    deadline = time.monotonic() + 120
+    while True:
+        code, history = await call(jp_fetch, "schedules", "nightly", "history")
+        assert code == 200
+        if history and history[0]["status"] not in ("running", "queued"):
+            break
+        assert time.monotonic() < deadline, history
+        await asyncio.sleep(0.5)
+    fire = history[0]
+    assert fire["status"] == "succeeded", fire
+    assert fire["runs"], fire  # the run its command made, linked to the fire
+    code, run = await call(jp_fetch, "runs", fire["runs"][0])
+    assert code == 200 and run["metrics"]["score"] == 30.0 and run["trigger_id"] == fire["run_id"]
+    code, _ = await call(jp_fetch, "schedules", "nightly", "pause", method="POST")
+    assert code == 200
+    code, shown = await call(jp_fetch, "schedules", "nightly")
+    assert shown["status"] == "paused"
+    code, _ = await call(jp_fetch, "schedules", "nightly", "remove", method="POST")
+    assert code == 200
+    code, listed = await call(jp_fetch, "schedules")
+    assert listed == []
+
+
+async def test_schedule_requests_that_do_not_hold_are_refused(
+    jp_fetch: Any, notebook: Path, outside: Path, jp_root_dir: Path
+) -> None:
+    run = ["run", "work/model.ipynb"]
+    relative = os.path.relpath(outside, jp_root_dir)
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"name": "x", "command": ["run", str(outside)], "cron": "0 2 * * *"}, 400, "outside"),
+        ({"name": "x", "command": ["run", relative], "cron": "0 2 * * *"}, 400, "outside"),
+        (
+            {"name": "x", "command": [*run, "--output-dir", "/tmp/away"], "cron": "0 2 * * *"},
+            400,
+            "outside",
+        ),
+        ({"name": "x", "command": run, "cron": "0 25 * * *"}, 422, "cron"),
+        ({"name": "x", "command": run, "cron": "0 2 * * *", "tz": "Mars/Base"}, 422, "zone"),
+        ({"name": "x", "command": ["deploy", "work/model.ipynb"], "cron": "0 2 * * *"}, 422, "run"),
+        ({"name": "x", "command": run}, 422, "--cron"),
+        ({"name": "x", "command": [], "cron": "0 2 * * *"}, 422, "command"),
+    ]
+    for body, status, words in cases:
+        code, error = await call(jp_fetch, "schedules", method="POST", body=body)
+        assert code == status and words in (error["error"] + str(error["field"])), (body, error)
+    code, error = await call(jp_fetch, "schedules", "nothing")
+    assert code == 404 and error["field"] == "name"
+    code, error = await call(jp_fetch, "schedules", "nothing", "pause", method="POST")
+    assert code == 404
+
+
+# -- batch jobs ----------------------------------------------------------------------------
+def rows_sum(rows: list[list[float]]) -> list[float]:
+    return [sum(row) for row in rows]
+
+
+@pytest.mark.integration
+async def test_a_batch_job_through_the_api(
+    jp_fetch: Any, jp_root_dir: Path, outside: Path, stop_deployments: None
+) -> None:
+    import nbdeploy
+
+    nbdeploy.deploy(rows_sum, name="summer", namespace={"rows_sum": rows_sum}, mlflow=False)
+    data = jp_root_dir / "data"
+    data.mkdir()
+    lines = ["id,a,b"] + [f"{i},{i},{i / 2}" for i in range(300)]
+    (data / "in.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    body = {"input": "data/in.csv", "output": "data/out.jsonl", "keep": ["id"], "mlflow": False}
+    body["features"] = ["a", "b"]
+    code, answer = await call(jp_fetch, "deployments", "summer", "batch", method="POST", body=body)
+    assert code == 202, answer
+    state = await wait_for(jp_fetch, answer["operation"], timeout=180)
+    assert state["status"] == "succeeded", state
+    result = state["result"]
+    assert result["rows_in"] == 300 and result["rows_out"] == 300 and result["rows_failed"] == 0
+    written = [json.loads(line) for line in (data / "out.jsonl").read_text().splitlines()]
+    assert written[7] == {"id": 7, "prediction": 7 + 3.5}
+    code, run = await call(jp_fetch, "runs", result["run_id"])
+    assert code == 200 and run["kind"] == "batch" and run["metrics"]["rows_out"] == 300
+    relative = os.path.relpath(outside.parent, jp_root_dir)
+    for bad, field in (
+        ({**body, "input": str(outside)}, "input"),
+        ({**body, "output": f"{relative}/out.csv"}, "output"),
+        ({**body, "input": "linked/*.csv"}, "input"),
+        ({**body, "output": ".hidden/out.csv"}, "output"),
+    ):
+        code, error = await call(
+            jp_fetch, "deployments", "summer", "batch", method="POST", body=bad
+        )
+        assert code == 400 and error["field"] == field, (bad, error)
+    code, error = await call(jp_fetch, "deployments", "nothing", "batch", method="POST", body=body)
+    assert code == 404, error

@@ -67,6 +67,12 @@ export interface IRun {
   started_at?: number | null;
   finished_at?: number | null;
   error?: Record<string, unknown> | null;
+  /** "notebook" (nbdeploy run), "batch" (nbdeploy batch) or "schedule" (a schedule's fire). */
+  kind?: string;
+  /** A pipeline's step, or the schedule a fire belongs to. */
+  step?: string | null;
+  /** The schedule fire that started this run, if any. */
+  trigger_id?: string | null;
 }
 
 export interface IParameter {
@@ -154,6 +160,37 @@ export interface IFindings {
   drift_status?: string | null;
   note?: string | null;
 }
+
+/** A schedule (nbdeploy schedule list --json). */
+export interface ISchedule {
+  name: string;
+  status: 'active' | 'paused' | string;
+  command: string;
+  cron: string | null;
+  tz: string;
+  on: string | null;
+  next_fire: string | null;
+  last_status: string | null;
+  last_error: string | null;
+  /** Its last fire failed (after its retries): shown red. */
+  failing: boolean;
+}
+
+/** One fire of a schedule (nbdeploy schedule history NAME --json). */
+export interface IFire {
+  run_id: string;
+  status: string;
+  started_at: number | null;
+  finished_at: number | null;
+  scheduled_for: number | null;
+  attempt: number;
+  trigger: string | null;
+  /** The runs its command made (a notebook run, a pipeline's steps, a batch job). */
+  runs: string[];
+  error: string | null;
+}
+
+export type ScheduleAction = 'pause' | 'resume' | 'run-now' | 'remove';
 
 /** The strategies nbdeploy.deployment.options.STRATEGIES knows, the default first. */
 export const STRATEGIES = ['blue-green', 'recreate', 'canary', 'ab', 'shadow'] as const;
@@ -259,7 +296,12 @@ export const api = {
   run: (request: IRunRequest): Promise<{ operation: IOperation }> => post('runs', request),
   params: (path: string): Promise<INotebookParams> =>
     requestAPI<INotebookParams>(`notebooks/params?path=${enc(path)}`),
-  operation: (id: string): Promise<IOperation> => requestAPI<IOperation>(`operations/${enc(id)}`)
+  operation: (id: string): Promise<IOperation> => requestAPI<IOperation>(`operations/${enc(id)}`),
+  schedules: (): Promise<ISchedule[]> => requestAPI<ISchedule[]>('schedules'),
+  scheduleHistory: (name: string, limit = 10): Promise<IFire[]> =>
+    requestAPI<IFire[]>(`schedules/${enc(name)}/history?limit=${limit}`),
+  scheduleAction: (name: string, action: ScheduleAction): Promise<unknown> =>
+    post(`schedules/${enc(name)}/${action}`)
 };
 
 /** Words for an error of any kind. */

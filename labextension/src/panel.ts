@@ -17,6 +17,7 @@ import {
   setText,
   timeAgo
 } from './dom';
+import { ScheduleList } from './schedules';
 
 export const REFRESH_MS = 3000;
 /** The window of the summaries' figures when the server does not say (its default). */
@@ -296,6 +297,17 @@ class DeploymentCard {
   }
 }
 
+/** What a run is, in a few words: its notebook, "batch churn v2", "schedule nightly". */
+export function runLabel(run: IRun): string {
+  if (run.kind === 'batch') {
+    return `batch ${run.notebook}`;
+  }
+  if (run.kind === 'schedule') {
+    return `schedule ${run.step ?? ''}`.trim();
+  }
+  return run.notebook.split('/').pop() ?? run.notebook;
+}
+
 class RunItem {
   readonly node: HTMLLIElement;
   private readonly badge: HTMLSpanElement;
@@ -308,7 +320,7 @@ class RunItem {
     run: IRun,
     private readonly panel: DeploymentsPanel
   ) {
-    const notebook = run.notebook.split('/').pop() ?? run.notebook;
+    const notebook = runLabel(run);
     this.badge = badge(run.status);
     this.when = h('span', { class: 'nbdl-when' });
     const parameters = Object.entries(run.parameters ?? {})
@@ -398,6 +410,7 @@ export class DeploymentsPanel extends Widget {
   private readonly emptyDeployments: HTMLParagraphElement;
   private readonly emptyRuns: HTMLParagraphElement;
   private readonly problem: HTMLDivElement;
+  private readonly schedules: ScheduleList;
   private readonly poll: Poll;
 
   constructor(readonly options: IPanelOptions) {
@@ -406,7 +419,7 @@ export class DeploymentsPanel extends Widget {
     this.addClass('nbdl-panel');
     this.title.caption = 'Deployments';
     this.node.setAttribute('role', 'region');
-    this.node.setAttribute('aria-label', 'nbdeploy deployments and runs');
+    this.node.setAttribute('aria-label', 'nbdeploy deployments, runs and schedules');
     const refresh = h('button', {
       class: 'nbdl-refresh jp-mod-styled',
       type: 'button',
@@ -426,6 +439,10 @@ export class DeploymentsPanel extends Widget {
       class: 'nbdl-muted nbdl-empty',
       text: 'No runs yet: use "Run pipeline" on a notebook\'s toolbar.'
     });
+    this.schedules = new ScheduleList({
+      openRunOutput: (runId, title) => this.options.openRunOutput(runId, title),
+      refresh: () => this.refresh()
+    });
     this.node.append(
       h(
         'div',
@@ -438,7 +455,8 @@ export class DeploymentsPanel extends Widget {
       this.emptyDeployments,
       h('h2', { class: 'nbdl-title nbdl-runs-title', text: 'Runs' }),
       this.runList,
-      this.emptyRuns
+      this.emptyRuns,
+      this.schedules.node
     );
     this.poll = new Poll({
       factory: () => this.load(),
@@ -473,10 +491,15 @@ export class DeploymentsPanel extends Widget {
       return;
     }
     try {
-      const [deployments, runs] = await Promise.all([api.deployments(), api.runs(20)]);
+      const [deployments, runs, schedules] = await Promise.all([
+        api.deployments(),
+        api.runs(20),
+        api.schedules()
+      ]);
       this.problem.hidden = true;
       this.renderDeployments(deployments);
       this.renderRuns(runs);
+      this.schedules.render(schedules);
     } catch (error) {
       setText(this.problem, `Could not load deployments: ${describeError(error)}`);
       this.problem.hidden = false;

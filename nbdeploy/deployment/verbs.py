@@ -532,6 +532,11 @@ class _DeployStepLines:
 
 def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> None:
     """Run inside the notebook's kernel by ``nbdeploy deploy``: deploy and print the result."""
+    deploy_in_kernel_result(namespace, arguments)
+
+
+def deploy_in_kernel_result(namespace: dict[str, Any], arguments: dict[str, Any]) -> DeployResult:
+    """:func:`deploy_in_kernel`, returning the result (a pipeline step's ``deploy:``)."""
     from nbdeploy.pipeline.context import DEPLOY_STEP_ENV
 
     os.environ.pop(DEPLOY_STEP_ENV, None)  # not passed on to the version's server
@@ -569,6 +574,7 @@ def deploy_in_kernel(namespace: dict[str, Any], arguments: dict[str, Any]) -> No
             notify=say,
         )
     print(RESULT_MARKER + json.dumps(result.to_dict(), default=str), flush=True)
+    return result
 
 
 # -- the verbs that move traffic (done by the daemon: traffic.rollouts) -----------------

@@ -301,6 +301,15 @@ def _check_pipeline(source: Path, text_values: dict[str, str]) -> None:
     from nbdeploy.pipeline.dag import load_pipeline
 
     pipeline = load_pipeline(source)
+    deploying = [step.name for step in pipeline.steps if step.deploy is not None]
+    if deploying:  # refused, not ignored: a Job that silently skips a deploy surprises
+        raise PipelineSpecError(
+            f"{pipeline.path.name}, step {deploying[0]!r}: `deploy` updates a deployment on "
+            "this machine from the step's kernel; a Kubernetes Job has no such deployment to "
+            "update (there is no cluster-side deploy)",
+            "run this pipeline here with `nbdeploy run`, or use a pipeline.yaml without "
+            "`deploy:` blocks for the Job (serve on the cluster with `nbdeploy k8s NAME`)",
+        )
     steps = []
     for step in pipeline.steps:
         notebook = read_notebook(step.notebook)

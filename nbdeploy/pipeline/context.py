@@ -146,9 +146,21 @@ def record_deployed(name: str, version: int, url: str | None) -> None:
         _record("deployed", name=name, version=version, url=url)
 
 
+def record_deploy_note(name: str, version: int | None, url: str | None, note: str) -> None:
+    """Note in the current run what its pipeline step's deploy did: the version it deployed
+    (``version`` None: it did not deploy) and why (``deployed: ...`` / ``not deployed:
+    ...``)."""
+    if current_run_dir() is not None:
+        _record(
+            "deployed", name=name, version=version, url=url, deployed=version is not None,
+            note=note,
+        )  # fmt: skip
+
+
 def read_results(run_dir: Path) -> dict[str, Any]:
     """What a run logged: ``metrics`` [(name, value, step)], ``params`` {}, ``artifacts`` [],
-    ``deployed`` [{name, version, url}] (what %deploy lines deployed), and ``missing``
+    ``deployed`` [{name, version, url}] (what %deploy lines deployed; a pipeline step's
+    deploy adds ``deployed`` and ``note``, and version None when it did not deploy), and ``missing``
     {name: what was logged} for metrics logged as NaN or infinity (their value is None in
     ``metrics``). A malformed line is skipped, never fatal."""
     metrics: list[tuple[str, float | None, int]] = []
@@ -173,10 +185,14 @@ def read_results(run_dir: Path) -> dict[str, Any]:
                 elif kind == "artifact" and entry["path"] not in artifacts:
                     artifacts.append(entry["path"])
                 elif kind == "deployed":
-                    deployed.append(
-                        {"name": str(entry["name"]), "version": int(entry["version"]),
-                         "url": entry.get("url")}
-                    )  # fmt: skip
+                    version = entry["version"]
+                    item = {"name": str(entry["name"]),
+                            "version": None if version is None else int(version),
+                            "url": entry.get("url")}  # fmt: skip
+                    if "note" in entry:  # a pipeline step's deploy: whether, and why
+                        item["deployed"] = version is not None
+                        item["note"] = str(entry["note"])
+                    deployed.append(item)
             except (ValueError, TypeError, KeyError, AttributeError):
                 continue  # a line cut short by a killed kernel, or written by hand
     return {

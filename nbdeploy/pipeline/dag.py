@@ -9,6 +9,8 @@ A step::
       outputs: {model_path: models/model.joblib}   # files this step writes
       needs: [prepare]            # steps that must succeed first
       inputs: [data/raw.csv]      # with a Dask executor: what travels (default: its folder)
+      deploy: {name: churn, function: predict, when: "accuracy >= live.accuracy"}
+                                  # deploy what the run made (nbdeploy.pipeline.step_deploy)
 
 and, at the top, ``executor: dask`` (or ``{kind: dask, scheduler: tcp://HOST:8786}``) runs
 the steps on a Dask cluster (:mod:`nbdeploy.pipeline.executors`).
@@ -17,7 +19,7 @@ Each output is passed as a parameter of the same name to the step itself (where 
 and to every step that needs it (where to read), when their notebooks declare that name.
 A step is cached when its notebook source, parameters and the content of its upstream
 outputs equal those of its last successful run and its own outputs are still as it wrote
-them.
+them. A step with ``deploy:`` is never cached (see :func:`_run_pipeline`).
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ from nbdeploy.pipeline.runner import (
     json_safe,
     prepare_run,
 )
+from nbdeploy.pipeline.step_deploy import StepDeploy, epilogue_for, parse_deploy_block
 from nbdeploy.store import StateStore, default_store
 from nbdeploy.store.runs import FAILED, SUCCEEDED, RunRecord, RunStore
 
 CACHED, SKIPPED = "cached", "skipped"
-_STEP_KEYS = {"name", "notebook", "parameters", "outputs", "needs", "kernel", "timeout", "inputs"}
+_STEP_KEYS = {
+    "name", "notebook", "parameters", "outputs", "needs", "kernel", "timeout", "inputs", "deploy"
+}  # fmt: skip
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Step:
     kernel: str | None = None
     timeout: float | None = None
     inputs: list[Path] | None = None  # what travels to a Dask worker (None: its folder)
+    deploy: StepDeploy | None = None  # deploy what the run made, in its kernel
 
 
 @dataclass
@@ -200,6 +206,7 @@ def _parse_step(raw: Any, position: int, where: str, root: Path) -> Step:
         raise PipelineSpecError(
             f"{label}: `inputs` must be a list of files or folders (relative to {where})"
         )
+    deploy = None if raw.get("deploy") is None else parse_deploy_block(raw["deploy"], label)
     return Step(
         name=name,
         notebook=_inside(root, raw["notebook"], f"{label}: notebook"),
@@ -215,6 +222,7 @@ def _parse_step(raw: Any, position: int, where: str, root: Path) -> Step:
             if inputs is None
             else [_inside(root, item, f"{label}: input {item!r}") for item in inputs]
         ),
+        deploy=deploy,
     )
 
 
@@ -346,6 +354,14 @@ def _run_pipeline(
         )
         for step in order
     ]
+    deploying = [step.name for step in order if step.deploy is not None]
+    if deploying and engine.kind != "local":
+        raise PipelineSpecError(
+            f"{pipeline.path.name}, step {deploying[0]!r}: `deploy` runs in the step's kernel "
+            f"on this machine, and the {engine.kind} executor runs kernels elsewhere",
+            "run this pipeline with --executor local (or move `deploy` to a step of its own "
+            "pipeline run locally)",
+        )
     engine.check(checked)
     engine.ready()
 
@@ -397,7 +413,13 @@ def _run_pipeline(
                 except NbdeployError as exc:
                     finished(StepResult(name, FAILED, message=str(exc)))
                     continue
-                cached = None if force else _cached_run(records, prepared)
+                # A deploy step is never reused from the cache: what it deploys exists only
+                # in the kernel of a run, and its gate compares with the live version as it
+                # is now, which the fingerprint cannot cover. A cached step would silently
+                # deploy nothing; running it again deploys the same content as the same
+                # version (built once), or lets the gate decide against today's live one.
+                reusable = not force and step.deploy is None
+                cached = _cached_run(records, prepared) if reusable else None
                 if cached is not None:
                     finished(
                         StepResult(
@@ -420,6 +442,7 @@ def _run_pipeline(
                     group.id,
                     notify,
                     warn,
+                    step.deploy,
                 )
                 running[future] = name
             if not running:
@@ -521,7 +544,9 @@ def _run_step(
     group_id: str,
     notify: Notify,
     warn: Notify,
+    deploy: StepDeploy | None = None,
 ) -> StepResult:
+    epilogue = epilogue_for(deploy, str(prepared.notebook.path), track_mlflow) if deploy else None
     outcome: RunOutcome = engine.execute_run(
         prepared,
         store=store,
@@ -531,6 +556,7 @@ def _run_step(
         group_id=group_id,
         notify=notify,
         warn=warn,
+        epilogue=epilogue,
     )
     status = SUCCEEDED if outcome.ok else FAILED
     return StepResult(prepared.step or "", status, record=outcome.record, message=outcome.message)

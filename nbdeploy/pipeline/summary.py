@@ -46,6 +46,21 @@ def format_seconds(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f}s"
 
 
+def deploy_note(deployed: dict[str, Any], url: bool = False) -> str:
+    """What a run deployed: ``churn v2`` (``at URL``), with a pipeline step's reason in
+    parentheses; or ``churn: not deployed: accuracy 0.91 < live 0.93``."""
+    note = str(deployed.get("note") or "")
+    if deployed.get("version") is None:
+        return f"{deployed['name']}: {note or 'not deployed'}"
+    where = f" at {deployed['url']}" if url else ""
+    why = f" ({note.removeprefix('deployed: ')})" if note and note != "deployed" else ""
+    return f"{deployed['name']} v{deployed['version']}{where}{why}"
+
+
+def deploy_label(deployed: dict[str, Any]) -> str:
+    return "deployed" if deployed.get("version") is not None else "deploy"
+
+
 def describe_run(record: RunRecord, message: str | None = None) -> str:
     """The few lines a user reads after one run."""
     name = record.step or record.notebook.rsplit("/", 1)[-1]
@@ -55,7 +70,7 @@ def describe_run(record: RunRecord, message: str | None = None) -> str:
         ]
         lines.append(f"  metrics: {format_metrics(record.metrics)}")
         for deployed in record.deployed:
-            lines.append(f"  deployed: {deployed['name']} v{deployed['version']}")
+            lines.append(f"  {deploy_label(deployed)}: {deploy_note(deployed)}")
     else:
         took = format_seconds(record.duration_s)
         lines = [f"{FAIL_MARK} {name} {record.status} after {took} (run {record.id})"]
@@ -134,7 +149,7 @@ def run_details(record: RunRecord) -> str:
     for artifact in record.artifacts:
         lines.append(f"artifact   {artifact}")
     for deployed in record.deployed:
-        lines.append(f"deployed   {deployed['name']} v{deployed['version']} at {deployed['url']}")
+        lines.append(f"{deploy_label(deployed):<10} {deploy_note(deployed, url=True)}")
     if record.error:
         lines.append("error      " + (record.error.get("message") or json.dumps(record.error)))
     return "\n".join(lines)
@@ -164,6 +179,14 @@ def describe_result(result: Any) -> str:
         lines += [
             f"{FAIL_MARK} {s.name}: {s.message}" for s in result.steps if s.status == "failed"
         ]
+        lines += [
+            f"{OK_MARK if d.get('version') is not None else '-'} {s.name}: "
+            + ("deployed " if d.get("version") is not None else "")
+            + deploy_note(d)
+            for s in result.steps
+            if s.record and s.status == "succeeded"
+            for d in s.record.deployed
+        ]
         return "\n".join(lines)
     if hasattr(result, "outcomes"):
         lines = [sweep_table(result.swept, [o.record for o in result.outcomes])]
@@ -184,6 +207,12 @@ def event_line(*event: Any) -> str:
     if len(event) == 1:  # a pipeline step
         step = event[0]
         detail = f" ({step.message})" if step.message and not step.ok else ""
+        if step.record is not None and step.status == "succeeded" and step.record.deployed:
+            notes = "; ".join(
+                ("deployed " if d.get("version") is not None else "") + deploy_note(d)
+                for d in step.record.deployed
+            )
+            detail = f" ({notes})"
         return f"{OK_MARK if step.ok else FAIL_MARK} step {step.name}: {step.status}{detail}"
     index, outcome = event
     detail = f" ({outcome.message})" if outcome.message else ""

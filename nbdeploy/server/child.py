@@ -28,7 +28,7 @@ _EVENT_PREFIX = "@@nbdeploy-event "  # other output of the work (prints) is not 
 
 
 def run_in_child(kind: str, arguments: dict[str, Any], operation: Operation) -> Any:
-    """Run operation ``kind`` ("deploy" or "run") with ``arguments`` in a child process,
+    """Run operation ``kind`` ("deploy", "run" or "batch") with ``arguments`` in a child process,
     forwarding its events to ``operation``; the result, or OperationFailed/NbdeployError
     as the work in a thread would raise them."""
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as errors_file:  # never a full pipe
@@ -99,6 +99,12 @@ def _work(kind: str, arguments: dict[str, Any], operation: Operation) -> Any:
     from nbdeploy.server import views
     from nbdeploy.server.models import DeployBody, RunBody
 
+    if kind == "batch":
+        from nbdeploy.server import scheduling
+        from nbdeploy.server.models import BatchBody
+
+        job = BatchBody(**arguments["body"])
+        return scheduling.batch(arguments["name"], job, arguments["paths"], operation)
     path = Path(arguments["path"])
     if kind == "deploy":
         body = DeployBody(**arguments["body"])

@@ -31,8 +31,8 @@ class ApiError(Exception):
 
 # Core errors that mean "no such thing" (by class name: the classes live in modules the
 # server does not import until a request needs them).
-_NOT_FOUND = {"DeploymentNotFoundError", "RunNotFoundError"}
-_INVALID = {"ParameterError", "MetricsError", "ServiceDefinitionError"}
+_NOT_FOUND = {"DeploymentNotFoundError", "RunNotFoundError", "ScheduleNotFoundError"}
+_INVALID = {"ParameterError", "MetricsError", "ServiceDefinitionError", "ScheduleError"}
 
 
 def from_nbdeploy_error(error: NbdeployError, field: str | None = None) -> ApiError:

@@ -25,13 +25,15 @@ from tornado import web
 
 from nbdeploy.errors import NbdeployError
 from nbdeploy.monitor.metrics import DEFAULT_WINDOW
-from nbdeploy.server import views
+from nbdeploy.server import scheduling, views
 from nbdeploy.server.child import run_in_child
 from nbdeploy.server.errors import ApiError, from_nbdeploy_error
 from nbdeploy.server.models import (
+    BatchBody,
     DeployBody,
     RollbackBody,
     RunBody,
+    ScheduleBody,
     WeightsBody,
     check_deployment_name,
     parse_body,
@@ -180,6 +182,22 @@ class WeightsHandler(NbdeployHandler):
         self.reply(await self.call(views.weights, name, body.weights))
 
 
+class BatchHandler(NbdeployHandler):
+    """POST deployments/NAME/batch: score a file of the root with a version (an operation)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        name = self.name_of(name)
+        body: BatchBody = self.body_of(BatchBody)
+        paths = await self.call(scheduling.check_batch, name, body, self.root_dir)
+        arguments = {"name": name, "body": body.model_dump(), "paths": paths}
+        operation = self.operations.start(
+            "batch", None, lambda op: run_in_child("batch", arguments, op)
+        )
+        self.reply({"operation": operation.to_dict()}, 202)
+
+
 class MetricsHandler(NbdeployHandler):
     @web.authenticated
     @authorized
@@ -241,6 +259,55 @@ class RunOutputHandler(NbdeployHandler):
         super(APIHandler, self).finish(html)
 
 
+# -- schedules -------------------------------------------------------------------------------
+class SchedulesHandler(NbdeployHandler):
+    """GET schedules (each with status, last result and next fire); POST schedules (add)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply(await self.call(scheduling.schedules))
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body: ScheduleBody = self.body_of(ScheduleBody)
+        self.reply(await self.call(scheduling.add_schedule, body, self.root_dir), 201)
+
+
+class ScheduleHandler(NbdeployHandler):
+    """GET schedules/NAME: the schedule with its last fires."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        self.reply(await self.call(scheduling.schedule_detail, name))
+
+
+class ScheduleHistoryHandler(NbdeployHandler):
+    """GET schedules/NAME/history?limit=N: its fires, newest first, with their runs."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        self.reply(await self.call(scheduling.schedule_history, name, self.limit()))
+
+    def limit(self) -> int:
+        text = self.get_query_argument("limit", "20")
+        if not text.isdigit() or not 1 <= int(text) <= 1000:
+            raise ApiError(422, f"limit: {text!r}: a whole number from 1 to 1000", "limit")
+        return int(text)
+
+
+class ScheduleActionHandler(NbdeployHandler):
+    """POST schedules/NAME/pause | resume | run-now | remove."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str, action: str) -> None:
+        self.reply(await self.call(scheduling.schedule_action, name, action))
+
+
 # -- notebooks and operations ----------------------------------------------------------------
 class NotebookParamsHandler(NbdeployHandler):
     @web.authenticated
@@ -291,10 +358,18 @@ def handlers(base_url: str) -> list[tuple[str, type[NbdeployHandler]]]:
         (at(f"deployments/{NAME}/(?P<action>stop|rollback|promote)/?"), DeploymentActionHandler),
         (at(f"deployments/{NAME}/weights/?"), WeightsHandler),
         (at(f"deployments/{NAME}/metrics/?"), MetricsHandler),
+        (at(f"deployments/{NAME}/batch/?"), BatchHandler),
         (at(f"deployments/{NAME}/?"), DeploymentHandler),
         (at("runs/?"), RunsHandler),
         (at(r"runs/(?P<run_id>[^/]+)/output/?"), RunOutputHandler),
         (at(r"runs/(?P<run_id>[^/]+)/?"), RunHandler),
+        (at("schedules/?"), SchedulesHandler),
+        (at(f"schedules/{NAME}/history/?"), ScheduleHistoryHandler),
+        (
+            at(f"schedules/{NAME}/(?P<action>{'|'.join(scheduling.SCHEDULE_ACTIONS)})/?"),
+            ScheduleActionHandler,
+        ),
+        (at(f"schedules/{NAME}/?"), ScheduleHandler),
         (at("notebooks/params/?"), NotebookParamsHandler),
         (at("operations/?"), OperationsHandler),
         (at(r"operations/(?P<operation_id>[^/]+)/?"), OperationHandler),

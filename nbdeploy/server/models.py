@@ -114,6 +114,38 @@ class WeightsBody(_Body):
         return split
 
 
+class BatchBody(_Body):
+    """POST deployments/NAME/batch: score a file (a folder, or a glob) of the server's root
+    with a version's own function, writing ``output`` inside the root (nbdeploy batch)."""
+
+    input: str = Field(description="a CSV, Parquet or JSON Lines file, folder or glob")
+    output: str = Field(description="the file to write: .parquet, .csv or .jsonl")
+    version: int | None = Field(default=None, ge=1)
+    keep: list[str] | None = None
+    features: list[str] | None = None
+    errors: str | None = None
+    max_error_share: float = Field(default=0.01, ge=0, le=1)
+    mlflow: bool = True
+
+
+class ScheduleBody(_Body):
+    """POST schedules: an nbdeploy command (``["run", "train.ipynb", "-p", "epochs", "3"]``,
+    ``["batch", "churn", "in.csv", "--output", "out.parquet"]``) run by the daemon on a clock
+    (``cron``), on a deployment's health (``on``), or both. Paths in the command are relative
+    to the server's root and must stay inside it."""
+
+    name: str
+    command: list[str] = Field(min_length=1)
+    cron: str | None = None
+    tz: str | None = None
+    catch_up: str = "latest"
+    overlap: str = "skip"
+    retries: int = Field(default=0, ge=0)
+    on: str | None = None
+    cooldown: str = "1h"
+    replace: bool = False
+
+
 def parse_body(model: type[Model], raw: bytes) -> Model:
     """The request body as ``model``; a 400 for a body that is not a JSON object and a 422
     naming the first field that does not fit."""

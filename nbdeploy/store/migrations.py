@@ -171,6 +171,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         "a run records what its notebook deployed (%deploy lines run by nbdeploy run)",
         ("ALTER TABLE runs ADD COLUMN deployed TEXT NOT NULL DEFAULT '[]'",),
     ),
+    Migration(
+        7,
+        "runs of other kinds than a notebook (a batch job, a schedule's fire) and what "
+        "started them; schedules, written by the daemon only",
+        (
+            # 'notebook' (a run of nbdeploy run), 'batch' (nbdeploy batch), 'schedule' (one
+            # fire of a schedule: its step is the schedule's name)
+            "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'notebook'",
+            # the id of the run that started this one (a schedule's fire), else NULL
+            "ALTER TABLE runs ADD COLUMN trigger_id TEXT",
+            "CREATE INDEX runs_by_kind ON runs(kind, step)",
+            "CREATE INDEX runs_by_trigger ON runs(trigger_id)",
+            """CREATE TABLE schedules (
+                name TEXT PRIMARY KEY,
+                spec TEXT NOT NULL,
+                status TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                last_fire_at REAL,
+                next_fire_at REAL,
+                last_status TEXT,
+                last_error TEXT,
+                last_triggered_at REAL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

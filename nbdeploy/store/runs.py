@@ -81,6 +81,14 @@ def owner_is_gone(pid: int | None, create_time: float | None, host: str | None) 
     return False
 
 
+TRIGGER_ENV = "NBDEPLOY_TRIGGER_RUN"  # set by the daemon for the command a schedule runs
+
+
+def trigger_from_environment() -> str | None:
+    """The run (a schedule's fire) that started this process's runs, if any."""
+    return os.environ.get(TRIGGER_ENV) or None
+
+
 def new_id() -> str:
     """A short, sortable, unique id: ``YYMMDD-HHMMSS-xxxxxxxx``."""
     return time.strftime("%y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
@@ -110,6 +118,8 @@ class RunRecord:
     pid: int | None = None
     pid_create_time: float | None = None
     host: str | None = None
+    kind: str = "notebook"  # or "batch" (nbdeploy batch), "schedule" (a schedule's fire)
+    trigger_id: str | None = None  # the run that started this one (a schedule's fire)
 
     @property
     def duration_s(self) -> float | None:
@@ -154,6 +164,8 @@ class RunStore:
         status: str = RUNNING,
         run_id: str | None = None,
         owner: Owner | None = None,
+        kind: str = "notebook",
+        trigger_id: str | None = None,
     ) -> RunRecord:
         """Record a new run, owned by ``owner`` (default: this process)."""
         now = time.time()
@@ -173,12 +185,14 @@ class RunStore:
             pid=owner.pid,
             pid_create_time=owner.create_time,
             host=owner.host,
+            kind=kind,
+            trigger_id=trigger_id if trigger_id is not None else trigger_from_environment(),
         )
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (id, notebook, parameters, status, kernel, output_path, "
                 "created_at, started_at, group_id, step, fingerprint, pid, pid_create_time, "
-                "host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "host, kind, trigger_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     notebook,
@@ -194,6 +208,8 @@ class RunStore:
                     owner.pid,
                     owner.create_time,
                     owner.host,
+                    record.kind,
+                    record.trigger_id,
                 ),
             )
         return record
@@ -410,6 +426,8 @@ class RunStore:
                     pid=row["pid"] if "pid" in keys else None,
                     pid_create_time=row["pid_create_time"] if "pid" in keys else None,
                     host=row["host"] if "pid" in keys else None,
+                    kind=row["kind"] if "kind" in keys else "notebook",
+                    trigger_id=row["trigger_id"] if "trigger_id" in keys else None,
                 )
             )
         return records

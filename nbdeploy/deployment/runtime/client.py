@@ -291,9 +291,12 @@ def _error_classes() -> dict[str, type[NbdeployError]]:
     from nbdeploy.deployment.traffic import RouterError
     from nbdeploy.deployment.traffic.strategies import RolloutError
     from nbdeploy.errors import DeployError
+    from nbdeploy.schedule.spec import ScheduleError, ScheduleNotFoundError
 
     classes: list[type[NbdeployError]] = [
         DeployError,
+        ScheduleError,
+        ScheduleNotFoundError,
         DeploymentBusyError,
         DeploymentNotFoundError,
         RolloutError,

@@ -111,6 +111,9 @@ class Daemon:
         self.idle = float(os.environ.get(IDLE_ENV) or DEFAULT_IDLE_SECONDS)
         self.stopping = threading.Event()
         self.supervisor = Supervisor(self)
+        from nbdeploy.schedule.runner import Scheduler
+
+        self.scheduler = Scheduler(self)  # schedules: nbdeploy.schedule
 
     # -- jobs --------------------------------------------------------------------------
     def queue_of(self, name: str) -> DeploymentQueue:
@@ -170,6 +173,8 @@ class Daemon:
         if self.idle <= 0:  # run by a service manager: never idle out
             return False
         if time.monotonic() - self.last_request < self.idle:
+            return False
+        if self.scheduler.has_work():
             return False
         return not self.supervisor.has_work() and not any(q.busy for q in self.queues.values())
 
@@ -242,6 +247,7 @@ class Daemon:
         }
 
     def close(self) -> None:
+        self.scheduler.stop()  # fires in progress run on and record their own end
         self.supervisor.stop()
         with contextlib.suppress(OSError):
             os.unlink(self.home / channel.RUN_DIR / SOCKET)
@@ -329,6 +335,7 @@ _QUERIES: dict[str, Callable[[Daemon, dict[str, Any]], dict[str, Any]]] = {
     "launcher": _start_launcher,
     "record": lambda daemon, request: record(request),
     "outcome": lambda daemon, request: daemon.outcome(request),
+    "schedule": lambda daemon, request: daemon.scheduler.handle(request),
 }
 
 
@@ -375,6 +382,7 @@ def main() -> None:
     print(f"nbdeploy daemon: pid {os.getpid()} for {home}", flush=True)
     try:
         daemon.supervisor.start()
+        daemon.scheduler.start()
         daemon.serve_forever()
     finally:
         daemon.close()
