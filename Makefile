@@ -185,6 +185,7 @@ bench: $(STAMP) $(EVIDENTLY)
 	$(BIN)/python bench/chaos.py --quick
 	$(BIN)/python bench/monitor.py --quick
 	$(BIN)/python bench/lab.py --quick
+	$(BIN)/python bench/batch.py --quick
 	engine=$$(NBDEPLOY_BASE_IMAGE=$(BASE_IMAGE) $(ENGINE)); \
 	if [ -z "$$engine" ]; then echo "make bench: bench/image.py needs a Docker engine (run as root, or set DOCKER_HOST)" >&2; exit 1; fi; \
 	export $$engine NBDEPLOY_BENCH_BASE_IMAGE=$(BASE_IMAGE); \

@@ -19,7 +19,12 @@ from nbdeploy.batching.options import add_batch_command
 from nbdeploy.deployment.options import DeployOptions, add_deploy_arguments
 from nbdeploy.errors import NbdeployError
 from nbdeploy.image.options import add_image_commands
-from nbdeploy.k8s.options import add_apply_arguments, add_batch_arguments, add_k8s_arguments
+from nbdeploy.k8s.options import (
+    add_apply_arguments,
+    add_batch_arguments,
+    add_k8s_arguments,
+    add_scoring_arguments,
+)
 from nbdeploy.monitor.metrics import DEFAULT_WINDOW
 from nbdeploy.pipeline.options import add_parameter_option, add_run_arguments, run_request_from_args
 
@@ -191,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     k8s.add_argument("--out", metavar="DIR", help="write a file per object into DIR")
     k8s.add_argument("--json", action="store_true")
     add_batch_arguments(k8s)
+    add_scoring_arguments(k8s)
     add_apply_arguments(k8s)
 
     add_image_commands(commands)
@@ -837,7 +843,11 @@ def run() -> None:
     """
     # jsonschema's IRI format support (imported with nbformat) costs 0.7 s and is unused.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C before a command started (main handles it after)
+        _error("interrupted")
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -877,6 +887,8 @@ def cmd_image(args: argparse.Namespace) -> int:
             print(f"  pushed {result.pushed} {result.digest or ''}".rstrip())
         if args.pipeline:
             print(f"  its Job: nbdeploy k8s --pipeline {args.pipeline}")
+        elif args.batch:
+            print(f"  its Job: nbdeploy k8s {result.deployment} --batch INPUT --output OUTPUT")
         else:
             print(f"  run it here: nbdeploy image run {result.deployment}:{result.version}")
     return 0

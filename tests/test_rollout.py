@@ -247,6 +247,9 @@ def test_a_standby_is_stopped_after_its_keep_warm_time(deployed):
     while psutil.pid_exists(standby.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not psutil.pid_exists(standby.pid) or psutil.Process(standby.pid).status() == "zombie"
+    # The daemon records the retired standby's end just after it stopped it.
+    while roles() != [("live", 2), ("router", 0)] and time.monotonic() < deadline + 10:
+        time.sleep(0.2)
     assert roles() == [("live", 2), ("router", 0)]
     assert nbdeploy.status("scale")[0].status == "serving"
 

@@ -209,7 +209,9 @@ def _batches(file: InputFile, names: list[str]) -> Iterator[Any]:
     if file.format == PARQUET:
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(file.path)
+        # Without pre-buffering: with it, pyarrow keeps every row group read so far until
+        # the file is closed, and memory follows the file instead of the chunk.
+        parquet = pq.ParquetFile(file.path, pre_buffer=False)
         for batch in parquet.iter_batches(batch_size=16_384, columns=names):
             yield batch
         return

@@ -4,7 +4,9 @@ A worker process loads the version's captured code and objects once (from the ve
 folder in nbdeploy's own store, with :func:`nbdeploy.service.runtime.load_version`), then
 scores chunk after chunk as the service would score a request of those rows: the same
 checks of values, the same conversion (:func:`~nbdeploy.service.runtime.records_to_frame`
-for a DataFrame function, a float array or lists of floats for rows) and the same call.
+for a DataFrame function, here straight from the checked columns with
+:func:`~nbdeploy.service.runtime.conform_frame`; a float array or lists of floats for rows)
+and the same call.
 
 A call that raises is split in halves until the rows that raise are found (bisection); each
 of them fails with the exception's type and message, and the other rows are scored.
@@ -12,7 +14,6 @@ of them fails with the exception's type and message, and the other rows are scor
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def _caller(
 ) -> Callable[[list[int]], list[Any]]:
     """A function of row positions that returns their results, called as the service calls
     the version."""
-    from nbdeploy.service.runtime import check_length, records_to_frame
+    from nbdeploy.service.runtime import check_length, conform_frame
 
     is_model = manifest["kind"] == "model"
 
@@ -102,21 +103,30 @@ def _caller(
         columns = plan.schema_columns
 
         def call_records(positions: list[int]) -> list[Any]:
-            part = values.iloc[positions]
-            records = part.astype(object).where(part.notna(), None).to_dict(orient="records")
-            return check_length(invoke(records_to_frame(records, columns)), len(positions))
+            part = values.iloc[positions].reset_index(drop=True)
+            return check_length(invoke(conform_frame(part, columns)), len(positions))
 
         return call_records
 
     def call_rows(positions: list[int]) -> list[Any]:
         matrix = values[positions]
-        if plan.as_array:
-            argument: Any = matrix
-        else:
-            argument = [[None if math.isnan(v) else v for v in row] for row in matrix.tolist()]
+        argument: Any = matrix if plan.as_array else rows_of(matrix)
         return check_length(invoke(argument), len(positions))
 
     return call_rows
+
+
+def rows_of(matrix: Any) -> list[list[float | None]]:
+    """A float matrix as the lists of a request's rows, a missing value (NaN) as None; only
+    the rows that have one are looked at value by value."""
+    import numpy as np
+
+    rows: list[list[float | None]] = matrix.tolist()
+    missing = np.isnan(matrix)
+    for position in np.flatnonzero(missing.any(axis=1)).tolist():
+        gaps = missing[position]
+        rows[position] = [None if gap else v for v, gap in zip(rows[position], gaps, strict=True)]
+    return rows
 
 
 def _bisect(
@@ -213,14 +223,13 @@ def _result(
     import pyarrow as pa
 
     from nbdeploy.batching.inputs import conform
-    from nbdeploy.service.runtime import to_jsonable
 
     good = sorted(results)
     taken = table.take(pa.array(good, type=pa.int64()))
     columns: dict[str, Any] = {
         name: conform(taken.column(name), plan.kept_types[name]) for name in plan.kept
     }
-    answers = [to_jsonable(results[p]) for p in good]
+    answers = [results[p] for p in good]  # JSON values already (check_length, plain)
     if answers and all(isinstance(a, dict) for a in answers):
         keys = list(dict.fromkeys(key for a in answers for key in a))
         for key in keys:

@@ -130,6 +130,7 @@ def build_image(
     progress: Progress | None = None,
     notify: Notify = lambda _message: None,
     store: StateStore | None = None,
+    batch: bool = False,
 ) -> ImageBuild:
     """Build the image of ``spec`` (``NAME[:VERSION]``), or with ``pipeline`` (a notebook
     or pipeline.yaml) the image its Kubernetes Job runs in; see the module's docstring.
@@ -137,11 +138,29 @@ def build_image(
     ``offline``: nothing is downloaded (wheels come from this environment and the wheel
     cache; the base image must be in the engine). Builds never use the network: the engine
     builds with network "none". ``push``: a registry (``host[:port][/path]``) to tag and
-    push the image to. Raises NbdeployError subclasses with what to do."""
+    push the image to. ``batch``: the version's batch image instead
+    (:mod:`nbdeploy.image.batch`). Raises NbdeployError subclasses with what to do."""
     started = time.monotonic()
     if (spec is None) == (pipeline is None):
         raise ImageDefinitionError(
             "give either a deployment (NAME[:VERSION]) or --pipeline NOTEBOOK_OR_YAML"
+        )
+    if batch:
+        if pipeline is not None or push is not None or context_only is not None:
+            raise ImageDefinitionError(
+                "--batch builds a deployment's batch image here: not with --pipeline, --push "
+                "or --context-only",
+                "push it afterwards with docker push, or build without --batch",
+            )
+        from nbdeploy.image.batch import build_batch_image
+
+        return build_batch_image(
+            resolve_version(str(spec), store),
+            tag=tag,
+            base_image=base_image,
+            offline=offline,
+            progress=progress,
+            notify=notify,
         )
     if pipeline is not None:
         image, name, number, write = _pipeline_writer(

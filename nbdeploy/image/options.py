@@ -28,6 +28,12 @@ def add_image_commands(commands: Any) -> None:
         help="instead: the image a pipeline's Kubernetes Job runs in (nbdeploy, the "
         "notebooks' packages and their folder; default tag nbdeploy/pipeline-NAME:latest)",
     )
+    build.add_argument(
+        "--batch",
+        action="store_true",
+        help="instead: the batch image of the version, for nbdeploy k8s NAME --batch (its "
+        "image plus nbdeploy and pyarrow, offline; tag nbdeploy/NAME:vN-batch)",
+    )
     build.add_argument("--tag", help="image tag (default: nbdeploy/NAME:vN)")
     build.add_argument(
         "--base-image",
@@ -64,6 +70,7 @@ def add_image_commands(commands: Any) -> None:
 def image_build_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "pipeline": args.pipeline,
+        "batch": args.batch,
         "tag": args.tag,
         "base_image": args.base_image,
         "offline": args.offline,

@@ -62,6 +62,16 @@ def from_args(args: argparse.Namespace) -> Manifests:
     from nbdeploy.k8s.options import batch_options_from_args, check_command, options_from_args
 
     check_command(args)
+    from nbdeploy.k8s.schedules import names_a_schedule
+
+    if names_a_schedule(args.schedule):
+        from nbdeploy.k8s.schedules import schedule_manifests
+
+        return schedule_manifests(args.schedule, args)
+    if args.batch:
+        from nbdeploy.k8s.scoring import scoring_manifests, scoring_options_from_args
+
+        return scoring_manifests(args.name, scoring_options_from_args(args))
     if args.pipeline:
         return pipeline_manifests(
             args.pipeline,

@@ -221,7 +221,12 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         help="write a Job (a CronJob with --schedule) that runs this notebook or pipeline.yaml",
     )
     group.add_argument(
-        "--schedule", metavar="CRON", help='a CronJob on this schedule, e.g. "0 3 * * *"'
+        "--schedule",
+        metavar="CRON|SCHEDULE",
+        help='a CronJob: a cron expression (5 fields, with spaces: "0 3 * * *") around the '
+        "Job of --pipeline or NAME --batch; or the name of an nbdeploy schedule (one word, no "
+        "spaces; nbdeploy schedule list), alone: its cron, time zone, overlap, catch-up and "
+        "retries go into the CronJob and its `run ...` or `batch ...` command becomes the Job",
     )
     add_parameter_option(parser)
     group.add_argument(
@@ -263,6 +268,29 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``nbdeploy k8s NAME --batch INPUT --output OUTPUT`` (an Indexed Job
+    that scores files on a PersistentVolumeClaim; --parallel, --retries, --timeout,
+    --job-name, --schedule, --image, --cpu and --memory apply too)."""
+    group = parser.add_argument_group(
+        "batch scoring (NAME --batch)",
+        "an Indexed Job that scores INPUT with the version's batch image (nbdeploy image "
+        "build NAME --batch); INPUT and OUTPUT are paths on --claim, mounted at /data. OUTPUT "
+        "becomes a folder of parts (part-KKKKK.parquet, or .csv/.jsonl after OUTPUT's "
+        "extension, and _errors-KKKKK.jsonl per pod), read whole with "
+        "pandas.read_parquet(FOLDER). Partitions: INPUT's files, sorted, in --partitions "
+        "contiguous groups; a single Parquet file's row groups in contiguous ranges; a "
+        "single CSV or JSON Lines file is one partition (split it into files first)",
+    )
+    group.add_argument("--batch", metavar="INPUT", help="a file, folder or glob on the claim")
+    group.add_argument("--output", metavar="OUTPUT", help="the folder of parts on the claim")
+    group.add_argument("--claim", metavar="PVC", help="the PersistentVolumeClaim of the data")
+    group.add_argument(
+        "--partitions", type=int, metavar="N", help="pods in all (completions; default 1)"
+    )
+    group.add_argument("--version", type=int, metavar="N", help="default: the live version")
+
+
 def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("applying (--apply)")
     group.add_argument(
@@ -285,8 +313,41 @@ _PIPELINE_ONLY = ("schedule", "parameter", "sweep", "parallel", "retries", "time
                   "workdir", "output_claim", "mlflow_uri", "job_name")  # fmt: skip
 
 
+_SCORING_ONLY = ("batch", "output", "claim", "partitions", "version")
+_NOT_FOR_SCORING = ("parameter", "sweep", "workdir", "output_claim", "mlflow_uri")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if getattr(args, name, None) not in (None, [])]
+
+
+def _refuse(given: list[str], where: str) -> None:
+    if given:
+        options = ", ".join("-p" if n == "parameter" else "--" + n.replace("_", "-") for n in given)
+        raise ManifestError(f"{options}: only for {where}")
+
+
+def _serving_given(args: argparse.Namespace) -> list[str]:
+    defaults = K8sOptions()
+    return [name for name in _SERVING_ONLY if getattr(args, name) != getattr(defaults, name)]
+
+
 def check_command(args: argparse.Namespace) -> None:
-    """``nbdeploy k8s``: a deployment NAME or --pipeline, each with its own options."""
+    """``nbdeploy k8s``: a deployment NAME (with --batch: a scoring Job), --pipeline, or
+    --schedule SCHEDULE alone, each with its own options."""
+    from nbdeploy.k8s.schedules import names_a_schedule
+
+    if names_a_schedule(args.schedule):
+        if args.name or args.pipeline:
+            raise ManifestError(
+                f"--schedule {args.schedule} names an nbdeploy schedule, whose command says "
+                f"what runs: leave out {'NAME' if args.name else '--pipeline'}",
+                'for a CronJob of your own, give a cron expression: --schedule "0 3 * * *"',
+            )
+        _refuse(_serving_given(args), "a deployment's manifests (nbdeploy k8s NAME)")
+        if not args.apply and (args.context or args.dry_run):
+            raise ManifestError("--context and --dry-run go with --apply")
+        return
     if bool(args.name) == bool(args.pipeline):
         raise ManifestError(
             "give either a deployment NAME or --pipeline NOTEBOOK_OR_YAML",
@@ -294,10 +355,17 @@ def check_command(args: argparse.Namespace) -> None:
             "train.ipynb (a Job that runs the notebook)",
         )
     if args.pipeline:
-        defaults = K8sOptions()
-        given = [name for name in _SERVING_ONLY if getattr(args, name) != getattr(defaults, name)]
+        _refuse(_given(args, _SCORING_ONLY), "a scoring Job (nbdeploy k8s NAME --batch INPUT)")
+        given = _serving_given(args)
         where = "a deployment's manifests (nbdeploy k8s NAME), not with --pipeline"
+    elif args.batch:
+        _refuse(_serving_given(args), "a deployment's manifests, not with --batch")
+        given = _given(args, _NOT_FOR_SCORING)
+        where = "--pipeline NOTEBOOK_OR_YAML, not for a scoring Job"
+        if args.output is None:
+            raise ManifestError("--batch INPUT needs --output OUTPUT (a folder of parts)")
     else:
+        _refuse(_given(args, _SCORING_ONLY), "a scoring Job (nbdeploy k8s NAME --batch INPUT)")
         given = [name for name in _PIPELINE_ONLY if getattr(args, name) not in (None, [])]
         where = "--pipeline NOTEBOOK_OR_YAML, not for a deployment's manifests"
     if given:

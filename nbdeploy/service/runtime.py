@@ -210,7 +210,16 @@ def records_to_frame(records: Sequence[Any], columns: list[dict[str, Any]]) -> A
         record.model_dump(by_alias=True) if hasattr(record, "model_dump") else record
         for record in records
     ]
-    frame = pd.DataFrame.from_records(rows, columns=names)
+    return conform_frame(pd.DataFrame.from_records(rows, columns=names), columns)
+
+
+def conform_frame(frame: Any, columns: list[dict[str, Any]]) -> Any:
+    """``frame`` (the reference's columns, by name, with values of the right kinds) with
+    exactly the reference's labels, order and dtypes: what the function was trained on."""
+    import pandas as pd
+
+    names = [column["name"] for column in columns]
+    frame = frame[names].copy()
     for column in columns:
         name, kind, dtype = column["name"], column["kind"], column.get("dtype")
         values = frame[name]
@@ -252,15 +261,29 @@ def to_jsonable(value: Any) -> Any:
         value = value.to_numpy()
     if hasattr(value, "to_dict") and hasattr(value, "columns"):
         return to_jsonable(value.to_dict(orient="records"))
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if kind in ("b", "i", "u", "U") and hasattr(value, "tolist"):
+        return value.tolist()  # whole arrays of plain values: no element needs a look
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list | tuple):
+        if all(_is_plain(item) for item in value):  # the common answer: one number per row
+            return list(value)
         return [to_jsonable(item) for item in value]
     if isinstance(value, dict):
         return {key: to_jsonable(item) for key, item in value.items()}
     return value
+
+
+_PLAIN_TYPES = (int, str, bool, type(None))
+
+
+def _is_plain(item: Any) -> bool:
+    """A JSON value as it is: a whole number, text, a boolean, None or a finite float."""
+    kind = type(item)
+    return kind in _PLAIN_TYPES or (kind is float and math.isfinite(item))
 
 
 def check_length(results: Any, count: int) -> list[Any]:
