@@ -375,7 +375,7 @@ def test_a_killed_job_resumes_to_the_same_output(
         parts: list[Path] = []
         while time.monotonic() < deadline and process.poll() is None:
             folders = job_folders(batch_home)
-            parts = list(folders[0].glob("*.parquet")) if folders else []
+            parts = list(folders[0].glob("*.arrow")) if folders else []
             if len(parts) >= 5:
                 break
             time.sleep(0.05)
@@ -590,3 +590,49 @@ def test_user_errors_say_what_and_write_nothing(
         assert not Path(str(output) + ".errors.jsonl").exists()
     assert job_folders(batch_home) == []
     assert len(nbdeploy.runs(limit=1000)) == runs_before
+
+
+def test_a_script_without_a_main_guard_is_told_what_to_do(
+    deployed: dict[str, Any], tmp_path: Path, batch_home: Path
+) -> None:
+    """Each local worker imports the calling script (multiprocessing's spawn and forkserver
+    do): a script that calls nbdeploy.batch at its top level starts it again in every worker.
+    The job fails saying so, and keeps its finished chunks."""
+    data = tmp_path / "in.csv"
+    data.write_text("a,b,c\n" + "".join(f"{i},{i},{i}\n" for i in range(50)), encoding="utf-8")
+    script = tmp_path / "score.py"
+    script.write_text(
+        "import nbdeploy\n"
+        f"nbdeploy.batch('rows', {str(data)!r}, {str(tmp_path / 'out.parquet')!r}, "
+        "features=['a', 'b', 'c'], mlflow=False, workers=1)\n",
+        encoding="utf-8",
+    )
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "NBDEPLOY_HOME": str(batch_home)},
+        cwd=tmp_path,
+    )
+    assert completed.returncode != 0
+    assert 'if __name__ == "__main__":' in completed.stderr, completed.stderr[-2000:]
+    assert not (tmp_path / "out.parquet").exists()
+    # Under the guard, the same call scores every row.
+    script.write_text(
+        "import nbdeploy\n"
+        "if __name__ == '__main__':\n"
+        f"    nbdeploy.batch('rows', {str(data)!r}, {str(tmp_path / 'out.parquet')!r}, "
+        "features=['a', 'b', 'c'], mlflow=False, workers=1)\n",
+        encoding="utf-8",
+    )
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "NBDEPLOY_HOME": str(batch_home)},
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert pq_rows(tmp_path / "out.parquet") == 50

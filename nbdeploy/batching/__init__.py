@@ -254,7 +254,7 @@ def _run(
     from nbdeploy.batching.executors import DASK, score_locally, score_on_dask
     from nbdeploy.batching.inputs import Chunk, iter_chunks
     from nbdeploy.batching.jobs import abandoned_temporaries
-    from nbdeploy.batching.output import final_schema, write_errors, write_output
+    from nbdeploy.batching.output import OutputStream, write_errors
     from nbdeploy.store import default_store
     from nbdeploy.store.runs import FAILED, SUCCEEDED, RunStore
 
@@ -296,26 +296,34 @@ def _run(
                     counts["rows_in"] += chunk.table.num_rows
                     counts["chunks"] = chunk.index + 1
                     if plan.features:
-                        reservoir.add(chunk.table.select(plan.features).to_pandas())
+                        reservoir.add(chunk.table.select(plan.features))
                     if chunk.index in finished:
                         counts["done_rows"] += chunk.table.num_rows
                         progress(counts["done_rows"], rows_total)
                         continue
                     yield Chunk(chunk.index, chunk.first_row, chunk.table)
 
+            kept_schema = pa.schema([pa.field(n, plan.kept_types[n]) for n in plan.kept])
+            stream = OutputStream(output_path, kind, kept_schema, job.read_part)
+            stream.finished_before = set(finished)
             count = max(1, workers or os.cpu_count() or 1)
             if executor == DASK:
                 results = score_on_dask(plan, fresh_chunks(), scheduler, workers, None, notify)
             else:
                 results = score_locally(plan, fresh_chunks(), count, in_flight=2 * count)
-            for scored in results:
-                job.write_part(scored.index, scored.table, scored.errors)
-                counts["done_rows"] += scored.rows_in
-                progress(counts["done_rows"], rows_total)
-            chunks = counts["chunks"]
-            kept_schema = pa.schema([pa.field(n, plan.kept_types[n]) for n in plan.kept])
-            schema = final_schema(job.part_schemas(chunks), kept_schema)
-            rows_out = write_output(output_path, kind, schema, job.tables(chunks))
+            try:
+                for scored in results:
+                    job.write_part(scored.index, scored.table, scored.errors)
+                    stream.add(scored.index, scored.table)
+                    counts["done_rows"] += scored.rows_in
+                    progress(counts["done_rows"], rows_total)
+                chunks = counts["chunks"]
+                rows_out = stream.finish(
+                    chunks, lambda: job.part_schemas(chunks), job.tables(chunks)
+                )
+            except BaseException:
+                stream.abandon()
+                raise
             rows_failed = write_errors(errors_path, job.error_lines(chunks))
             sample = reservoir.frame
             drift = monitoring.drift_summary(profile, sample, plan.mode == "records")

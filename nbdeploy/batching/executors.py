@@ -68,7 +68,7 @@ def score_locally(
                 break
             done, pending = wait(pending, timeout=TASK_TIMEOUT_S, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                yield _result_of(future)
         finished_cleanly = True
     finally:
         for future in pending:
@@ -77,6 +77,24 @@ def score_locally(
             pool.shutdown(wait=True)
         else:
             _stop_pool(pool)
+
+
+def _result_of(future: Any) -> ChunkResult:
+    """A chunk's result; a worker that died says what may have killed it."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from nbdeploy.batching import BatchFailedError
+
+    try:
+        result: ChunkResult = future.result()
+    except BrokenProcessPool:
+        raise BatchFailedError(
+            "a worker process of the batch job ended abruptly (killed, or out of memory)",
+            "lower --chunk-rows or --workers if memory is short; from a Python script, call "
+            'nbdeploy.batch under `if __name__ == "__main__":` (each worker process imports '
+            "the script, as with any multiprocessing); finished chunks are kept: run it again",
+        ) from None
+    return result
 
 
 def _safe_warm(warm: Callable[[str], None], service_dir: str) -> None:

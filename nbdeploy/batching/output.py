@@ -1,17 +1,18 @@
 """The output file and the errors file, assembled from a job's parts.
 
 The output's kind follows its extension: Parquet (``.parquet``, ``.pq``), CSV (``.csv``) or
-JSON Lines (``.jsonl``, ``.ndjson``); anything else is refused before any work. Parts are
-read one at a time, in order, and streamed into a temporary file beside the output, which
-is then renamed into place: a reader never sees half an output, and the same parts always
-give the same bytes (whichever executor scored them, resumed or not).
+JSON Lines (``.jsonl``, ``.ndjson``); anything else is refused before any work. Chunks are
+written in order, as they are scored (:class:`OutputStream`), into a temporary file beside
+the output, which is then renamed into place: a reader never sees half an output, and the
+same chunks always give the same bytes (whichever executor scored them, resumed or not).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,38 +89,140 @@ def conformed(table: Any, schema: Any) -> Any:
 
 def write_output(path: Path, kind: str, schema: Any, tables: Iterator[Any]) -> int:
     """Stream ``tables`` into ``path`` (atomically); the number of rows written."""
-    import tempfile
-
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(descriptor)
-    rows = 0
+    writer = TableWriter(path, kind, schema)
     try:
+        for table in tables:
+            writer.write(table)
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.commit()
+
+
+class TableWriter:
+    """Tables written one after the other into a temporary file beside ``path``, of the
+    output's kind and with exactly ``schema``; renamed into place by :meth:`commit`."""
+
+    def __init__(self, path: Path, kind: str, schema: Any) -> None:
+        import tempfile
+
+        self.path, self.kind, self.schema = path, kind, schema
+        descriptor, self.temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(descriptor)
+        self.rows = 0
+        self._writer: Any = None
+        self._handle: Any = None
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            with pq.ParquetWriter(temporary, schema) as writer:
-                for table in tables:
-                    writer.write_table(conformed(table, schema))
-                    rows += table.num_rows
+            self._writer = pq.ParquetWriter(self.temporary, schema)
         elif kind == "csv":
             import pyarrow.csv as pacsv
 
-            with pacsv.CSVWriter(temporary, _csv_schema(schema)) as writer:
-                for table in tables:
-                    writer.write_table(_csv_table(conformed(table, schema)))
-                    rows += table.num_rows
+            self._writer = pacsv.CSVWriter(self.temporary, _csv_schema(schema))
         else:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                for table in tables:
-                    for record in conformed(table, schema).to_pylist():
-                        handle.write(json.dumps(record, default=str, allow_nan=False) + "\n")
-                    rows += table.num_rows
-        os.chmod(temporary, 0o644 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return rows
+            self._handle = open(self.temporary, "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, table: Any) -> None:
+        table = conformed(table, self.schema)
+        if self.kind == "parquet":
+            self._writer.write_table(table)
+        elif self.kind == "csv":
+            self._writer.write_table(_csv_table(table))
+        else:
+            for record in table.to_pylist():
+                self._handle.write(json.dumps(record, default=str, allow_nan=False) + "\n")
+        self.rows += table.num_rows
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def commit(self) -> int:
+        """Close the file and rename it into place; the rows written."""
+        try:
+            self._close()
+            os.chmod(self.temporary, 0o644 & ~_umask())
+            os.replace(self.temporary, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.rows
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close()
+        Path(self.temporary).unlink(missing_ok=True)
+
+
+class OutputStream:
+    """The output written while the job runs: each chunk's rows as soon as every chunk
+    before it is written (chunks an earlier, killed run finished are read from their
+    parts), so that nothing is left to do at the end but a rename. The stream's schema is
+    the first chunk's; a later chunk that does not fit it (a new prediction column, an
+    integer column that meets a float) ends the stream, and the output is then assembled
+    from the parts with the schema they all fit (:func:`final_schema`). Either way the same
+    chunks give the same bytes."""
+
+    def __init__(
+        self, path: Path, kind: str, kept_schema: Any, read_part: Callable[[int], Any]
+    ) -> None:
+        self.path, self.kind, self.kept_schema = path, kind, kept_schema
+        self.read_part = read_part
+        self.finished_before: set[int] = set()
+        self.ready: dict[int, Any] = {}
+        self.next_index = 0
+        self.writer: TableWriter | None = None
+        self.broken = False
+
+    def add(self, index: int, table: Any) -> None:
+        """A scored chunk; written now if its turn has come (else kept until it has)."""
+        if self.broken:
+            return
+        self.ready[index] = table
+        self._drain()
+
+    def _drain(self) -> None:
+        while not self.broken:
+            index = self.next_index
+            if index in self.ready:
+                table = self.ready.pop(index)
+            elif index in self.finished_before:
+                table = self.read_part(index)
+            else:
+                return
+            self._write(table)
+            self.next_index += 1
+
+    def _write(self, table: Any) -> None:
+        if self.writer is None:
+            schema = final_schema([table.schema], self.kept_schema)
+            self.writer = TableWriter(self.path, self.kind, schema)
+        elif final_schema([self.writer.schema, table.schema], self.kept_schema) != (
+            self.writer.schema
+        ):
+            self.abandon()
+            return
+        self.writer.write(table)
+
+    def abandon(self) -> None:
+        self.broken = True
+        self.ready.clear()
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+
+    def finish(self, chunks: int, schemas: Callable[[], list[Any]], parts: Any) -> int:
+        """The output in place, from the stream or assembled from the parts; its rows."""
+        self._drain()
+        if not self.broken and self.next_index == chunks and self.writer is not None:
+            return self.writer.commit()
+        self.abandon()
+        return write_output(self.path, self.kind, final_schema(schemas(), self.kept_schema), parts)
 
 
 def _umask() -> int:
