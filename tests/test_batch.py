@@ -536,13 +536,13 @@ def test_a_file_larger_than_the_memory_limit_scores_in_chunks(
 def test_mlflow_run_and_the_magic(
     deployed: dict[str, Any], tmp_path: Path, batch_home: Path
 ) -> None:
-    from IPython.testing.globalipapp import get_ipython
+    from IPython.core.interactiveshell import InteractiveShell
     from mlflow.tracking import MlflowClient
 
     data = make_reference(rows=50, seed=11)
     source = tmp_path / "in.parquet"
     data.to_parquet(source)
-    shell = get_ipython()
+    shell = InteractiveShell.instance()  # the one shell of this process (as test_magics)
     shell.run_line_magic("load_ext", "nbdeploy")
     output = tmp_path / "magic.parquet"
     shell.run_line_magic("deploy", f"batch frame {source} --output {output}")

