@@ -380,7 +380,9 @@ def test_catch_up_after_the_daemon_was_down(
     times = sorted(f["scheduled_for"] for f in every)
     assert len(times) >= 3 and all(b - a == 2 for a, b in itertools.pairwise(times))
     assert all(stopped - 2 < t < restarted for t in times)
-    assert latest[0]["scheduled_for"] == times[-1]
+    # The newest time missed when its own catch-up was decided: the daemon takes the
+    # schedules one after another, and a fire time may pass between two of them.
+    assert times[-1] <= latest[0]["scheduled_for"] <= times[-1] + 2
     assert {f["status"] for f in every} <= {"succeeded", "running"}  # one after another
 
 

@@ -293,7 +293,10 @@ class DaskExecutor(Executor):
                     dashboard_address=None,
                     # no dashboard; its HTTP server (health checks) on a free loopback port
                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                    silence_logs=logging.ERROR,
+                    # nbdeploy reports what fails in a task itself; distributed's own error
+                    # logs are about its connections (a worker's heartbeat to a scheduler a
+                    # Ctrl-C already ended prints a traceback): not for the user's terminal.
+                    silence_logs=logging.CRITICAL,
                     preload=["nbdeploy.pipeline.dask_worker"],
                 )
             self._client = Client(self._cluster, set_as_default=False)
